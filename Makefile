@@ -1,0 +1,36 @@
+# lottery — layer-pruning lottery tickets. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 5000
+PYTEST_ARGS ?=
+STORE_URI ?= sqlite:///$(CURDIR)/.lottery/mlflow.db
+
+.PHONY: help install test demo ui clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z0-9_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install lottery with its dev tools
+
+test: install  ## run the test suite (no tests collected counts as a failure)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \
+	exit $$rc
+
+demo: install  ## one smoke trial (GraSP ticket at init, 2 blocks removed) into the local MLflow store
+	$(PY) -m lottery profile=smoke data=synthetic mode=init criterion=grasp density=2
+
+ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...)
+	mkdir -p .lottery
+	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
+
+clean:  ## delete the local store, MLflow runs and caches (.lottery/)
+	rm -rf .lottery

@@ -1,0 +1,236 @@
+"""Typed trial configuration (Hydra structured configs) and its validation at the door.
+
+The YAML files in ``conf/`` only choose values; the schema here fixes every key and type, so a
+typo or a wrong type fails when the config is composed, and ``validate`` turns every remaining
+mistake (density too large, missing data folder, ...) into one clear line before any work.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Union
+
+from hydra.core.config_store import ConfigStore
+
+from lottery.errors import LotteryError
+
+
+class Shortcut(enum.Enum):
+    A = "A"  # parameter-free: subsample and zero-pad the new channels
+    B = "B"  # 1x1 convolution projection + BN
+
+
+class Aggregate(enum.Enum):
+    sum = "sum"
+    mean = "mean"
+
+
+class WeightSet(enum.Enum):
+    conv = "conv"
+    conv_bn = "conv_bn"
+
+
+class Amp(enum.Enum):
+    off = "off"
+    bf16 = "bf16"
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 32
+    shortcut: Shortcut = Shortcut.B
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    root: Optional[str] = None  # cifar10: download/find here (default .lottery/data)
+    download: bool = True
+    train_size: Optional[int] = None  # class-balanced subset; None = the whole split
+    test_size: Optional[int] = None
+    cache: str = ".lottery/cache"  # decoded image arrays; never written into a data folder
+    num_classes: int = 10  # synthetic only; real sets take it from their folders
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    milestones: List[int] = field(default_factory=lambda: [100, 150])
+    gamma: float = 0.1
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    augment: bool = True
+    # Fractions of the schedule at which the dense run keeps theta_i (paper: 0, 25, 50, 75 of 200).
+    rewind_points: List[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375])
+    eval_batch_size: int = 1000
+    amp: Amp = Amp.off  # bf16 autocast on CUDA; off reproduces fp32
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class CriterionConfig:
+    name: str = "grasp"
+    scoring_size: int = 500  # class-balanced, unaugmented images from the training split
+    batch_size: int = 250
+    aggregate: Aggregate = Aggregate.sum
+    weights: WeightSet = WeightSet.conv
+    temperature: float = 200.0  # grasp: logits / T
+    components: int = 10  # pls: number of PLS components
+
+
+@dataclass
+class ModeConfig:
+    name: str = "init"
+
+
+@dataclass
+class StoreConfig:
+    root: str = ".lottery/store"
+    retrain: bool = False  # train the dense entry again even if stored (e.g. to add rewind points)
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///.lottery/mlflow.db
+    experiment: str = "lottery"
+
+
+@dataclass
+class TrialConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # Blocks to remove: an int is a count, a float in (0, 1) a fraction of the removable blocks.
+    density: Union[int, float] = 1
+    # Rewind point theta_i: an int is an epoch, a float in (0, 1) a fraction of the schedule.
+    rewind_epoch: Union[int, float] = 0
+    seed: int = 0
+    xi: float = 0.0  # Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp
+    device: str = "auto"  # auto: cuda when available, else cpu
+    profile_name: str = "paper"
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="trial_schema", node=TrialConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived values every module agrees on
+
+
+def blocks_to_remove(density, removable: int) -> int:
+    """The number of blocks a density asks for (see ``TrialConfig.density``)."""
+    if isinstance(density, float) and not density.is_integer():
+        return max(1, round(density * removable))
+    return int(density)
+
+
+def epoch_of(point, epochs: int) -> int:
+    """An epoch given as an int, or as a fraction of a schedule of ``epochs`` epochs."""
+    if isinstance(point, float) and not point.is_integer():
+        return int(math.floor(point * epochs + 1e-9))
+    return int(point)
+
+
+def rewind_epochs(train: TrainConfig) -> list[int]:
+    """The epochs whose weights the dense run keeps (theta_0 always among them)."""
+    return sorted({0, *(epoch_of(float(f), train.epochs) if f < 1 else int(f) for f in train.rewind_points)})
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every mistake a user can make, said in one line, before any work
+
+
+def _choice(kind: str, name: str, valid) -> None:
+    if name not in valid:
+        raise LotteryError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(valid))}")
+
+
+def validate(cfg) -> None:
+    """Raise ``LotteryError`` for the first problem found in a composed trial config."""
+    from lottery.criteria import CRITERIA
+    from lottery.data import SOURCES
+    from lottery.models import resnet_plan
+    from lottery.modes import MODES
+
+    _choice("criterion", cfg.criterion.name, CRITERIA)
+    _choice("mode", cfg.mode.name, MODES)
+    _choice("data set", cfg.data.name, SOURCES)
+
+    try:
+        plan = resnet_plan(cfg.model.depth)
+    except ValueError as e:
+        raise LotteryError(f"model.depth={cfg.model.depth}: {e}") from None
+
+    t = cfg.train
+    if t.epochs < 1:
+        raise LotteryError(f"train.epochs={t.epochs}: train for at least one epoch")
+    if t.batch_size < 1 or t.eval_batch_size < 1:
+        raise LotteryError("train.batch_size and train.eval_batch_size must be positive")
+    bad = [m for m in t.milestones if not 0 < m < t.epochs]
+    if bad:
+        raise LotteryError(f"train.milestones {bad} lie outside the schedule (1..{t.epochs - 1})")
+
+    mode = MODES[cfg.mode.name]
+    if mode.prunes:
+        d = cfg.density
+        if isinstance(d, float) and not d.is_integer() and not 0 < d < 1:
+            raise LotteryError(f"density={d}: give a block count (int) or a fraction in (0, 1)")
+        count = blocks_to_remove(d, len(plan.removable))
+        if count < 1:
+            raise LotteryError(f"density={d}: remove at least one block (use mode=dense for none)")
+        if count > plan.max_removable:
+            raise LotteryError(
+                f"density={d} is above resnet{cfg.model.depth}'s maximum of {plan.max_removable} "
+                f"blocks ({len(plan.removable)} removable, every stage keeps one)"
+            )
+    if mode.rewinds:
+        r = cfg.rewind_epoch
+        i = epoch_of(r, t.epochs)
+        if isinstance(r, float) and not r.is_integer() and not 0 <= r < 1:
+            raise LotteryError(f"rewind_epoch={r}: give an epoch (int) or a fraction in [0, 1)")
+        if not 0 <= i < t.epochs:
+            raise LotteryError(f"rewind_epoch={r} lies outside the schedule [0, {t.epochs})")
+
+    for key in ("train_size", "test_size"):
+        size = getattr(cfg.data, key)
+        if size is not None and size < cfg.data.num_classes:
+            raise LotteryError(f"data.{key}={size}: need at least one image per class")
+
+    crit = CRITERIA[cfg.criterion.name]
+    if mode.prunes and crit.needs_data:
+        n = cfg.criterion.scoring_size
+        if n < 1:
+            raise LotteryError(
+                f"criterion {cfg.criterion.name} needs scoring data: set criterion.scoring_size >= 1"
+            )
+        if cfg.data.train_size is not None and n > cfg.data.train_size:
+            raise LotteryError(
+                f"criterion.scoring_size={n} exceeds data.train_size={cfg.data.train_size}"
+            )
+
+    SOURCES[cfg.data.name].check(cfg.data)
+
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise LotteryError(f"device={cfg.device}: use auto, cpu or cuda[:N]")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LotteryError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+
+
+def resolve_path(p: str) -> Path:
+    return Path(p).expanduser().resolve()

@@ -1,0 +1,12 @@
+"""Random baseline."""
+
+import torch
+
+from lottery.criteria import register
+
+
+@register("random", needs_data=False)
+def random_scores(model, scoring, cfg, seed):
+    """A seeded uniform draw per block."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(len(model.plan.removable), generator=g, dtype=torch.float64)

@@ -1,0 +1,310 @@
+"""Image classification data held whole on the training device, augmented there per batch.
+
+Each split is one uint8 tensor (N, 3, 32, 32) plus int64 labels. Augmentation (4-pixel pad,
+random 32x32 crop, horizontal flip) and normalisation run batched on the device from a
+per-epoch seeded generator: no per-image PIL work in the loop, and an epoch's order and crops
+depend only on (seed, epoch), so a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lottery.errors import LotteryError
+
+IMAGE_SIZE = 32
+PAD = 4
+SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, 3, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: torch.Tensor  # (1, 3, 1, 1) float, on the device
+    std: torch.Tensor
+    fingerprint: str  # identifies the content (source, files, subset) for the dense store
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize(self, x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+        x = (x.float().div_(255) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@dataclass
+class Arrays:
+    """What a source returns: NHWC uint8 images, labels, class names, content fingerprint."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Source:
+    check: Callable  # cfg -> None, raises LotteryError early (before any work)
+    load: Callable  # cfg -> Arrays
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def _cifar10_root(cfg) -> Path:
+    return Path(cfg.root or ".lottery/data").expanduser()
+
+
+def _check_cifar10(cfg) -> None:
+    pass  # whether the files exist or can be downloaded is only known by trying
+
+
+def _load_cifar10(cfg) -> Arrays:
+    from torchvision.datasets import CIFAR10
+
+    root = _cifar10_root(cfg)
+    try:
+        train = CIFAR10(str(root), train=True, download=cfg.download)
+        test = CIFAR10(str(root), train=False, download=cfg.download)
+    except Exception as e:  # missing files, no network, corrupt archive
+        raise LotteryError(
+            f"CIFAR-10 is not under {root} and could not be downloaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e!r}); offline, use data=imagefolder "
+            "data.root=DIR with DIR/train/<class>/* and DIR/test/<class>/*"
+        ) from None
+    return Arrays(
+        train.data, np.asarray(train.targets, np.int64), test.data,
+        np.asarray(test.targets, np.int64), list(train.classes), "cifar10-torchvision",
+    )
+
+
+def _image_files(root: Path, split: str) -> list[tuple[str, Path]]:
+    split_dir = root / split
+    files = []
+    for cls in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        files += [(cls.name, f) for f in sorted(cls.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    return files
+
+
+def _check_imagefolder(cfg) -> None:
+    if not cfg.root:
+        raise LotteryError("data=imagefolder needs data.root=DIR (DIR/train/<class>/*, DIR/test/<class>/*)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise LotteryError(f"data.root={cfg.root} does not exist; point it at a folder with train/ and test/")
+    for split in ("train", "test"):
+        d = root / split
+        if not d.is_dir() or not any(p.is_dir() for p in d.iterdir()):
+            raise LotteryError(f"{d} is missing or has no class folders; expected {split}/<class>/<image>")
+        if not any(f.is_file() for c in d.iterdir() if c.is_dir() for f in c.iterdir()):
+            raise LotteryError(f"{d} has class folders but no images in them")
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _load_imagefolder(cfg) -> Arrays:
+    root = Path(cfg.root).expanduser()
+    listing = {s: _image_files(root, s) for s in ("train", "test")}
+    classes = sorted({c for c, _ in listing["train"]})
+    unknown = sorted({c for c, _ in listing["test"]} - set(classes))
+    if unknown:
+        raise LotteryError(f"{root}/test has classes {unknown} that train/ lacks")
+    digest = hashlib.sha256()
+    for split, files in listing.items():
+        for cls, f in files:
+            digest.update(f"{split}/{cls}/{f.name}:{f.stat().st_size}\n".encode())
+    fingerprint = "imagefolder-" + digest.hexdigest()[:20]
+    cache = Path(cfg.cache).expanduser() / f"{fingerprint}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Arrays(z["train_x"], z["train_y"], z["test_x"], z["test_y"], list(z["classes"]), fingerprint)
+        except Exception as e:
+            print(f"lottery: ignoring unreadable data cache {cache} ({e}); decoding again")
+    from tqdm import tqdm
+
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for split, files in listing.items():
+            images = list(tqdm(pool.map(_decode, [f for _, f in files], chunksize=256),
+                               total=len(files), desc=f"decode {split}", unit="img", leave=False))
+            arrays[split] = (np.stack(images), np.array([index[c] for c, _ in files], np.int64))
+    out = Arrays(*arrays["train"], *arrays["test"], classes, fingerprint)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, train_x=out.train_x, train_y=out.train_y, test_x=out.test_x,
+             test_y=out.test_y, classes=np.array(classes))
+    os.replace(tmp, cache)
+    return out
+
+
+def _check_synthetic(cfg) -> None:
+    if cfg.num_classes < 2:
+        raise LotteryError("data.num_classes must be at least 2")
+
+
+def synthetic_arrays(train_size: int, test_size: int, num_classes: int) -> Arrays:
+    """Learnable images: a smooth colour pattern per class, slightly shifted, plus noise."""
+    rng = np.random.default_rng(1234)
+    coarse = torch.from_numpy(rng.normal(size=(num_classes, 3, 3, 3)).astype(np.float32))
+    patterns = F.interpolate(coarse, size=(IMAGE_SIZE + 4, IMAGE_SIZE + 4), mode="bilinear").numpy()
+
+    def split(n):
+        y = np.arange(n, dtype=np.int64) % num_classes
+        rng.shuffle(y)
+        dx, dy = rng.integers(0, 5, size=(2, n))
+        x = np.stack([patterns[c, :, a:a + IMAGE_SIZE, b:b + IMAGE_SIZE] for c, a, b in zip(y, dy, dx)])
+        x = 128 + 50 * x + rng.normal(scale=50, size=x.shape)
+        return np.clip(x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1), y
+
+    tx, ty = split(train_size)
+    vx, vy = split(test_size)
+    return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)],
+                  f"synthetic-v1-{train_size}-{test_size}-{num_classes}")
+
+
+def _load_synthetic(cfg) -> Arrays:
+    return synthetic_arrays(cfg.train_size or 5000, cfg.test_size or 1000, cfg.num_classes)
+
+
+SOURCES: dict[str, Source] = {
+    "cifar10": Source(_check_cifar10, _load_cifar10),
+    "imagefolder": Source(_check_imagefolder, _load_imagefolder),
+    "synthetic": Source(_check_synthetic, _load_synthetic),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Subsets, placement, batches
+
+
+def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices with classes as equal as possible (the first classes get the remainder)."""
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+    chosen = []
+    for c, k in zip(classes, per_class):
+        idx = np.flatnonzero(labels == c)
+        if k > len(idx):
+            raise LotteryError(f"asked for {k} images of class {c}, the split has {len(idx)}")
+        chosen.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _to_split(x: np.ndarray, y: np.ndarray, size, device) -> Split:
+    if size is not None and size < len(y):
+        keep = balanced_indices(y, size, SUBSET_SEED)
+        x, y = x[keep], y[keep]
+    elif size is not None and size > len(y):
+        raise LotteryError(f"asked for {size} images, the split has only {len(y)}")
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return Split(xt.to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device))
+
+
+def load_dataset(cfg, device: torch.device) -> Dataset:
+    arrays = SOURCES[cfg.name].load(cfg)
+    train = _to_split(arrays.train_x, arrays.train_y, cfg.train_size, device)
+    test = _to_split(arrays.test_x, arrays.test_y, cfg.test_size, device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    squares = torch.zeros(3, dtype=torch.float64, device=device)
+    for chunk in train.x.split(4096):
+        v = chunk.double().div(255)
+        sums += v.sum((0, 2, 3))
+        squares += v.pow(2).sum((0, 2, 3))
+    count = train.x.shape[0] * train.x.shape[2] * train.x.shape[3]
+    mean = sums / count
+    std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
+    fp = f"{arrays.fingerprint}/train={cfg.train_size}/test={cfg.test_size}"
+    return Dataset(train, test, arrays.classes, mean.float().view(1, 3, 1, 1),
+                   std.float().view(1, 3, 1, 1), fp)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by 4, crop 32x32 at per-image offsets, flip where asked: one gather, batched."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = offsets[:, 0, None] + ar_h
+    cols = offsets[:, 1, None] + torch.where(flips[:, None], ar_w.flip(0), ar_w)
+    return padded[
+        torch.arange(b, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+def train_batches(data: Dataset, batch_size: int, seed: int, epoch: int, augment: bool = True,
+                  channels_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented, normalised batches; a function of (seed, epoch) alone."""
+    split = data.train
+    n = len(split)
+    g = epoch_generator(seed, epoch)
+    perm = torch.randperm(n, generator=g)
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+    flips = torch.rand(n, generator=g) < 0.5
+    device = split.x.device
+    perm, offsets, flips = perm.to(device), offsets.to(device), flips.to(device)
+    for start in range(0, n, batch_size):
+        idx = perm[start:start + batch_size]
+        if len(idx) < 2:  # a batch of one cannot train BatchNorm
+            break
+        x = split.x[idx]
+        if augment:
+            x = crop_flip(x, offsets[start:start + batch_size], flips[start:start + batch_size])
+        yield data.normalize(x, channels_last), split.y[idx]
+
+
+def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bool = True):
+    for start in range(0, len(split), batch_size):
+        yield data.normalize(split.x[start:start + batch_size], channels_last), split.y[start:start + batch_size]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= 2)
+
+
+def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A class-balanced, unaugmented, normalised sample of the training split (seeded)."""
+    idx = torch.from_numpy(balanced_indices(data.train.y.cpu().numpy(), size, seed)).to(data.train.x.device)
+    return data.normalize(data.train.x[idx]), data.train.y[idx]

@@ -1,0 +1,168 @@
+"""Content-addressed store of dense runs: get-or-train, once, atomically.
+
+An entry lives in ``<root>/dense/<key>/``: ``meta.json`` (what defines it, its metrics, the
+SHA-256 of every file) and one weights file per kept epoch (``theta_<e>.pt``, and
+``theta_final.pt``). It is built in a temporary folder and renamed into place only when
+complete, under a file lock, so concurrent trials train it once and a killed process never
+leaves an entry that looks finished. An entry that fails its integrity check is set aside and
+retrained, never used. Training state for resumption sits in ``<key>.partial/`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+
+from lottery.errors import LotteryError
+
+log = logging.getLogger("lottery")
+FORMAT = 1
+
+
+def content_key(spec: dict) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of what defines a run."""
+    canonical = json.dumps({"format": FORMAT, **spec}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path
+    meta: dict
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs e whose theta_e the entry holds."""
+        return sorted(int(e) for e in self.meta["checkpoints"])
+
+    @property
+    def metrics(self) -> dict:
+        return self.meta["metrics"]
+
+    def weights(self, epoch: int | str) -> dict:
+        """theta_e as a CPU state dict; ``"final"`` for theta_n."""
+        name = "final" if epoch == "final" else str(int(epoch))
+        if name != "final" and name not in self.meta["checkpoints"]:
+            raise LotteryError(
+                f"dense entry {self.key} holds theta at epochs {self.epochs}, not theta_{name}; "
+                f"add the point to train.rewind_points and pass store.retrain=true to retrain it"
+            )
+        path = self.path / f"theta_{name}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class DenseResult:
+    """What a training function hands the store: weights to keep, and metrics."""
+
+    checkpoints: dict[int, dict]
+    final: dict
+    metrics: dict
+
+
+class DenseStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.dir = self.root / "dense"
+
+    def path(self, key: str) -> Path:
+        return self.dir / key
+
+    def partial(self, key: str) -> Path:
+        """Scratch folder for the resumable state of an entry being trained."""
+        return self.dir / f"{key}.partial"
+
+    def lock(self, key: str) -> FileLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / f"{key}.lock"))
+
+    def load(self, key: str) -> Entry | None:
+        """The entry if it exists and passes its integrity check; a failing one is set aside."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            if meta.get("key") != key or meta.get("format") != FORMAT:
+                raise ValueError("meta.json describes another entry")
+            for name, digest in meta["files"].items():
+                if sha256_file(path / name) != digest:
+                    raise ValueError(f"{name} does not match its checksum")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            aside = path.with_name(f"{key}.corrupt-{int(time.time())}")
+            log.warning("dense entry %s failed its integrity check (%s); moved to %s, retraining",
+                        key, e, aside.name)
+            os.replace(path, aside)
+            return None
+        return Entry(key, path, meta)
+
+    def get_or_train(self, key: str, spec: dict, train: Callable[[Path], DenseResult],
+                     retrain: bool = False) -> tuple[Entry, bool]:
+        """The stored entry, training it first if needed. Returns (entry, trained_now)."""
+        with self.lock(key):
+            entry = self.load(key)
+            if entry is not None and not retrain:
+                return entry, False
+            partial = self.partial(key)
+            partial.mkdir(parents=True, exist_ok=True)
+            result = train(partial)
+            entry = self._publish(key, spec, result)
+            shutil.rmtree(partial, ignore_errors=True)
+            return entry, True
+
+    def update_metrics(self, entry: Entry, metrics: dict) -> Entry:
+        """Add metrics to a stored entry (meta.json rewritten atomically, under the lock)."""
+        with self.lock(entry.key):
+            meta = json.loads((entry.path / "meta.json").read_text())
+            meta["metrics"].update(metrics)
+            _write_json_atomic(entry.path / "meta.json", meta)
+            entry.meta = meta
+        return entry
+
+    def _publish(self, key: str, spec: dict, result: DenseResult) -> Entry:
+        tmp = self.dir / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        files = {}
+        states = {**{str(e): s for e, s in result.checkpoints.items()}, "final": result.final}
+        for name, state in states.items():
+            fname = f"theta_{name}.pt"
+            torch.save(state, tmp / fname)
+            files[fname] = sha256_file(tmp / fname)
+        meta = {"format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
+                "checkpoints": sorted(str(e) for e in result.checkpoints), "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_json_atomic(tmp / "meta.json", meta)
+        final = self.path(key)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return Entry(key, final, meta)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,91 @@
+"""MLflow logging: one run per dense reference (logged once) and one per ticket.
+
+The default store is a SQLite file in ``.lottery/`` with artifacts beside it, so nothing needs
+a server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere (e.g. ``make server``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger("lottery")
+LOCAL_ROOT = Path(".lottery")
+
+
+def tracking_uri(cfg) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(LOCAL_ROOT / 'mlflow.db').resolve()}"
+
+
+def start(cfg) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    import mlflow
+
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI") and not cfg.uri:
+        location = (LOCAL_ROOT / "mlartifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent trial
+        return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def flatten(cfg) -> dict[str, str]:
+    """The resolved config as dotted keys (MLflow params)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    return out
+
+
+def find_runs(experiment_id: str, **tags) -> list:
+    import mlflow
+
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+    return mlflow.search_runs([experiment_id], filter_string=query, output_format="list")
+
+
+def log_run(experiment_id: str, name: str, tags: dict, params: dict, metrics: dict,
+            artifacts: dict[str, object]) -> str:
+    """One finished run: written in one go, so an interrupted trial leaves no half run."""
+    import mlflow
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, content in artifacts.items():
+                path = Path(tmp) / fname
+                if fname.endswith((".yaml", ".txt")):
+                    path.write_text(str(content))
+                else:
+                    path.write_text(json.dumps(content, indent=2, default=str))
+                mlflow.log_artifact(str(path))
+        return run.info.run_id

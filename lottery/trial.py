@@ -1,0 +1,172 @@
+"""One trial, top to bottom: dense reference, scores, ticket, training, evaluation, logging."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from lottery import tracking
+from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
+from lottery.criteria import ScoringSet, score_blocks
+from lottery.data import Dataset, load_dataset, scoring_set
+from lottery.models import Plan, ResNet, build, count_filters, count_params, resnet_plan
+from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
+from lottery.store import DenseResult, DenseStore, Entry, content_key
+from lottery.surgery import remove_blocks, select_blocks
+from lottery.train import cpu_state, evaluate, prepare, train
+
+log = logging.getLogger("lottery")
+
+RECIPE_KEYS = ("epochs", "milestones", "gamma", "lr", "momentum", "nesterov", "weight_decay",
+               "batch_size", "augment", "amp")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def dense_spec(cfg, data: Dataset) -> dict:
+    """What defines a dense run (not criterion, density or mode): its store key's content."""
+    train = OmegaConf.to_container(cfg.train, enum_to_str=True)
+    return {"model": {"depth": cfg.model.depth, "shortcut": cfg.model.shortcut.value},
+            "data": data.fingerprint, "train": {k: train[k] for k in RECIPE_KEYS}, "seed": cfg.seed}
+
+
+def fresh_model(plan: Plan, seed: int, device, channels_last: bool) -> ResNet:
+    torch.manual_seed(seed)
+    return prepare(build(plan), device, channels_last)
+
+
+def train_dense(cfg, plan: Plan, data: Dataset, device, partial: Path, keep: set[int]) -> DenseResult:
+    """Train the dense reference F, keeping theta_e for every epoch in ``keep`` (resumable)."""
+    model = fresh_model(plan, cfg.seed, device, cfg.train.channels_last)
+    done = train(model, data, cfg.train, seed=cfg.seed, device=device, keep=keep,
+                 state_path=partial / "state.pt", desc="dense")
+    metrics = {"accuracy": evaluate(model, data, cfg.train, device), "train_seconds": done.seconds,
+               "epochs": cfg.train.epochs, "params": count_params(model), "filters": count_filters(model)}
+    return DenseResult(done.checkpoints, cpu_state(model), metrics)
+
+
+def dense_reference(cfg, plan: Plan, data: Dataset, device, store: DenseStore, rewind: int | None) -> Entry:
+    """The stored dense run, trained first if missing, keeping the configured rewind points and
+    the one this trial rewinds to."""
+    spec = dense_spec(cfg, data)
+    keep = set(rewind_epochs(cfg.train)) | ({rewind} if rewind is not None else set())
+    entry, trained = store.get_or_train(content_key(spec), spec,
+                                        lambda partial: train_dense(cfg, plan, data, device, partial, keep),
+                                        retrain=cfg.store.retrain)
+    log.info("dense %s %s: accuracy %.2f%%", entry.key, "trained" if trained else "reused from the store",
+             entry.metrics["accuracy"])
+    return entry
+
+
+def log_dense(cfg, entry: Entry, experiment: str) -> str:
+    """The dense reference's MLflow run, created the first time any trial needs it."""
+    runs = tracking.find_runs(experiment, role="dense", dense_key=entry.key)
+    if runs:
+        return runs[0].info.run_id
+    m = entry.metrics
+    name = f"dense-resnet{cfg.model.depth}-s{cfg.seed}"
+    params = tracking.flatten(OmegaConf.masked_copy(cfg, ["model", "data", "train", "seed"]))
+    return tracking.log_run(experiment, name, {"role": "dense", "dense_key": entry.key,
+                                               "profile": cfg.profile_name},
+                            params, m, {"dense.json": entry.meta})
+
+
+def model_at(plan: Plan, entry: Entry, weights, device, channels_last: bool) -> ResNet:
+    model = prepare(build(plan), device, channels_last)
+    model.load_state_dict(entry.weights(weights))
+    return model
+
+
+@dataclass
+class Ticket:
+    model: ResNet
+    start_epoch: int  # first epoch of the dense schedule the ticket trains
+
+
+def make_ticket(cfg, mode: Mode, plan: Plan, entry: Entry, removed: list[int], rewind: int,
+                device) -> Ticket:
+    """The physically shallower network, holding the weights the mode prescribes."""
+    cl = cfg.train.channels_last
+    if mode.start_from == "fresh":
+        model = fresh_model(plan.without(removed), cfg.seed + REINIT_SEED_OFFSET, device, cl)
+    else:
+        epoch = {"init": 0, "rewind": rewind, "final": "final"}[mode.start_from]
+        model = remove_blocks(model_at(plan, entry, epoch, device, cl), removed)
+    return Ticket(model, rewind if mode.resumes_schedule else 0)
+
+
+def run_name(cfg, mode: Mode, count: int) -> str:
+    rewind = f"-r{epoch_of(cfg.rewind_epoch, cfg.train.epochs)}" if mode.rewinds else ""
+    return f"{mode.name}-{cfg.criterion.name}-p{count}{rewind}-resnet{cfg.model.depth}-s{cfg.seed}"
+
+
+def run(cfg) -> dict:
+    """Run one trial; returns its metrics (also logged to MLflow)."""
+    validate(cfg)
+    mode = MODES[cfg.mode.name]
+    device = pick_device(cfg.device)
+    data = load_dataset(cfg.data, device)
+    plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value, data.num_classes)
+    store = DenseStore(cfg.store.root)
+    experiment = tracking.start(cfg.tracking)
+
+    rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else None
+    dense = dense_reference(cfg, plan, data, device, store, rewind)
+    dense_run = log_dense(cfg, dense, experiment)
+    if not mode.prunes:
+        return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
+
+    count = blocks_to_remove(cfg.density, len(plan.removable))
+    if rewind is not None:
+        dense.weights(rewind)  # fail now, not after scoring, if theta_i was never kept
+    rewind = rewind or 0
+    scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
+    scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
+    scores = score_blocks(cfg.criterion.name, scored, scoring, cfg.criterion, cfg.seed)
+    removed = select_blocks(plan, scores, count)
+    log.info("%s scores [%s] -> removing blocks %s", cfg.criterion.name,
+             " ".join(f"{s:.3g}" for s in scores.tolist()), removed)
+
+    ticket = make_ticket(cfg, mode, plan, dense, removed, rewind, device)
+    trial_key = content_key({"dense": dense.key, "mode": mode.name, "removed": removed,
+                             "rewind": rewind, "seed": cfg.seed})
+    state = store.root / "trials" / f"{trial_key}.state.pt"
+    done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
+                 start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
+    accuracy = evaluate(ticket.model, data, cfg.train, device)
+
+    dm = dense.metrics
+    metrics = {
+        "accuracy": accuracy, "dense_accuracy": dm["accuracy"], "delta_pp": accuracy - dm["accuracy"],
+        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), "blocks_removed": len(removed),
+        "params": count_params(ticket.model), "dense_params": dm["params"],
+        "filters": count_filters(ticket.model), "dense_filters": dm["filters"],
+        "train_seconds": done.seconds, "dense_train_seconds": dm["train_seconds"],
+        "ticket_epochs": cfg.train.epochs - ticket.start_epoch,
+    }
+    removable = plan.removable
+    blocks = {"removable": removable, "stage": [plan.blocks[i].stage for i in removable],
+              "scores": scores.tolist(), "removed": removed}
+    name = run_name(cfg, mode, count)
+    tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
+            "criterion": cfg.criterion.name, "profile": cfg.profile_name, "trial_key": trial_key}
+    params = {**tracking.flatten(cfg), "blocks_to_remove": count, "rewind_epoch": rewind}
+    run_id = tracking.log_run(experiment, name, tags, params, metrics,
+                              {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), "blocks.json": blocks})
+    state.unlink(missing_ok=True)
+    verdict = "wins" if metrics["winning"] else "loses"
+    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | %d/%d blocks removed %s | "
+             "params %d -> %d | MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
+             verdict, len(removed), len(removable), removed, dm["params"], metrics["params"], run_id)
+    return {**metrics, "run_id": run_id, "name": name}

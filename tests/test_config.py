@@ -1,0 +1,99 @@
+"""Every bad input gets one clear line before any work."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
+from lottery.errors import LotteryError
+from tests.conftest import REPO, compose_cfg
+
+
+@pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
+@pytest.mark.parametrize("model", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"])
+def test_every_profile_and_model_composes(profile, model):
+    cfg = compose_cfg(f"profile={profile}", f"model={model}", "data=synthetic")
+    validate(cfg)
+    assert cfg.profile_name == profile
+
+
+def test_density_and_rewind_conversions():
+    assert blocks_to_remove(3, 13) == 3
+    assert blocks_to_remove(0.25, 13) == 3  # round(3.25)
+    assert blocks_to_remove(2.0, 13) == 2
+    assert epoch_of(0.125, 200) == 25 and epoch_of(25, 200) == 25 and epoch_of(0.375, 8) == 3
+    assert rewind_epochs(compose_cfg("profile=paper").train) == [0, 25, 50, 75]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["criterion.name=magic"], "unknown criterion 'magic'; choose one of: grasp, random, snip"),
+        (["mode.name=prune"], "unknown mode 'prune'"),
+        (["density=13"], "density=13 is above resnet32's maximum of 12"),
+        (["model=resnet56", "density=25"], "maximum of 24"),
+        (["density=1.5"], "fraction in (0, 1)"),
+        (["density=0"], "remove at least one block"),
+        (["mode=rewind", "rewind_epoch=4"], "rewind_epoch=4 lies outside the schedule [0, 4)"),
+        (["mode=rewind", "rewind_epoch=-1"], "outside the schedule"),
+        (["criterion.scoring_size=0"], "criterion grasp needs scoring data"),
+        (["criterion.scoring_size=10000"], "exceeds data.train_size=512"),
+        (["model.depth=33"], "depth must be 6n+2"),
+        (["train.milestones=[2,9]"], "milestones [9] lie outside"),
+        (["data.train_size=5"], "at least one image per class"),
+        (["device=tpu"], "use auto, cpu or cuda"),
+    ],
+)
+def test_bad_input_is_one_clear_line(overrides, message):
+    cfg = compose_cfg("profile=smoke", "data=synthetic", *overrides)
+    with pytest.raises(LotteryError) as e:
+        validate(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_data_folder_errors(tmp_path):
+    with pytest.raises(LotteryError, match="does not exist"):
+        validate(compose_cfg("data=imagefolder", f"data.root={tmp_path / 'nope'}"))
+    (tmp_path / "train").mkdir()
+    with pytest.raises(LotteryError, match="train is missing or has no class folders"):
+        validate(compose_cfg("data=imagefolder", f"data.root={tmp_path}"))
+    (tmp_path / "train" / "cat").mkdir()
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(LotteryError, match="no images"):
+        validate(compose_cfg("data=imagefolder", f"data.root={tmp_path}"))
+    with pytest.raises(LotteryError, match="needs data.root"):
+        validate(compose_cfg("data=imagefolder", "data.root=null"))
+
+
+def test_random_needs_no_scoring_data():
+    validate(compose_cfg("profile=smoke", "data=synthetic", "criterion=random", "criterion.scoring_size=0"))
+
+
+def test_typed_config_rejects_wrong_types_and_unknown_keys():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("model.shortcut=C")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("criterion.temprature=3")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg("seed=abc")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lottery", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    r = run_cli("profile=smoke", "data=synthetic", "density=40", f"store.root={tmp_path}", cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("lottery: error: density=40 is above")
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_unknown_group_choice_lists_the_valid_ones(tmp_path):
+    r = run_cli("criterion=magic", cwd=REPO)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "Available options in 'criterion'" in r.stderr and "grasp" in r.stderr

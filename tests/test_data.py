@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from lottery import data as D
+from lottery.config import DataConfig
+
+
+def cfg(**kw):
+    return OmegaConf.structured(DataConfig(**kw))
+
+
+def write_folder(root, per_class=(6, 3), classes=("cat", "dog", "eel"), size=32):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_balanced_subset_counts():
+    labels = np.repeat(np.arange(10), 50)
+    idx = D.balanced_indices(labels, 103, seed=0)
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts.sum() == 103 and counts.max() - counts.min() == 1
+    assert np.array_equal(idx, D.balanced_indices(labels, 103, seed=0))
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    a = D.load_dataset(cfg(name="synthetic", train_size=200, test_size=50), torch.device("cpu"))
+    b = D.load_dataset(cfg(name="synthetic", train_size=200, test_size=50), torch.device("cpu"))
+    assert torch.equal(a.train.x, b.train.x) and a.fingerprint == b.fingerprint
+    assert a.train.x.dtype == torch.uint8 and a.train.x.shape == (200, 3, 32, 32)
+    assert torch.bincount(a.train.y).tolist() == [20] * 10
+    torch.testing.assert_close(a.normalize(a.train.x).mean((0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+
+
+def test_crop_flip_matches_per_image_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=g)
+    offsets = torch.randint(0, 9, (5, 2), generator=g)
+    flips = torch.tensor([True, False, True, False, True])
+    got = D.crop_flip(x, offsets, flips)
+    for i in range(5):
+        p = F.pad(x[i], (4, 4, 4, 4))
+        oy, ox = offsets[i].tolist()
+        ref = p[:, oy:oy + 32, ox:ox + 32]
+        ref = ref.flip(-1) if flips[i] else ref
+        assert torch.equal(got[i], ref)
+
+
+def test_epoch_batches_depend_only_on_seed_and_epoch():
+    ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
+    first = [x for x, _ in D.train_batches(ds, 32, seed=1, epoch=2)]
+    again = [x for x, _ in D.train_batches(ds, 32, seed=1, epoch=2)]
+    other = [x for x, _ in D.train_batches(ds, 32, seed=1, epoch=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    assert [len(x) for x in first] == [32, 32, 32, 4]
+    assert first[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_imagefolder_decodes_once_and_caches_outside_the_data_folder(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "data")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    c = cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "cache"))
+    D.SOURCES["imagefolder"].check(c)
+    ds = D.load_dataset(c, torch.device("cpu"))
+    assert ds.classes == ["cat", "dog", "eel"] and len(ds.train) == 18 and len(ds.test) == 9
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written there
+    assert len(list((tmp_path / "cache").glob("imagefolder-*.npz"))) == 1
+
+    def no_decoding(path):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(D, "_decode", no_decoding)
+    again = D.load_dataset(c, torch.device("cpu"))
+    assert torch.equal(again.train.x, ds.train.x)
+
+
+def test_imagefolder_resizes_other_sizes(tmp_path):
+    root = write_folder(tmp_path / "data", per_class=(2, 1), size=40)
+    ds = D.load_dataset(cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "c")), torch.device("cpu"))
+    assert ds.train.x.shape == (6, 3, 32, 32)
+
+
+def test_scoring_set_is_balanced_and_unaugmented():
+    ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
+    x, y = D.scoring_set(ds, 30, seed=0)
+    assert torch.bincount(y).tolist() == [3] * 10
+    # unaugmented: every scoring image is exactly a normalised training image
+    flat = ds.normalize(ds.train.x).flatten(1)
+    assert all((flat == xi.flatten()).all(1).any() for xi in x)

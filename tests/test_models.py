@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from lottery.errors import LotteryError
+from lottery.models import build, count_filters, count_params, resnet_plan
+from lottery.surgery import remove_blocks, select_blocks
+
+
+def randomize(model, seed=0):
+    """Random BN statistics and affine parameters, so that no block is close to identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_filter_counts_match_the_paper():
+    model = build(resnet_plan(32, "B"))
+    assert count_filters(model) == 1232
+    first_stage = [i for i in model.plan.removable if model.plan.blocks[i].stage == 0]
+    assert count_filters(remove_blocks(model, first_stage[:1])) == 1200
+    assert count_filters(remove_blocks(model, first_stage[:2])) == 1168
+
+
+@pytest.mark.parametrize("depth,removable,maximum", [(20, 7, 6), (32, 13, 12), (56, 25, 24), (110, 52, 51)])
+def test_removable_blocks_and_maximum_density(depth, removable, maximum):
+    plan = resnet_plan(depth)
+    assert len(plan.removable) == removable
+    assert plan.max_removable == maximum
+    assert all(plan.blocks[i].stride == 1 for i in plan.removable)
+
+
+@pytest.mark.parametrize("shortcut,params", [("A", 464_154), ("B", 466_906)])
+def test_parameter_counts(shortcut, params):
+    # Option A's 464,154 is He et al.'s "0.46M" as counted by public reproductions.
+    assert count_params(build(resnet_plan(32, shortcut))) == params
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_shortened_net_equals_original_with_branches_disabled(shortcut):
+    torch.manual_seed(0)
+    model = randomize(build(resnet_plan(32, shortcut)))
+    removed = [0, 3, 7, 12]
+    x = torch.randn(4, 3, 32, 32)
+    ticket = remove_blocks(model, removed)
+    for i in removed:
+        model.blocks[i].branch_enabled = False
+    with torch.no_grad():
+        expected, got = model(x), ticket(x)
+    assert len(ticket.blocks) == len(model.blocks) - len(removed)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # and disabling really changes the output (the test can fail)
+    for i in removed:
+        model.blocks[i].branch_enabled = True
+    with torch.no_grad():
+        assert not torch.allclose(model(x), expected, atol=1e-3)
+
+
+def test_surgery_copies_parameters_and_buffers():
+    model = randomize(build(resnet_plan(20)))
+    ticket = remove_blocks(model, [1])
+    torch.testing.assert_close(ticket.blocks[1].bn1.running_var, model.blocks[2].bn1.running_var)
+    torch.testing.assert_close(ticket.blocks[1].conv2.weight, model.blocks[2].conv2.weight)
+    ticket.blocks[1].conv2.weight.data.zero_()  # a copy, not shared storage
+    assert model.blocks[2].conv2.weight.abs().sum() > 0
+
+
+def test_surgery_refuses_downsampling_blocks():
+    model = build(resnet_plan(20))
+    with pytest.raises(ValueError, match="cannot be removed"):
+        remove_blocks(model, [3])
+
+
+def test_selection_takes_lowest_scores_and_keeps_every_stage():
+    plan = resnet_plan(32)  # removable: stage 0 -> blocks 0..4, stage 1 -> 6..9, stage 2 -> 11..14
+    scores = torch.arange(13, dtype=torch.float64)  # stage-0 blocks score lowest
+    assert select_blocks(plan, scores, 3) == [0, 1, 2]
+    # all five stage-0 blocks are the lowest, but one must stay: the sixth pick is block 6
+    assert select_blocks(plan, scores, 5) == [0, 1, 2, 3, 6]
+    with pytest.raises(LotteryError, match="at most 12"):
+        select_blocks(plan, scores, 13)

@@ -1,0 +1,111 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lottery.config import TrainConfig
+from lottery.data import load_dataset
+from lottery.models import build, resnet_plan
+from lottery.train import lr_at, train
+from tests.conftest import REPO, compose_cfg
+
+CPU = torch.device("cpu")
+
+
+def small_data():
+    from lottery.config import DataConfig
+    from omegaconf import OmegaConf
+
+    return load_dataset(OmegaConf.structured(DataConfig(name="synthetic", train_size=64, test_size=20)), CPU)
+
+
+def recipe(**kw):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.structured(TrainConfig(epochs=6, milestones=[2, 4], batch_size=32, progress=False, **kw))
+
+
+def test_multistep_schedule():
+    t = recipe()
+    assert [lr_at(e, t) for e in range(6)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def lrs_seen(monkeypatch, **train_kw):
+    seen = []
+    step = torch.optim.SGD.step
+
+    def recording(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    torch.manual_seed(0)
+    train(build(resnet_plan(8)), small_data(), recipe(), seed=0, device=CPU, **train_kw)
+    monkeypatch.undo()
+    return seen
+
+
+def test_ticket_lr_at_step_k_equals_dense_lr_at_step_i_plus_k(monkeypatch):
+    dense = lrs_seen(monkeypatch)
+    for i in (1, 3):
+        ticket = lrs_seen(monkeypatch, start_epoch=i)
+        steps_per_epoch = len(dense) // 6
+        assert ticket == dense[i * steps_per_epoch:]
+
+
+def test_same_seed_same_weights_and_kept_checkpoints():
+    def run():
+        torch.manual_seed(0)
+        model = build(resnet_plan(8))
+        theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+        done = train(model, small_data(), recipe(), seed=0, device=CPU, keep={0, 3})
+        return model, theta0, done
+
+    a, theta0, done = run()
+    b, _, _ = run()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    assert sorted(done.checkpoints) == [0, 3]
+    assert all(torch.equal(done.checkpoints[0][k], theta0[k]) for k in theta0)
+    assert not torch.equal(done.checkpoints[3]["fc.weight"], theta0["fc.weight"])
+
+
+def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path):
+    """Kill a smoke dense run after its first epoch; the re-run ends where an uninterrupted one does."""
+    common = ["profile=smoke", "data=synthetic", "model=resnet20", "mode=dense", "train.epochs=3",
+              "train.milestones=[2]", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}"]
+
+    def cli(store, **kw):
+        return subprocess.Popen([sys.executable, "-m", "lottery", *common, f"store.root={store}"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+    victim = cli(tmp_path / "killed")
+    deadline = time.time() + 120
+    state = None
+    while time.time() < deadline and victim.poll() is None:
+        found = list((tmp_path / "killed" / "dense").glob("*.partial/state.pt"))
+        if found:
+            state = found[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, "the dense training never wrote its epoch state"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    saved = torch.load(state, weights_only=True)
+    assert 1 <= saved["epoch"] < 3
+    assert not list((tmp_path / "killed" / "dense").glob("*/meta.json"))  # nothing looks finished
+
+    for store in ("killed", "clean"):
+        p = cli(tmp_path / store)
+        out = p.communicate(timeout=300)[0].decode()
+        assert p.returncode == 0, out
+        resumed = "resuming from the state saved after epoch" in out
+        assert resumed == (store == "killed")
+    finals = [torch.load(next((tmp_path / s / "dense").glob("*/theta_final.pt")), weights_only=True)
+              for s in ("killed", "clean")]
+    for k in finals[0]:
+        assert torch.equal(finals[0][k], finals[1][k]), k

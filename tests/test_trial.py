@@ -1,0 +1,121 @@
+"""Whole trials on synthetic data (profile=smoke, ResNet20): the pipeline end to end."""
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from lottery import trial
+from lottery.errors import LotteryError
+from lottery.models import build, resnet_plan
+from lottery.store import DenseStore
+from lottery.surgery import remove_blocks
+from tests.conftest import compose_cfg
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tracking_uri):
+    """One store and experiment for the module: the dense reference is trained once."""
+    root = tmp_path_factory.mktemp("trial")
+
+    def make(*overrides):
+        return compose_cfg("profile=smoke", "data=synthetic", "model=resnet20", f"store.root={root / 'store'}",
+                           f"tracking.uri={tracking_uri}", "tracking.experiment=trials", *overrides)
+
+    return make
+
+
+def runs(cfg, role):
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    return mlflow.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'", output_format="list")
+
+
+def test_init_trial_logs_dense_and_ticket_then_reuses_the_dense(shared, monkeypatch):
+    cfg = shared("mode=init", "criterion=grasp", "density=2")
+    out = trial.run(cfg)
+    dense, tickets = runs(cfg, "dense"), runs(cfg, "ticket")
+    assert len(dense) == 1 and len(tickets) == 1
+    m = tickets[0].data.metrics
+    assert m["delta_pp"] == pytest.approx(m["accuracy"] - m["dense_accuracy"])
+    assert m["blocks_removed"] == 2 and m["winning"] == float(m["delta_pp"] >= 0)
+    assert m["params"] < m["dense_params"] and m["ticket_epochs"] == 4
+    assert tickets[0].info.run_name == "init-grasp-p2-resnet20-s0" == out["name"]
+    assert tickets[0].data.tags["dense_run_id"] == dense[0].info.run_id
+    assert dense[0].data.metrics["accuracy"] > 50  # the synthetic task is learnable in smoke
+
+    blocks = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=tickets[0].info.run_id, artifact_path="blocks.json")).read())
+    assert len(blocks["scores"]) == 7 and len(blocks["removed"]) == 2
+    lowest = sorted(range(7), key=lambda k: blocks["scores"][k])[:2]
+    assert sorted(blocks["removable"][k] for k in lowest) == blocks["removed"]
+
+    def must_not_train(*a, **k):
+        raise AssertionError("the dense reference was trained again")
+
+    monkeypatch.setattr(trial, "train_dense", must_not_train)
+    trial.run(shared("mode=init", "criterion=grasp", "density=1"))
+    assert len(runs(cfg, "dense")) == 1 and len(runs(cfg, "ticket")) == 2
+
+
+@pytest.mark.parametrize("overrides", [
+    ("mode=rewind", "rewind_epoch=1", "criterion=snip"),
+    ("mode=rewind", "rewind_epoch=0.375", "criterion=random"),
+    ("mode=lr_rewind", "rewind_epoch=0.25", "criterion=grasp"),
+    ("mode=reinit", "criterion=snip"),
+])
+def test_trained_network_modes_complete(shared, overrides):
+    out = trial.run(shared(*overrides, "density=2"))
+    rewind = {"rewind_epoch=1": 1, "rewind_epoch=0.375": 1, "rewind_epoch=0.25": 1}
+    start = next((rewind[o] for o in overrides if o in rewind), 0)
+    assert out["ticket_epochs"] == 4 - start
+    assert out["blocks_removed"] == 2
+
+
+def test_rewind_point_the_stored_entry_lacks_is_a_clear_error(shared):
+    # smoke keeps theta_0 and theta_1 (the paper's points scaled to 4 epochs); theta_2 was never kept
+    with pytest.raises(LotteryError, match="not theta_2; add the point to train.rewind_points"):
+        trial.run(shared("mode=rewind", "rewind_epoch=2"))
+
+
+def test_a_new_dense_entry_keeps_the_rewind_point_its_trial_asks_for(smoke):
+    out = trial.run(smoke("mode=rewind", "rewind_epoch=0.5", "model.depth=14", "criterion=random"))
+    assert out["ticket_epochs"] == 2
+
+
+def test_ticket_weights_follow_the_mode(shared):
+    cfg = shared("mode=rewind", "rewind_epoch=1", "density=2")
+    trial.run(shared("mode=dense"))
+    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    plan = resnet_plan(20)
+    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data)))
+    removed = [1, 4]
+    kept = [i for i in range(len(plan.blocks)) if i not in removed]
+
+    def weights_of(mode_name, rewind=1):
+        t = trial.make_ticket(cfg, trial.MODES[mode_name], plan, entry, removed, rewind, torch.device("cpu"))
+        return t.model.state_dict(), t.start_epoch
+
+    for mode_name, source in (("rewind", 1), ("lr_rewind", "final"), ("init", 0)):
+        state, start = weights_of(mode_name)
+        theta = entry.weights(source)
+        for new, old in enumerate(kept):
+            for k in ("conv1.weight", "bn2.running_mean"):
+                assert torch.equal(state[f"blocks.{new}.{k}"], theta[f"blocks.{old}.{k}"]), (mode_name, k)
+        assert torch.equal(state["fc.weight"], theta["fc.weight"])
+        assert start == (0 if mode_name == "init" else 1)
+    fresh, start = weights_of("reinit")
+    assert start == 0
+    for e in [*entry.epochs, "final"]:
+        theta = entry.weights(e)
+        assert not torch.equal(fresh["stem.0.weight"], theta["stem.0.weight"])
+        assert not torch.equal(fresh["blocks.0.conv1.weight"], theta["blocks.0.conv1.weight"])
+
+
+def test_same_config_and_seed_give_the_same_numbers(smoke):
+    a = trial.run(smoke("criterion=snip", "density=1", "model.depth=14", "data.train_size=128"))
+    b = trial.run(smoke("criterion=snip", "density=1", "model.depth=14", "data.train_size=128",
+                        "store.retrain=true", "tracking.experiment=again"))
+    for k in ("accuracy", "dense_accuracy", "delta_pp", "params"):
+        assert a[k] == b[k], k
