@@ -116,6 +116,9 @@ class TrialConfig:
     density: Union[int, float] = 1
     # Rewind point theta_i: an int is an epoch, a float in (0, 1) a fraction of the schedule.
     rewind_epoch: Union[int, float] = 0
+    structure: str = "layer"  # layer: remove residual blocks; filter: the structured-LTH baseline
+    scope: str = "global"  # filter ranking: global, or layerwise (same fraction per convolution)
+    target_filters: Optional[int] = None  # filter tickets: None = the layer ticket's filter count
     seed: int = 0
     xi: float = 0.0  # Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -160,8 +163,9 @@ def _choice(kind: str, name: str, valid) -> None:
 
 def validate(cfg) -> None:
     """Raise ``LotteryError`` for the first problem found in a composed trial config."""
-    from lottery.criteria import CRITERIA
+    from lottery.criteria import CRITERIA, filter_criteria
     from lottery.data import SOURCES
+    from lottery.pruning import STRUCTURES
     from lottery.models import resnet_plan
     from lottery.modes import MODES
 
@@ -170,7 +174,7 @@ def validate(cfg) -> None:
     _choice("data set", cfg.data.name, SOURCES)
 
     try:
-        plan = resnet_plan(cfg.model.depth)
+        plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value)
     except ValueError as e:
         raise LotteryError(f"model.depth={cfg.model.depth}: {e}") from None
 
@@ -209,7 +213,19 @@ def validate(cfg) -> None:
         if size is not None and size < cfg.data.num_classes:
             raise LotteryError(f"data.{key}={size}: need at least one image per class")
 
+    _choice("structure", cfg.structure, STRUCTURES)
+    _choice("scope", cfg.scope, ("global", "layerwise"))
     crit = CRITERIA[cfg.criterion.name]
+    if mode.prunes and cfg.structure == "filter" and crit.filters is None:
+        raise LotteryError(f"structure=filter needs a criterion that scores filters: "
+                           f"{', '.join(filter_criteria())} (got {cfg.criterion.name})")
+    if mode.prunes and cfg.structure == "filter" and cfg.target_filters is not None:
+        from lottery.surgery import filter_floor, plan_filters
+
+        floor, total = filter_floor(plan), plan_filters(plan)
+        if not floor <= cfg.target_filters <= total:
+            raise LotteryError(f"target_filters={cfg.target_filters} is out of reach: resnet{cfg.model.depth} "
+                               f"has {total} filters and keeps at least {floor} (one per convolution)")
     if mode.prunes and crit.needs_data:
         n = cfg.criterion.scoring_size
         if n < 1:

@@ -11,12 +11,13 @@ from omegaconf import OmegaConf
 
 from lottery import tracking
 from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
-from lottery.criteria import ScoringSet, score_blocks
+from lottery.criteria import ScoringSet
 from lottery.data import Dataset, load_dataset, scoring_set
 from lottery.models import Plan, ResNet, build, count_filters, count_params, resnet_plan
 from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
+from lottery.pruning import STRUCTURES, Pruning
 from lottery.store import DenseResult, DenseStore, Entry, content_key
-from lottery.surgery import remove_blocks, select_blocks
+from lottery.surgery import plan_filters
 from lottery.train import cpu_state, evaluate, prepare, train
 
 log = logging.getLogger("lottery")
@@ -94,21 +95,20 @@ class Ticket:
     start_epoch: int  # first epoch of the dense schedule the ticket trains
 
 
-def make_ticket(cfg, mode: Mode, plan: Plan, entry: Entry, removed: list[int], rewind: int,
-                device) -> Ticket:
-    """The physically shallower network, holding the weights the mode prescribes."""
+def make_ticket(cfg, mode: Mode, plan: Plan, pruning: Pruning, entry: Entry, rewind: int, device) -> Ticket:
+    """The physically smaller network, holding the weights the mode prescribes."""
     cl = cfg.train.channels_last
     if mode.start_from == "fresh":
-        model = fresh_model(plan.without(removed), cfg.seed + REINIT_SEED_OFFSET, device, cl)
+        model = fresh_model(pruning.plan, cfg.seed + REINIT_SEED_OFFSET, device, cl)
     else:
         epoch = {"init": 0, "rewind": rewind, "final": "final"}[mode.start_from]
-        model = remove_blocks(model_at(plan, entry, epoch, device, cl), removed)
+        model = pruning.apply(model_at(plan, entry, epoch, device, cl))
     return Ticket(model, rewind if mode.resumes_schedule else 0)
 
 
-def run_name(cfg, mode: Mode, count: int) -> str:
+def run_name(cfg, mode: Mode, pruning: Pruning) -> str:
     rewind = f"-r{epoch_of(cfg.rewind_epoch, cfg.train.epochs)}" if mode.rewinds else ""
-    return f"{mode.name}-{cfg.criterion.name}-p{count}{rewind}-resnet{cfg.model.depth}-s{cfg.seed}"
+    return f"{mode.name}-{cfg.criterion.name}-{pruning.label}{rewind}-resnet{cfg.model.depth}-s{cfg.seed}"
 
 
 def run(cfg) -> dict:
@@ -127,19 +127,16 @@ def run(cfg) -> dict:
     if not mode.prunes:
         return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
 
-    count = blocks_to_remove(cfg.density, len(plan.removable))
     if rewind is not None:
         dense.weights(rewind)  # fail now, not after scoring, if theta_i was never kept
     rewind = rewind or 0
     scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
     scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
-    scores = score_blocks(cfg.criterion.name, scored, scoring, cfg.criterion, cfg.seed)
-    removed = select_blocks(plan, scores, count)
-    log.info("%s scores [%s] -> removing blocks %s", cfg.criterion.name,
-             " ".join(f"{s:.3g}" for s in scores.tolist()), removed)
+    pruning = STRUCTURES[cfg.structure](cfg, plan, scored, scoring)
+    log.info("%s: %s", cfg.criterion.name, _describe(pruning))
 
-    ticket = make_ticket(cfg, mode, plan, dense, removed, rewind, device)
-    trial_key = content_key({"dense": dense.key, "mode": mode.name, "removed": removed,
+    ticket = make_ticket(cfg, mode, plan, pruning, dense, rewind, device)
+    trial_key = content_key({"dense": dense.key, "mode": mode.name, "pruned": pruning.record,
                              "rewind": rewind, "seed": cfg.seed})
     state = store.root / "trials" / f"{trial_key}.state.pt"
     done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
@@ -149,24 +146,31 @@ def run(cfg) -> dict:
     dm = dense.metrics
     metrics = {
         "accuracy": accuracy, "dense_accuracy": dm["accuracy"], "delta_pp": accuracy - dm["accuracy"],
-        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), "blocks_removed": len(removed),
+        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), **pruning.metrics,
         "params": count_params(ticket.model), "dense_params": dm["params"],
         "filters": count_filters(ticket.model), "dense_filters": dm["filters"],
         "train_seconds": done.seconds, "dense_train_seconds": dm["train_seconds"],
         "ticket_epochs": cfg.train.epochs - ticket.start_epoch,
     }
-    removable = plan.removable
-    blocks = {"removable": removable, "stage": [plan.blocks[i].stage for i in removable],
-              "scores": scores.tolist(), "removed": removed}
-    name = run_name(cfg, mode, count)
+    name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
-            "criterion": cfg.criterion.name, "profile": cfg.profile_name, "trial_key": trial_key}
-    params = {**tracking.flatten(cfg), "blocks_to_remove": count, "rewind_epoch": rewind}
+            "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
+            "trial_key": trial_key}
+    params = {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, len(plan.removable)),
+              "rewind_epoch": rewind}
     run_id = tracking.log_run(experiment, name, tags, params, metrics,
-                              {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), "blocks.json": blocks})
+                              {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+                               pruning.artifact: pruning.record})
     state.unlink(missing_ok=True)
-    verdict = "wins" if metrics["winning"] else "loses"
-    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | %d/%d blocks removed %s | "
-             "params %d -> %d | MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
-             verdict, len(removed), len(removable), removed, dm["params"], metrics["params"], run_id)
+    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | filters %d -> %d | params %d -> %d | "
+             "MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
+             "wins" if metrics["winning"] else "loses", dm["filters"], metrics["filters"], dm["params"],
+             metrics["params"], run_id)
     return {**metrics, "run_id": run_id, "name": name}
+
+
+def _describe(p: Pruning) -> str:
+    r = p.record
+    if "removed" in r:
+        return f"block scores [{' '.join(f'{s:.3g}' for s in r['scores'])}] -> removing blocks {r['removed']}"
+    return f"keeping {plan_filters(p.plan)} filters (target {r['target_filters']}, {r['scope']} ranking)"

@@ -8,7 +8,8 @@ import torch
 
 from lottery import trial
 from lottery.errors import LotteryError
-from lottery.models import build, resnet_plan
+from lottery.models import resnet_plan
+from lottery.pruning import Pruning
 from lottery.store import DenseStore
 from lottery.surgery import remove_blocks
 from tests.conftest import compose_cfg
@@ -93,8 +94,10 @@ def test_ticket_weights_follow_the_mode(shared):
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
+    pruned = Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), {}, {}, "", "")
+
     def weights_of(mode_name, rewind=1):
-        t = trial.make_ticket(cfg, trial.MODES[mode_name], plan, entry, removed, rewind, torch.device("cpu"))
+        t = trial.make_ticket(cfg, trial.MODES[mode_name], plan, pruned, entry, rewind, torch.device("cpu"))
         return t.model.state_dict(), t.start_epoch
 
     for mode_name, source in (("rewind", 1), ("lr_rewind", "final"), ("init", 0)):

@@ -1,18 +1,23 @@
-"""Block-importance criteria: a registry from name to scoring function.
+"""Importance criteria: a registry from name to scoring functions.
 
 Every criterion receives the model (at the weights the mode scores on), a class-balanced
-scoring set and its config, and returns one score per removable block (``plan.removable``
-order). The lowest-scoring blocks are removed. New criteria join with ``@register``.
+scoring set and its config, and yields one score per removable block (``plan.removable``
+order); the lowest-scoring blocks are removed. Criteria defined per weight (SNIP, GraSP,
+SynFlow, L1) join with ``@register_per_weight`` and then also score filters (the output
+channels of each block's first convolution) for the filter-pruning baseline; criteria defined
+per block join with ``@register``.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
+from lottery.criteria.weights import per_block, per_filter
+from lottery.errors import LotteryError
 from lottery.models import ResNet
 
 
@@ -33,7 +38,8 @@ class ScoringSet:
 @dataclass(frozen=True)
 class Criterion:
     name: str
-    fn: Callable  # (model, ScoringSet | None, cfg, seed) -> Tensor[num_removable]
+    blocks: Callable  # (model, ScoringSet | None, cfg, seed) -> Tensor[num_removable]
+    filters: Callable | None  # same arguments -> [Tensor[mid_ch] for every block]
     needs_data: bool
     doc: str
 
@@ -41,27 +47,75 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {}
 
 
+def _doc(fn) -> str:
+    return (fn.__doc__ or "").strip().split("\n")[0]
+
+
 def register(name: str, needs_data: bool = True):
+    """A criterion defined per block: ``fn`` returns one score per removable block."""
+
     def wrap(fn):
-        CRITERIA[name] = Criterion(name, fn, needs_data, (fn.__doc__ or "").strip().split("\n")[0])
+        CRITERIA[name] = Criterion(name, fn, None, needs_data, _doc(fn))
         return fn
 
     return wrap
 
 
-def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
-    """Scores of the removable blocks; the model itself is never modified (a copy is scored)."""
+def register_filters(name: str):
+    """Give an already registered criterion its own per-filter scoring."""
+
+    def wrap(fn):
+        CRITERIA[name] = replace(CRITERIA[name], filters=fn)
+        return fn
+
+    return wrap
+
+
+def register_per_weight(name: str, needs_data: bool = True):
+    """A criterion defined per weight: ``fn`` returns {parameter name: per-weight scores},
+    aggregated (``criterion.aggregate``) per block and per filter."""
+
+    def wrap(fn):
+        def blocks(model, scoring, cfg, seed):
+            return per_block(model, fn(model, scoring, cfg, seed), cfg.aggregate)
+
+        def filters(model, scoring, cfg, seed):
+            return per_filter(model, fn(model, scoring, cfg, seed), cfg.aggregate)
+
+        CRITERIA[name] = Criterion(name, blocks, filters, needs_data, _doc(fn))
+        return fn
+
+    return wrap
+
+
+def _run(fn, name: str, model: ResNet, scoring, seed: int, cfg):
     crit = CRITERIA[name]
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model)  # scoring may switch modes, cast or overwrite weights
     for p in work.parameters():
         p.grad = None
-    scores = crit.fn(work, scoring if crit.needs_data else None, cfg, seed)
-    scores = scores.detach().double().cpu()
+    return fn(work, scoring if crit.needs_data else None, cfg, seed)
+
+
+def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
+    """Scores of the removable blocks; the model itself is never modified (a copy is scored)."""
+    scores = _run(CRITERIA[name].blocks, name, model, scoring, seed, cfg).detach().double().cpu()
     expected = len(model.plan.removable)
     if scores.shape != (expected,):
         raise RuntimeError(f"criterion {name} returned shape {tuple(scores.shape)}, expected ({expected},)")
     return scores
 
 
+def score_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
+    """Scores of every block's first-convolution filters (one tensor per block)."""
+    if CRITERIA[name].filters is None:
+        raise LotteryError(f"criterion {name} scores blocks only; structure=filter takes one of: "
+                           f"{', '.join(filter_criteria())}")
+    return [s.detach().double().cpu() for s in _run(CRITERIA[name].filters, name, model, scoring, seed, cfg)]
+
+
+def filter_criteria() -> list[str]:
+    return sorted(n for n, c in CRITERIA.items() if c.filters is not None)
+
+
 # Importing the modules registers their criteria.
-from lottery.criteria import random, saliency  # noqa: E402,F401
+from lottery.criteria import activations, magnitude, random, saliency  # noqa: E402,F401

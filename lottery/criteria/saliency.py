@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lottery.criteria import register
-from lottery.criteria.weights import per_block, scored_parameters
+from lottery.criteria import register_per_weight
+from lottery.criteria.weights import scored_parameters
 
 
 def loss_gradient(model, params: list[torch.Tensor], scoring, temperature: float = 1.0):
@@ -37,21 +37,33 @@ def hessian_gradient_product(model, params: list[torch.Tensor], scoring, tempera
     return hg
 
 
-@register("snip")
+@register_per_weight("snip")
 def snip(model, scoring, cfg, seed):
-    """SNIP connection sensitivity |theta * dL/dtheta|, summed per block."""
+    """SNIP connection sensitivity |theta * dL/dtheta| per weight."""
     model.train()
     named = scored_parameters(model, cfg.weights)
     grads = loss_gradient(model, list(named.values()), scoring)
-    per_weight = {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}
-    return per_block(model, per_weight, cfg.aggregate)
+    return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}
 
 
-@register("grasp")
+@register_per_weight("grasp")
 def grasp(model, scoring, cfg, seed):
-    """GraSP gradient-flow score theta * Hg; like GraSP, the lowest theta*Hg is removed first."""
+    """GraSP gradient-flow score theta * Hg per weight; like GraSP, the lowest go first."""
     model.train()
     named = scored_parameters(model, cfg.weights)
     hg = hessian_gradient_product(model, list(named.values()), scoring, cfg.temperature)
-    per_weight = {k: p.detach() * h for (k, p), h in zip(named.items(), hg)}
-    return per_block(model, per_weight, cfg.aggregate)
+    return {k: p.detach() * h for (k, p), h in zip(named.items(), hg)}
+
+
+@register_per_weight("synflow", needs_data=False)
+def synflow(model, scoring, cfg, seed):
+    """SynFlow (Tanaka et al. 2020): data-free |theta * dR/dtheta|, R = sum of the output of the
+    network with |theta| on an all-ones input, in float64 (eval-mode BN)."""
+    model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    named = scored_parameters(model, cfg.weights)
+    x = torch.ones(1, 3, 32, 32, dtype=torch.float64, device=next(model.parameters()).device)
+    grads = torch.autograd.grad(model(x).sum(), list(named.values()))
+    return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}

@@ -1,4 +1,4 @@
-"""Per-weight scores summed (or averaged) per removable block, and the weights scored."""
+"""Per-weight scores summed (or averaged) per removable block or per filter; the weights scored."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ def per_block(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> 
         flat = torch.cat(parts)
         scores.append(flat.sum() if how == "sum" else flat.mean())
     return torch.stack(scores)
+
+
+def per_filter(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> list[torch.Tensor]:
+    """For every block, one number per output channel of its first convolution (that filter's
+    own weights: the channels that couple only to its BN and the second convolution's input)."""
+    how = getattr(aggregate, "value", aggregate)
+    out = []
+    for i in range(len(model.plan.blocks)):
+        s = per_weight[f"blocks.{i}.conv1.weight"].flatten(1)
+        out.append(s.sum(1) if how == "sum" else s.mean(1))
+    return out

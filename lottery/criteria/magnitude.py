@@ -1,0 +1,10 @@
+"""Weight magnitude (the paper's Appendix A.2 / Figure 3)."""
+
+from lottery.criteria import register_per_weight
+from lottery.criteria.weights import scored_parameters
+
+
+@register_per_weight("l1", needs_data=False)
+def l1(model, scoring, cfg, seed):
+    """Absolute weight; averaged per block it grows with stage (Figure 3)."""
+    return {k: p.detach().abs() for k, p in scored_parameters(model, cfg.weights).items()}

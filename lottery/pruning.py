@@ -1,0 +1,57 @@
+"""What a trial removes: whole blocks (the paper's layer tickets) or filters (the structured-LTH
+baseline of Table 3), chosen from criterion scores, as a plan plus the surgery that builds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lottery.config import blocks_to_remove
+from lottery.criteria import ScoringSet, score_blocks, score_filters
+from lottery.models import Plan, ResNet
+from lottery.surgery import (narrowed, plan_filters, remove_blocks, remove_filters, select_blocks,
+                             select_filters)
+
+
+@dataclass
+class Pruning:
+    plan: Plan  # the ticket's architecture
+    apply: Callable[[ResNet], ResNet]  # builds the ticket from a network of the dense plan
+    record: dict  # what was scored and removed (logged as an artifact)
+    metrics: dict  # logged with the ticket's metrics
+    label: str  # for the run name, e.g. "p2" or "p1-filter"
+    artifact: str  # file name of ``record`` in the run's artifacts
+
+
+def layers(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruning:
+    """Remove the lowest-scoring residual blocks (every stage keeps one)."""
+    count = blocks_to_remove(cfg.density, len(plan.removable))
+    scores = score_blocks(cfg.criterion.name, model, scoring, cfg.criterion, cfg.seed)
+    removed = select_blocks(plan, scores, count)
+    removable = plan.removable
+    record = {"removable": removable, "stage": [plan.blocks[i].stage for i in removable],
+              "scores": scores.tolist(), "removed": removed}
+    return Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), record,
+                   {"blocks_removed": len(removed)}, f"p{count}", "blocks.json")
+
+
+def filters(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruning:
+    """Remove the lowest-scoring first-convolution filters down to a filter count: by default the
+    count of the layer ticket of the same density, so both tickets are equally sparse."""
+    if cfg.target_filters is not None:
+        target, layer_record = cfg.target_filters, None
+    else:
+        layer = layers(cfg, plan, model, scoring)
+        target, layer_record = plan_filters(layer.plan), layer.record
+    scores = score_filters(cfg.criterion.name, model, scoring, cfg.criterion, cfg.seed)
+    keep = select_filters(plan, scores, target, cfg.scope)
+    new_plan = narrowed(plan, keep)
+    record = {"target_filters": target, "scope": cfg.scope, "kept": keep,
+              "scores": [s.tolist() for s in scores], "layer_ticket": layer_record}
+    metrics = {"target_filters": target, "filters_removed": plan_filters(plan) - plan_filters(new_plan),
+               "blocks_removed": 0}
+    count = blocks_to_remove(cfg.density, len(plan.removable))
+    return Pruning(new_plan, lambda m: remove_filters(m, keep), record, metrics, f"p{count}-filter", "filters.json")
+
+
+STRUCTURES: dict[str, Callable[..., Pruning]] = {"layer": layers, "filter": filters}
