@@ -104,6 +104,33 @@ class TrackingConfig:
 
 
 @dataclass
+class MeasureConfig:
+    enabled: bool = True  # cost metrics: FLOPs, memory, throughput, latency, CKA
+    throughput_steps: int = 20
+    warmup_steps: int = 5
+    latency_repeats: int = 20
+    cka_images: int = 1000  # test images whose penultimate features CKA compares
+    carbon: bool = True  # codecarbon around every training phase
+    country: str = "USA"  # ISO 3166 alpha-3 code of the grid's carbon intensity
+    carbon_dir: str = ".lottery/codecarbon"
+    power_interval_s: float = 15.0
+
+
+@dataclass
+class RobustnessConfig:
+    enabled: bool = True
+    cifar10c_root: Optional[str] = None  # released CIFAR-10-C folder; None = regenerate
+    corruptions: List[str] = field(default_factory=lambda: [
+        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+        "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
+        "pixelate", "jpeg_compression"])
+    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    images: Optional[int] = None  # test images per corruption and severity; None = all
+    cifar102_path: Optional[str] = None  # cifar102_test.npz
+    seed: int = 0
+
+
+@dataclass
 class TrialConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +139,8 @@ class TrialConfig:
     mode: ModeConfig = field(default_factory=ModeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     # Blocks to remove: an int is a count, a float in (0, 1) a fraction of the removable blocks.
     density: Union[int, float] = 1
     # Rewind point theta_i: an int is an epoch, a float in (0, 1) a fraction of the schedule.
@@ -238,6 +267,18 @@ def validate(cfg) -> None:
             )
 
     SOURCES[cfg.data.name].check(cfg.data)
+
+    from lottery.corruptions import CORRUPTIONS
+
+    r = cfg.robustness
+    for name in r.corruptions:
+        _choice("corruption", name, CORRUPTIONS)
+    if any(not 1 <= s <= 5 for s in r.severities):
+        raise LotteryError(f"robustness.severities={list(r.severities)}: severities run from 1 to 5")
+    for key in ("cifar10c_root", "cifar102_path"):
+        path = getattr(r, key)
+        if r.enabled and path and not Path(path).expanduser().exists():
+            raise LotteryError(f"robustness.{key}={path} does not exist")
 
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise LotteryError(f"device={cfg.device}: use auto, cpu or cuda[:N]")

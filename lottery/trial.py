@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from lottery import tracking
+from lottery import carbon, costs, measure, tracking
 from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
 from lottery.criteria import ScoringSet
 from lottery.data import Dataset, load_dataset, scoring_set
 from lottery.models import Plan, ResNet, build, count_filters, count_params, resnet_plan
 from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
 from lottery.pruning import STRUCTURES, Pruning
+from lottery.robustness import load_shifted
 from lottery.store import DenseResult, DenseStore, Entry, content_key
 from lottery.surgery import plan_filters
 from lottery.train import cpu_state, evaluate, prepare, train
@@ -50,11 +51,33 @@ def fresh_model(plan: Plan, seed: int, device, channels_last: bool) -> ResNet:
 def train_dense(cfg, plan: Plan, data: Dataset, device, partial: Path, keep: set[int]) -> DenseResult:
     """Train the dense reference F, keeping theta_e for every epoch in ``keep`` (resumable)."""
     model = fresh_model(plan, cfg.seed, device, cfg.train.channels_last)
-    done = train(model, data, cfg.train, seed=cfg.seed, device=device, keep=keep,
-                 state_path=partial / "state.pt", desc="dense")
+    with carbon.tracked(cfg.measure, "dense") as footprint:
+        done = train(model, data, cfg.train, seed=cfg.seed, device=device, keep=keep,
+                     state_path=partial / "state.pt", desc="dense")
     metrics = {"accuracy": evaluate(model, data, cfg.train, device), "train_seconds": done.seconds,
-               "epochs": cfg.train.epochs, "params": count_params(model), "filters": count_filters(model)}
+               "epochs": cfg.train.epochs, "params": count_params(model), "filters": count_filters(model),
+               **footprint_metrics(footprint, done.resumed_from)}
     return DenseResult(done.checkpoints, cpu_state(model), metrics)
+
+
+def footprint_metrics(fp: carbon.Footprint, resumed_from: int | None) -> dict:
+    return {"co2_kg": fp.co2_kg, "energy_kwh": fp.energy_kwh, "power_source": fp.power,
+            "power_hardware": fp.hardware, "co2_covers": "all" if resumed_from is None
+            else f"epochs after {resumed_from} (resumed)"}
+
+
+def measured_dense(cfg, plan: Plan, entry: Entry, data: Dataset, shifted, device, store: DenseStore) -> Entry:
+    """Measure the dense network's costs and robustness once per entry (and robustness set)."""
+    suffix = f"@{costs.robustness_key(cfg)}"
+    wanted = {"flops"} if cfg.measure.enabled else set()
+    if shifted.cifar10c:
+        wanted.add(f"cifar10c_accuracy{suffix}")
+    if shifted.cifar102 is not None:
+        wanted.add(f"cifar102_accuracy{suffix}")
+    if wanted <= set(entry.metrics):
+        return entry
+    model = model_at(plan, entry, "final", device, cfg.train.channels_last)
+    return store.update_metrics(entry, costs.network_costs(model, cfg, data, shifted, device, suffix))
 
 
 def dense_reference(cfg, plan: Plan, data: Dataset, device, store: DenseStore, rewind: int | None) -> Entry:
@@ -75,12 +98,15 @@ def log_dense(cfg, entry: Entry, experiment: str) -> str:
     runs = tracking.find_runs(experiment, role="dense", dense_key=entry.key)
     if runs:
         return runs[0].info.run_id
-    m = entry.metrics
+    suffix = f"@{costs.robustness_key(cfg)}"
+    numbers = {k.replace(suffix, ""): v for k, v in entry.metrics.items()
+               if isinstance(v, (int, float)) and ("@" not in k or k.endswith(suffix))}
+    words = {k: v for k, v in entry.metrics.items() if isinstance(v, str)}
     name = f"dense-resnet{cfg.model.depth}-s{cfg.seed}"
     params = tracking.flatten(OmegaConf.masked_copy(cfg, ["model", "data", "train", "seed"]))
     return tracking.log_run(experiment, name, {"role": "dense", "dense_key": entry.key,
-                                               "profile": cfg.profile_name},
-                            params, m, {"dense.json": entry.meta})
+                                               "profile": cfg.profile_name, **words},
+                            params, numbers, {"dense.json": entry.meta})
 
 
 def model_at(plan: Plan, entry: Entry, weights, device, channels_last: bool) -> ResNet:
@@ -121,8 +147,11 @@ def run(cfg) -> dict:
     store = DenseStore(cfg.store.root)
     experiment = tracking.start(cfg.tracking)
 
+    shifted = load_shifted(cfg.robustness, data, cfg.data.cache, device)
+
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else None
     dense = dense_reference(cfg, plan, data, device, store, rewind)
+    dense = measured_dense(cfg, plan, dense, data, shifted, device, store)
     dense_run = log_dense(cfg, dense, experiment)
     if not mode.prunes:
         return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
@@ -139,23 +168,36 @@ def run(cfg) -> dict:
     trial_key = content_key({"dense": dense.key, "mode": mode.name, "pruned": pruning.record,
                              "rewind": rewind, "seed": cfg.seed})
     state = store.root / "trials" / f"{trial_key}.state.pt"
-    done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
-                 start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
+    with carbon.tracked(cfg.measure, "ticket") as footprint:
+        done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
+                     start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
     accuracy = evaluate(ticket.model, data, cfg.train, device)
 
     dm = dense.metrics
+    dense_final = model_at(plan, dense, "final", device, cfg.train.channels_last)
+    side = costs.dense_side(dm, cfg)
+    measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device), **footprint_metrics(footprint, done.resumed_from)}
     metrics = {
-        "accuracy": accuracy, "dense_accuracy": dm["accuracy"], "delta_pp": accuracy - dm["accuracy"],
+        "accuracy": accuracy, "delta_pp": accuracy - dm["accuracy"],
         "winning": float(accuracy + cfg.xi >= dm["accuracy"]), **pruning.metrics,
-        "params": count_params(ticket.model), "dense_params": dm["params"],
-        "filters": count_filters(ticket.model), "dense_filters": dm["filters"],
-        "train_seconds": done.seconds, "dense_train_seconds": dm["train_seconds"],
-        "ticket_epochs": cfg.train.epochs - ticket.start_epoch,
+        "params": count_params(ticket.model), "filters": count_filters(ticket.model),
+        "train_seconds": done.seconds, "ticket_epochs": cfg.train.epochs - ticket.start_epoch, **side,
+        **{k: v for k, v in measured.items() if not isinstance(v, str)},
     }
+    if cfg.measure.enabled:
+        m = cfg.measure
+        metrics["throughput_img_s"] = measure.throughput(ticket.model, cfg.train, device, m.throughput_steps, m.warmup_steps)
+        metrics["dense_throughput_img_s"] = measure.throughput(dense_final, cfg.train, device, m.throughput_steps, m.warmup_steps)
+        metrics["cka"] = costs.cka_to_dense(ticket.model, dense_final, data, cfg)
+    metrics.update(costs.compare(metrics, side, dm["epochs"], metrics["ticket_epochs"]))
     name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
             "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
-            "trial_key": trial_key}
+            "trial_key": trial_key, "device": str(device), "cifar10c_source": shifted.cifar10c_source,
+            "cifar10c_sets": len(shifted.cifar10c), "cifar10c_skipped": ",".join(shifted.skipped) or "none",
+            "cifar102": "given" if shifted.cifar102 is not None else "absent",
+            "dense_power_source": dm.get("power_source", "unavailable"),
+            **{k: v for k, v in measured.items() if isinstance(v, str)}}
     params = {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, len(plan.removable)),
               "rewind_epoch": rewind}
     run_id = tracking.log_run(experiment, name, tags, params, metrics,
@@ -163,10 +205,21 @@ def run(cfg) -> dict:
                                pruning.artifact: pruning.record})
     state.unlink(missing_ok=True)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | filters %d -> %d | params %d -> %d | "
-             "MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
+             "%s | MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
              "wins" if metrics["winning"] else "loses", dm["filters"], metrics["filters"], dm["params"],
-             metrics["params"], run_id)
+             metrics["params"], _costs_line(metrics), run_id)
     return {**metrics, "run_id": run_id, "name": name}
+
+
+def _costs_line(m: dict) -> str:
+    parts = []
+    for key, fmt in (("flops_reduction_pct", "FLOPs -{:.1f}%"), ("memory_reduction_pct", "memory -{:.1f}%"),
+                     ("speedup", "speed-up {:.2f}x"), ("co2_reduction_pct", "CO2 -{:.1f}%"),
+                     ("cifar10c_delta_pp", "CIFAR-10-C {:+.2f} pp"), ("cifar102_delta_pp", "CIFAR-10.2 {:+.2f} pp"),
+                     ("cka", "CKA {:.3f}")):
+        if m.get(key) is not None:
+            parts.append(fmt.format(m[key]))
+    return ", ".join(parts) or "costs not measured"
 
 
 def _describe(p: Pruning) -> str:

@@ -1,6 +1,9 @@
 """Whole trials on synthetic data (profile=smoke, ResNet20): the pipeline end to end."""
 
 import json
+import logging
+
+import numpy as np
 
 import mlflow
 import pytest
@@ -122,3 +125,42 @@ def test_same_config_and_seed_give_the_same_numbers(smoke):
                         "store.retrain=true", "tracking.experiment=again"))
     for k in ("accuracy", "dense_accuracy", "delta_pp", "params"):
         assert a[k] == b[k], k
+
+
+COST_KEYS = ["flops", "dense_flops", "flops_reduction_pct", "params", "dense_params", "filters",
+             "dense_filters", "memory_bytes", "dense_memory_bytes", "memory_reduction_pct", "train_seconds",
+             "dense_train_seconds", "speedup", "throughput_img_s", "dense_throughput_img_s", "latency_ms_b1",
+             "co2_kg", "dense_co2_kg", "co2_reduction_pct", "energy_kwh", "cifar10c_accuracy",
+             "dense_cifar10c_accuracy", "cifar10c_delta_pp", "cka"]
+CIFAR102_KEYS = ["cifar102_accuracy", "dense_cifar102_accuracy", "cifar102_delta_pp"]
+
+
+def test_a_smoke_trial_logs_every_cost_key(shared):
+    cfg = shared("mode=init", "criterion=grasp", "density=2")
+    ticket = next(r for r in runs(cfg, "ticket") if r.info.run_name == "init-grasp-p2-resnet20-s0")
+    m, tags = ticket.data.metrics, ticket.data.tags
+    assert set(COST_KEYS) <= set(m), set(COST_KEYS) - set(m)
+    assert not set(CIFAR102_KEYS) & set(m)  # absent, not zero
+    assert tags["cifar102"] == "absent" and tags["cifar10c_source"] == "regenerated"
+    assert tags["cifar10c_sets"] == "8" and tags["power_source"] in ("measured", "estimated")
+    assert m["flops_reduction_pct"] == pytest.approx(100 * (1 - m["flops"] / m["dense_flops"]))
+    assert m["flops_reduction_pct"] == pytest.approx(2 * 11.56, abs=0.1)  # a ResNet20 block is 11.56%
+    assert 0 < m["cka"] <= 1 and m["memory_reduction_pct"] > 0
+
+
+def test_given_shift_sets_are_used_and_a_codecarbon_failure_is_only_a_warning(smoke, tmp_path, caplog):
+    from tests.test_costs import write_released
+
+    root = write_released(tmp_path)
+    np.savez(tmp_path / "c102.npz", images=np.load(root / "fog.npy")[:30], labels=np.arange(30) % 10)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    cfg = smoke("model.depth=14", "criterion=random", f"robustness.cifar10c_root={root}",
+                "robustness.corruptions=[fog]", f"robustness.cifar102_path={tmp_path / 'c102.npz'}",
+                f"measure.carbon_dir={tmp_path / 'blocker' / 'cc'}")
+    with caplog.at_level(logging.WARNING, logger="lottery"):
+        out = trial.run(cfg)
+    assert "codecarbon could not start" in caplog.text
+    assert out["co2_kg"] is None and out["accuracy"] > 0
+    assert set(CIFAR102_KEYS) <= {k for k, v in out.items() if v is not None}
+    ticket = runs(cfg, "ticket")[0]
+    assert "co2_kg" not in ticket.data.metrics and ticket.data.tags["cifar10c_source"] == "released"

@@ -1,0 +1,62 @@
+"""Energy and CO2 of a training phase with codecarbon, offline (no network needed).
+
+A failure of codecarbon (an unwritable folder, a platform it cannot read) is a warning, never
+the end of a trial: the phase still runs and the other metrics are still logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("lottery")
+
+# codecarbon's power sources that read real counters; anything else is a model-based estimate.
+MEASURED = {"intel_rapl", "intel_power_gadget", "windows_emi", "nvml"}
+
+
+@dataclass
+class Footprint:
+    co2_kg: float | None = None
+    energy_kwh: float | None = None
+    power: str = "unavailable"  # measured | estimated | unavailable
+    hardware: str = ""
+
+
+@contextlib.contextmanager
+def tracked(cfg, label: str):
+    """Yields a Footprint filled in when the block exits (left empty if codecarbon fails)."""
+    result = Footprint()
+    tracker = None
+    if cfg.carbon:
+        try:
+            os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # read when codecarbon is imported
+            from codecarbon import OfflineEmissionsTracker
+
+            out = Path(cfg.carbon_dir).expanduser()
+            out.mkdir(parents=True, exist_ok=True)
+            tracker = OfflineEmissionsTracker(
+                country_iso_code=cfg.country, output_dir=str(out), project_name=label,
+                log_level="error", measure_power_secs=cfg.power_interval_s, save_to_file=True)
+            tracker.start()
+        except Exception as e:  # noqa: BLE001 - any failure of the tracker is only a warning
+            log.warning("codecarbon could not start for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
+            tracker = None
+    yield result
+    if tracker is None:
+        return
+    try:
+        kg = tracker.stop()
+        data = tracker.final_emissions_data
+        if kg is None or data is None:
+            raise RuntimeError("no emissions data (see codecarbon's log)")
+        hardware = getattr(tracker, "_hardware", [])
+        modes = {getattr(h, "_mode", "nvml" if type(h).__name__ == "GPU" else None) for h in hardware}
+        result.co2_kg, result.energy_kwh = float(kg), float(data.energy_consumed)
+        result.power = "measured" if modes & MEASURED else "estimated"
+        result.hardware = ", ".join(str(h) for h in hardware)
+    except Exception as e:  # noqa: BLE001
+        log.warning("codecarbon failed for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)

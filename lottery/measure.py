@@ -1,0 +1,122 @@
+"""What a network costs, measured (not assumed): FLOPs, memory, throughput, latency; and CKA.
+
+FLOPs come from ``torch.utils.flop_counter``; training memory is the CUDA allocator's peak on a
+GPU and, on a CPU, the bytes of parameters, gradients, optimizer state and tensors saved for
+backward (counted through ``saved_tensors_hooks``); times use CUDA synchronisation on a GPU.
+Every measurement works on a copy, so the measured network is left as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lottery.train import autocast, make_optimizer, synchronize
+
+
+def flops(model: nn.Module, image_size: int = 32) -> int:
+    """Forward FLOPs for one image (a multiply-add counts as two)."""
+    m = copy.deepcopy(model).eval()
+    x = torch.zeros(1, 3, image_size, image_size, device=next(m.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        m(x)
+    return int(counter.get_total_flops())
+
+
+def _step(model, opt, x, y, device, amp):
+    with autocast(device, amp):
+        loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _batch(batch_size: int, num_classes: int, device, channels_last: bool):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+
+
+def training_memory(model: nn.Module, t, device) -> tuple[int, str]:
+    """Peak bytes of one training step at the training batch size, and how they were measured."""
+    m = copy.deepcopy(model).train()
+    opt = make_optimizer(m, t)
+    x, y = _batch(t.batch_size, m.fc.out_features, device, t.channels_last)
+    if device.type == "cuda":
+        _step(m, opt, x, y, device, t.amp)  # optimizer state exists from here on
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _step(m, opt, x, y, device, t.amp)
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    saved: dict[int, int] = {}
+    params = {p.data_ptr() for p in m.parameters()}
+
+    def pack(tensor):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with autocast(device, t.amp), torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
+        loss = F.cross_entropy(m(x), y)
+    loss.backward()
+    opt.step()
+    weights = sum(p.numel() * p.element_size() for p in m.parameters())
+    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                if torch.is_tensor(v))
+    return weights * 2 + state + sum(saved.values()), "cpu_params_grads_optimizer_saved_tensors"
+
+
+def throughput(model: nn.Module, t, device, steps: int, warmup: int) -> float:
+    """Steady-state training images per second (after warm-up), on a copy of the model."""
+    m = copy.deepcopy(model).train()
+    opt = make_optimizer(m, t)
+    x, y = _batch(t.batch_size, m.fc.out_features, device, t.channels_last)
+    for _ in range(warmup):
+        _step(m, opt, x, y, device, t.amp)
+    synchronize(device)
+    began = time.perf_counter()
+    for _ in range(steps):
+        _step(m, opt, x, y, device, t.amp)
+    synchronize(device)
+    return steps * t.batch_size / (time.perf_counter() - began)
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, channels_last: bool) -> float:
+    """Median inference latency (ms) of one forward pass at the given batch size."""
+    m = copy.deepcopy(model).eval()
+    x, _ = _batch(batch_size, m.fc.out_features, device, channels_last)
+    for _ in range(2):
+        m(x)
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        began = time.perf_counter()
+        m(x)
+        synchronize(device)
+        times.append(1000 * (time.perf_counter() - began))
+    return statistics.median(times)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) between two (n, features) representations."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    cross = (y.T @ x).norm() ** 2
+    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+@torch.no_grad()
+def features(model: nn.Module, batches) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model.features(x).float().cpu() for x, _ in batches])

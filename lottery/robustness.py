@@ -1,0 +1,121 @@
+"""Accuracy under distribution shift: CIFAR-10-C (released or regenerated) and CIFAR-10.2.
+
+Released CIFAR-10-C is a folder of ``<corruption>.npy`` (5 severities x 10,000 uint8 images)
+and ``labels.npy``; CIFAR-10.2 is ``cifar102_test.npz`` with ``images`` and ``labels``. Both are
+read with ``allow_pickle=False``. Without the released folder the corruptions are regenerated
+from the test split (``lottery.corruptions``) and cached under the project's cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lottery.corruptions import CORRUPTIONS, corrupt
+from lottery.data import Dataset, Split
+from lottery.errors import LotteryError
+from lottery.train import evaluate
+
+log = logging.getLogger("lottery")
+REGEN_VERSION = 1
+
+
+@dataclass
+class ShiftedSets:
+    """Test sets under shift, each (corruption, severity, Split), and where they came from."""
+
+    cifar10c: list[tuple[str, int, Split]]
+    cifar10c_source: str  # released | regenerated | none
+    cifar102: Split | None
+    skipped: list[str]
+
+
+def _split(x: np.ndarray, y: np.ndarray, device) -> Split:
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return Split(xt.to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception as e:
+        raise LotteryError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+
+
+def released_cifar10c(root: Path, names, severities, images: int | None, device):
+    if not root.is_dir():
+        raise LotteryError(f"robustness.cifar10c_root={root} does not exist")
+    labels = _load_npy(root / "labels.npy")
+    sets = []
+    for name in names:
+        arr = _load_npy(root / f"{name}.npy")
+        per = len(arr) // 5
+        for s in severities:
+            rows = slice((s - 1) * per, (s - 1) * per + (images or per))
+            sets.append((name, s, _split(np.asarray(arr[rows]), np.asarray(labels[rows]), device)))
+    return sets
+
+
+def regenerated_cifar10c(data: Dataset, names, severities, images: int | None, cache: Path, seed: int, device):
+    clean = data.test.x[: images or len(data.test)].permute(0, 2, 3, 1).cpu().numpy()
+    labels = data.test.y[: len(clean)].cpu().numpy()
+    sets = []
+    for name in names:
+        for s in severities:
+            tag = f"{data.fingerprint}|{name}|{s}|{len(clean)}|{seed}|v{REGEN_VERSION}"
+            path = cache / f"cifar10c-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.npy"
+            if path.exists():
+                x = np.load(path, allow_pickle=False)
+            else:
+                x = corrupt(clean, name, s, seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+                np.save(tmp, x)
+                os.replace(tmp, path)
+            sets.append((name, s, _split(x, labels, device)))
+    return sets
+
+
+def load_shifted(cfg, data: Dataset, cache: str, device) -> ShiftedSets:
+    """The configured CIFAR-10-C and CIFAR-10.2 sets (CIFAR-10.2 None when no file is given)."""
+    skipped: list[str] = []
+    sets: list = []
+    source = "none"
+    if cfg.enabled:
+        if cfg.cifar10c_root:
+            sets = released_cifar10c(Path(cfg.cifar10c_root).expanduser(), cfg.corruptions,
+                                     cfg.severities, cfg.images, device)
+            source = "released"
+        else:
+            names = [n for n in cfg.corruptions if CORRUPTIONS[n] is not None]
+            skipped = [n for n in cfg.corruptions if CORRUPTIONS[n] is None]
+            sets = regenerated_cifar10c(data, names, cfg.severities, cfg.images, Path(cache).expanduser(),
+                                        cfg.seed, device)
+            source = "regenerated"
+    c102 = None
+    if cfg.enabled and cfg.cifar102_path:
+        path = Path(cfg.cifar102_path).expanduser()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                c102 = _split(z["images"], z["labels"], device)
+        except Exception as e:
+            raise LotteryError(f"cannot read CIFAR-10.2 from {path} ({type(e).__name__}: {e}); "
+                               "expected an npz with 'images' (N,32,32,3 uint8) and 'labels'") from None
+    return ShiftedSets(sets, source, c102, skipped)
+
+
+def shifted_accuracies(model, data: Dataset, sets: ShiftedSets, t, device) -> dict[str, float | None]:
+    """cifar10c_accuracy (mean over corruption x severity) and cifar102_accuracy (None if absent)."""
+    out: dict[str, float | None] = {"cifar10c_accuracy": None, "cifar102_accuracy": None}
+    if sets.cifar10c:
+        out["cifar10c_accuracy"] = float(np.mean([evaluate(model, data, t, device, split)
+                                                  for _, _, split in sets.cifar10c]))
+    if sets.cifar102 is not None:
+        out["cifar102_accuracy"] = evaluate(model, data, t, device, sets.cifar102)
+    return out

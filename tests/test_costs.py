@@ -1,0 +1,149 @@
+"""Cost and robustness metrics (SPEC §7): measured numbers that could be wrong."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from lottery import carbon, measure, robustness
+from lottery.config import MeasureConfig, RobustnessConfig, TrainConfig
+from lottery.corruptions import CORRUPTIONS, corrupt
+from lottery.models import build, resnet_plan
+from lottery.surgery import remove_blocks
+from omegaconf import OmegaConf
+
+CPU = torch.device("cpu")
+
+
+def analytic_flops(plan) -> int:
+    """2 x multiply-adds of every convolution and the classifier, counted by hand."""
+    total, size = 2 * 3 * plan.stem_ch * 9 * 32 * 32, 32
+    for b in plan.blocks:
+        out = size // b.stride
+        total += 2 * (b.in_ch * b.mid_ch * 9 + b.mid_ch * b.out_ch * 9) * out * out
+        if not b.removable and plan.shortcut == "B":
+            total += 2 * b.in_ch * b.out_ch * out * out
+        size = out
+    return total + 2 * plan.blocks[-1].out_ch * plan.num_classes
+
+
+@pytest.mark.parametrize("depth,shortcut", [(32, "B"), (56, "B"), (20, "A")])
+def test_flops_equal_the_hand_count(depth, shortcut):
+    plan = resnet_plan(depth, shortcut)
+    assert measure.flops(build(plan)) == analytic_flops(plan)
+
+
+@pytest.mark.parametrize("depth,cut", [(32, 6.8), (56, 3.75)])
+def test_one_block_cuts_the_papers_share_of_flops(depth, cut):
+    model = build(resnet_plan(depth))
+    dense = measure.flops(model)
+    for block in (0, model.plan.removable[-1]):  # a stage-1 and a stage-3 block cost the same
+        reduction = 100 * (1 - measure.flops(remove_blocks(model, [block])) / dense)
+        assert reduction == pytest.approx(cut, abs=0.1)
+    assert dense == pytest.approx({32: 138.2e6, 56: 251.0e6}[depth], rel=0.01)  # SPEC §10
+
+
+def recipe(batch):
+    return OmegaConf.structured(TrainConfig(batch_size=batch))
+
+
+def test_cpu_memory_grows_with_batch_and_drops_with_blocks():
+    model = build(resnet_plan(20))
+    small, method = measure.training_memory(model, recipe(8), CPU)
+    large, _ = measure.training_memory(model, recipe(32), CPU)
+    shallow, _ = measure.training_memory(remove_blocks(model, [0, 1]), recipe(32), CPU)
+    assert method == "cpu_params_grads_optimizer_saved_tensors"
+    assert large > small and shallow < large
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert small > 3 * weights  # weights, gradients and momentum, plus activations
+
+
+def test_linear_cka_properties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    assert measure.linear_cka(x, x) == pytest.approx(1.0)
+    assert measure.linear_cka(x, x.double() @ q) == pytest.approx(1.0)
+    assert measure.linear_cka(x, 7.5 * x) == pytest.approx(1.0)
+    assert measure.linear_cka(x, torch.randn(200, 16, generator=g)) < 0.3
+
+
+def test_throughput_and_latency_are_positive_and_leave_the_model_alone():
+    model = build(resnet_plan(8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert measure.throughput(model, recipe(8), CPU, steps=2, warmup=1) > 0
+    assert measure.latency_ms(model, 1, CPU, repeats=3, channels_last=True) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def write_released(tmp_path, n=20):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    labels = np.tile(np.arange(n) % 10, 5).astype(np.uint8)
+    np.save(root / "labels.npy", labels)
+    for name in ("gaussian_noise", "fog"):
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_released_cifar10c_and_cifar102_readers(tmp_path):
+    root = write_released(tmp_path)
+    sets = robustness.released_cifar10c(root, ["gaussian_noise", "fog"], [2, 5], images=8, device=CPU)
+    assert [(n, s, len(sp)) for n, s, sp in sets] == [("gaussian_noise", 2, 8), ("gaussian_noise", 5, 8),
+                                                      ("fog", 2, 8), ("fog", 5, 8)]
+    raw = np.load(root / "fog.npy")
+    assert torch.equal(sets[3][2].x[0].permute(1, 2, 0), torch.from_numpy(raw[80]))  # severity 5 block
+    np.savez(tmp_path / "cifar102_test.npz", images=raw[:12], labels=np.arange(12) % 10)
+    cfg = OmegaConf.structured(RobustnessConfig(cifar10c_root=str(root), corruptions=["fog"], severities=[1],
+                                                cifar102_path=str(tmp_path / "cifar102_test.npz")))
+    shifted = robustness.load_shifted(cfg, None, str(tmp_path / "cache"), CPU)
+    assert shifted.cifar10c_source == "released" and len(shifted.cifar102) == 12
+
+
+def smooth_images(n=24):
+    ys, xs = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 32), indexing="ij")
+    rng = np.random.default_rng(0)
+    img = [np.stack([(a * ys + (1 - a) * xs) * 200 + 20 * b for b in (0.2, 0.5, 0.8)], -1)
+           for a in rng.random(n)]
+    return np.uint8(np.stack(img))
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
+                                  "zoom_blur", "snow", "fog", "brightness", "contrast", "pixelate",
+                                  "jpeg_compression", "motion_blur"])
+def test_regenerated_corruptions_move_further_as_severity_rises(name):
+    x = smooth_images()
+    dist = [np.abs(corrupt(x, name, s, seed=0).astype(float) - x).mean() for s in (1, 3, 5)]
+    assert 0 < dist[0] < dist[1] < dist[2], dist
+
+
+@pytest.mark.parametrize("name", ["glass_blur", "elastic_transform"])
+def test_non_monotone_corruptions_still_change_images_deterministically(name):
+    x = smooth_images()
+    a, b = corrupt(x, name, 3, seed=0), corrupt(x, name, 3, seed=0)
+    assert np.array_equal(a, b) and not np.array_equal(a, x) and a.dtype == np.uint8
+
+
+def test_frost_cannot_be_regenerated_and_is_reported():
+    assert CORRUPTIONS["frost"] is None
+
+
+def test_codecarbon_failure_is_a_warning(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(blocker / "codecarbon")))
+    with caplog.at_level(logging.WARNING, logger="lottery"):
+        with carbon.tracked(cfg, "test") as fp:
+            pass
+    assert fp.co2_kg is None and fp.power == "unavailable"
+    assert "codecarbon could not start" in caplog.text
+
+
+def test_codecarbon_measures_a_phase(tmp_path):
+    cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
+    with carbon.tracked(cfg, "test") as fp:
+        sum(i * i for i in range(200_000))
+    assert fp.co2_kg is not None and fp.co2_kg >= 0 and fp.energy_kwh >= 0
+    assert fp.power in ("measured", "estimated")
