@@ -6,11 +6,19 @@ PY := $(VENV)/bin/python
 PORT ?= 5000
 PYTEST_ARGS ?=
 STORE_URI ?= sqlite:///$(CURDIR)/.lottery/mlflow.db
+# Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [SEEDS=3] [XI=0|std]
+PROFILE ?= paper
+DATA ?= $(if $(filter smoke,$(PROFILE)),synthetic,cifar10)
+DATA_ROOT ?=
+SEEDS ?= 1
+XI ?= 0
+OVERRIDES ?=
+TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 
-.PHONY: help install test demo ui clean
+.PHONY: help install test demo ui clean tables $(TABLES)
 
 help:  ## list the targets
-	@grep -hE '^[a-z0-9_]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +39,14 @@ demo: install  ## one smoke trial (GraSP ticket at init, 2 blocks removed) into 
 ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...)
 	mkdir -p .lottery
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
+
+$(TABLES): install
+	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --seeds $(SEEDS) $(OVERRIDES)
+	$(PY) -m lottery.tables $@ --profile $(PROFILE) --xi $(XI)
+
+table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
+
+tables: $(TABLES)  ## every table, Figure 3 and the plots
 
 clean:  ## delete the local store, MLflow runs and caches (.lottery/)
 	rm -rf .lottery

@@ -16,10 +16,12 @@ register()
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def _trial(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from lottery import trial
 
     try:
-        trial.run(cfg)
+        trial.run(cfg, overrides=list(HydraConfig.get().overrides.task))
     except LotteryError as e:
         print(f"lottery: error: {e}", file=sys.stderr)
         sys.exit(2)

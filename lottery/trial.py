@@ -137,15 +137,37 @@ def run_name(cfg, mode: Mode, pruning: Pruning) -> str:
     return f"{mode.name}-{cfg.criterion.name}-{pruning.label}{rewind}-resnet{cfg.model.depth}-s{cfg.seed}"
 
 
-def run(cfg) -> dict:
-    """Run one trial; returns its metrics (also logged to MLflow)."""
+def config_key(cfg) -> str:
+    """Identity of a trial's outcome: its resolved config, less where it is logged and shown."""
+    spec = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    spec.pop("tracking")
+    spec["train"].pop("progress")
+    spec["store"].pop("retrain")
+    return content_key(spec)
+
+
+def run(cfg, overrides: list[str] = ()) -> dict:
+    """Run one trial; returns its metrics (also logged to MLflow).
+
+    A trial whose identical config already finished in the experiment is skipped (seconds), so
+    re-running a sweep completes exactly the missing trials. ``overrides`` (the command line's)
+    are tagged on the run: the tables find their cells by them.
+    """
     validate(cfg)
     mode = MODES[cfg.mode.name]
+    experiment = tracking.start(cfg.tracking)
+    key = config_key(cfg)
+    if mode.prunes:
+        done = tracking.find_runs(experiment, role="ticket", config_key=key)
+        finished = [r for r in done if r.info.status == "FINISHED"]
+        if finished:
+            log.info("skipped: this config already finished as MLflow run %s (%s)",
+                     finished[0].info.run_id, finished[0].info.run_name)
+            return {**finished[0].data.metrics, "run_id": finished[0].info.run_id, "skipped": True}
     device = pick_device(cfg.device)
     data = load_dataset(cfg.data, device)
     plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value, data.num_classes)
     store = DenseStore(cfg.store.root)
-    experiment = tracking.start(cfg.tracking)
 
     shifted = load_shifted(cfg.robustness, data, cfg.data.cache, device)
 
@@ -193,7 +215,8 @@ def run(cfg) -> dict:
     name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
             "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
-            "trial_key": trial_key, "device": str(device), "cifar10c_source": shifted.cifar10c_source,
+            "trial_key": trial_key, "config_key": key, "device": str(device),
+            **{f"override.{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in overrides if "=" in o}, "cifar10c_source": shifted.cifar10c_source,
             "cifar10c_sets": len(shifted.cifar10c), "cifar10c_skipped": ",".join(shifted.skipped) or "none",
             "cifar102": "given" if shifted.cifar102 is not None else "absent",
             "dense_power_source": dm.get("power_source", "unavailable"),

@@ -1,0 +1,116 @@
+"""Paper artefacts as sweep files (``sweeps/<name>.yaml``): the grid to run and the table layout.
+
+One file per table is the single source of truth: ``run`` turns its grids into Hydra multiruns
+(``python -m lottery -m ...``), and ``lottery.tables`` reads the same file to lay the results
+out beside the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lottery.errors import LotteryError
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+@dataclass
+class Sweep:
+    name: str
+    title: str
+    overrides: list[str]
+    grids: list[dict[str, list]]
+    rows: list[str]
+    columns: str | None  # a grid key, "metrics" (one column per metric) or None (one column)
+    metrics: list[str]
+    labels: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)  # "row|values" -> {column: value}
+    marks: str | None = None  # best_second: bold the best and underline the second of a row
+    signed: bool = True  # cells are ticket-minus-dense deltas, marked (+) winning or (-) losing
+    plot: dict | None = None
+    kind: str = "table"
+    note: str = ""
+
+    @property
+    def keys(self) -> list[str]:
+        """The swept keys (their values identify a cell)."""
+        return list(self.grids[0])
+
+    def cells(self) -> list[dict[str, str]]:
+        """Every combination of swept values, in file order, as strings."""
+        out = []
+        for grid in self.grids:
+            for combo in itertools.product(*grid.values()):
+                out.append({k: str(v) for k, v in zip(grid, combo)})
+        return out
+
+    def label(self, key: str, value: str) -> str:
+        return str(self.labels.get(key, {}).get(value, value))
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
+def load(name: str) -> Sweep:
+    path = SWEEPS / f"{name}.yaml"
+    if not path.exists():
+        raise LotteryError(f"unknown sweep '{name}'; choose one of: {', '.join(available())}")
+    raw = yaml.safe_load(path.read_text())
+    raw["paper"] = {str(r): {str(c): v for c, v in cols.items()} for r, cols in (raw.get("paper") or {}).items()}
+    raw["labels"] = {k: {str(a): b for a, b in v.items()} for k, v in (raw.get("labels") or {}).items()}
+    sweep = Sweep(name=name, **raw)
+    if any(list(g) != sweep.keys for g in sweep.grids):
+        raise LotteryError(f"sweeps/{name}.yaml: every grid must sweep the same keys {sweep.keys}")
+    return sweep
+
+
+def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None, seeds: int,
+             extra: list[str]) -> list[list[str]]:
+    """One ``python -m lottery -m`` command per grid of the sweep."""
+    common = [f"profile={profile}", f"seed={','.join(str(s) for s in range(seeds))}",
+              f"tracking.experiment={sweep.name}"]
+    if data:
+        common.append(f"data={data}")
+    if data_root:
+        common.append(f"data.root={data_root}")
+    out = []
+    for grid in sweep.grids:
+        swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in grid.items()]
+        out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, *common, *extra])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery.sweeps", description="Run a paper table's sweep.")
+    p.add_argument("name", help=f"one of: {', '.join(available())}")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
+    args = p.parse_args(argv)
+    try:
+        sweep = load(args.name)
+    except LotteryError as e:
+        print(f"lottery: error: {e}", file=sys.stderr)
+        return 2
+    for cmd in commands(sweep, args.profile, args.data, args.data_root, args.seeds, args.extra):
+        print("+", " ".join(cmd[1:]), flush=True)
+        if not args.dry_run:
+            rc = subprocess.call(cmd)
+            if rc:
+                return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
