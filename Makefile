@@ -13,9 +13,13 @@ DATA_ROOT ?=
 SEEDS ?= 1
 XI ?= 0
 OVERRIDES ?=
+JOBS ?= 1
+LAUNCHER ?=
+TRIALS ?= 20
+BACKEND_URI ?= sqlite:///$(CURDIR)/.lottery/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 
-.PHONY: help install test demo ui clean tables $(TABLES)
+.PHONY: help install test demo ui bench search server clean tables $(TABLES)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,12 +45,25 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
 
 $(TABLES): install
-	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) --seeds $(SEEDS) $(OVERRIDES)
+	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
 	$(PY) -m lottery.tables $@ --profile $(PROFILE) --xi $(XI)
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
+
+search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
+	$(PY) -m lottery.search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
+		search.trials=$(TRIALS) $(OVERRIDES)
+
+server: install  ## MLflow tracking server on 127.0.0.1:$(PORT) (BACKEND_URI=postgresql://... for PostgreSQL)
+	mkdir -p .lottery/server
+	$(VENV)/bin/mlflow server --backend-store-uri $(BACKEND_URI) --artifacts-destination $(CURDIR)/.lottery/server/artifacts \
+		--host $(or $(HOST),127.0.0.1) --port $(PORT)
+
+bench: install  ## trainer vs a plain PyTorch loop, FLOP/s vs peak, criteria and tracking times (JSON=PATH)
+	$(PY) benchmarks/bench.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
 clean:  ## delete the local store, MLflow runs and caches (.lottery/)
 	rm -rf .lottery

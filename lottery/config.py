@@ -151,6 +151,7 @@ class TrialConfig:
     seed: int = 0
     xi: float = 0.0  # Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp
     device: str = "auto"  # auto: cuda when available, else cpu
+    threads: Optional[int] = None  # CPU threads of torch; None: torch's default (parallel jobs set it)
     profile_name: str = "paper"
 
 

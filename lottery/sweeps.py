@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ class Sweep:
     plot: dict | None = None
     kind: str = "table"
     note: str = ""
+    experiment: str = ""  # MLflow experiment of its runs; default: the sweep's name
+
+    def __post_init__(self):
+        self.experiment = self.experiment or self.name
 
     @property
     def keys(self) -> list[str]:
@@ -72,11 +77,21 @@ def load(name: str) -> Sweep:
     return sweep
 
 
+def launcher_overrides(jobs: int, launcher: str | None) -> list[str]:
+    """Hydra launcher overrides: N trials at once on this box (joblib), or another launcher."""
+    if launcher:
+        return [f"hydra/launcher={launcher}"]
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or jobs) // jobs)
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={threads}"]
+    return []
+
+
 def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None, seeds: int,
-             extra: list[str]) -> list[list[str]]:
+             extra: list[str], jobs: int = 1, launcher: str | None = None) -> list[list[str]]:
     """One ``python -m lottery -m`` command per grid of the sweep."""
     common = [f"profile={profile}", f"seed={','.join(str(s) for s in range(seeds))}",
-              f"tracking.experiment={sweep.name}"]
+              f"tracking.experiment={sweep.experiment}", *launcher_overrides(jobs, launcher)]
     if data:
         common.append(f"data={data}")
     if data_root:
@@ -95,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (joblib launcher)")
+    p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
     args = p.parse_args(argv)
@@ -103,7 +120,8 @@ def main(argv=None) -> int:
     except LotteryError as e:
         print(f"lottery: error: {e}", file=sys.stderr)
         return 2
-    for cmd in commands(sweep, args.profile, args.data, args.data_root, args.seeds, args.extra):
+    for cmd in commands(sweep, args.profile, args.data, args.data_root, args.seeds, args.extra, args.jobs,
+                        args.launcher):
         print("+", " ".join(cmd[1:]), flush=True)
         if not args.dry_run:
             rc = subprocess.call(cmd)

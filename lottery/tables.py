@@ -286,7 +286,7 @@ def plot_figure3(sweep: Sweep, runs: list[dict], path: Path) -> Path | None:
 def fetch_runs(sweep: Sweep, profile: str | None, with_blocks: bool = False) -> list[dict]:
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(sweep.name)
+    exp = mlflow.get_experiment_by_name(sweep.experiment)
     if exp is None:
         return []
     query = "tags.role = 'ticket' and attributes.status = 'FINISHED'"
@@ -308,9 +308,9 @@ def publish(sweep: Sweep, files: list[Path], profile: str | None) -> str:
 
     from lottery.tracking import LOCAL_ROOT
 
-    exp = mlflow.get_experiment_by_name(sweep.name)
+    exp = mlflow.get_experiment_by_name(sweep.experiment)
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-        sweep.name, artifact_location=(LOCAL_ROOT / "mlartifacts").resolve().as_uri())
+        sweep.experiment, artifact_location=(LOCAL_ROOT / "mlartifacts").resolve().as_uri())
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{sweep.name}-table-{profile or 'all'}") as run:
         mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile or "all"})
         for f in files:

@@ -28,13 +28,28 @@ def tracking_uri(cfg) -> str:
 
 
 def start(cfg) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    """Point MLflow at the configured store and experiment; returns the experiment id.
+
+    Concurrent trials on one SQLite store would race to create its tables and the experiment;
+    a file lock beside the database makes that first contact one process at a time.
+    """
     import mlflow
 
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock"):
+            return _experiment(mlflow, uri, cfg)
+    return _experiment(mlflow, uri, cfg)
+
+
+def _experiment(mlflow, uri: str, cfg) -> str:
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id

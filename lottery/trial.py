@@ -93,11 +93,15 @@ def dense_reference(cfg, plan: Plan, data: Dataset, device, store: DenseStore, r
     return entry
 
 
-def log_dense(cfg, entry: Entry, experiment: str) -> str:
-    """The dense reference's MLflow run, created the first time any trial needs it."""
-    runs = tracking.find_runs(experiment, role="dense", dense_key=entry.key)
-    if runs:
-        return runs[0].info.run_id
+def log_dense(cfg, entry: Entry, experiment: str, store: DenseStore) -> str:
+    """The dense reference's MLflow run, created the first time any trial needs it (under the
+    entry's lock, so concurrent trials log it once)."""
+    with store.lock(entry.key):
+        runs = tracking.find_runs(experiment, role="dense", dense_key=entry.key)
+        return runs[0].info.run_id if runs else _log_dense(cfg, entry, experiment)
+
+
+def _log_dense(cfg, entry: Entry, experiment: str) -> str:
     suffix = f"@{costs.robustness_key(cfg)}"
     numbers = {k.replace(suffix, ""): v for k, v in entry.metrics.items()
                if isinstance(v, (int, float)) and ("@" not in k or k.endswith(suffix))}
@@ -146,12 +150,12 @@ def config_key(cfg) -> str:
     return content_key(spec)
 
 
-def run(cfg, overrides: list[str] = ()) -> dict:
+def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     """Run one trial; returns its metrics (also logged to MLflow).
 
     A trial whose identical config already finished in the experiment is skipped (seconds), so
     re-running a sweep completes exactly the missing trials. ``overrides`` (the command line's)
-    are tagged on the run: the tables find their cells by them.
+    are tagged on the run: the tables find their cells by them; ``tags`` are added as given.
     """
     validate(cfg)
     mode = MODES[cfg.mode.name]
@@ -164,6 +168,8 @@ def run(cfg, overrides: list[str] = ()) -> dict:
             log.info("skipped: this config already finished as MLflow run %s (%s)",
                      finished[0].info.run_id, finished[0].info.run_name)
             return {**finished[0].data.metrics, "run_id": finished[0].info.run_id, "skipped": True}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     data = load_dataset(cfg.data, device)
     plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value, data.num_classes)
@@ -174,7 +180,7 @@ def run(cfg, overrides: list[str] = ()) -> dict:
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else None
     dense = dense_reference(cfg, plan, data, device, store, rewind)
     dense = measured_dense(cfg, plan, dense, data, shifted, device, store)
-    dense_run = log_dense(cfg, dense, experiment)
+    dense_run = log_dense(cfg, dense, experiment, store)
     if not mode.prunes:
         return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
 
@@ -216,7 +222,7 @@ def run(cfg, overrides: list[str] = ()) -> dict:
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
             "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
             "trial_key": trial_key, "config_key": key, "device": str(device),
-            **{f"override.{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in overrides if "=" in o}, "cifar10c_source": shifted.cifar10c_source,
+            **override_tags(overrides), **(tags or {}), "cifar10c_source": shifted.cifar10c_source,
             "cifar10c_sets": len(shifted.cifar10c), "cifar10c_skipped": ",".join(shifted.skipped) or "none",
             "cifar102": "given" if shifted.cifar102 is not None else "absent",
             "dense_power_source": dm.get("power_source", "unavailable"),
@@ -232,6 +238,12 @@ def run(cfg, overrides: list[str] = ()) -> dict:
              "wins" if metrics["winning"] else "loses", dm["filters"], metrics["filters"], dm["params"],
              metrics["params"], _costs_line(metrics), run_id)
     return {**metrics, "run_id": run_id, "name": name}
+
+
+def override_tags(overrides) -> dict[str, str]:
+    """``override.<key>`` tags from command-line overrides such as ``density=2``."""
+    pairs = (o.split("=", 1) for o in overrides if "=" in o)
+    return {f"override.{k.lstrip('+~')}": v for k, v in pairs}
 
 
 def _costs_line(m: dict) -> str:

@@ -1,0 +1,224 @@
+"""lottery's performance against the loop a researcher would write by hand, in one run.
+
+(a) training throughput of lottery's trainer vs a plain PyTorch loop (PIL transforms, DataLoader
+with workers, standard step), same device, model, batch, optimizer and images; (b) achieved
+training FLOP/s as a fraction of the device's matmul peak measured in the same run; (c) scoring
+time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
+per trial against the trial's own time. Figures are ratios and medians of repeats, never
+asserted in tests. Usage: ``python benchmarks/bench.py [--json PATH] [--model 32] ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lottery import carbon, tracking  # noqa: E402
+from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingConfig, TrainConfig  # noqa: E402
+from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
+from lottery.data import load_dataset, scoring_set  # noqa: E402
+from lottery.models import build, resnet_plan  # noqa: E402
+from lottery.train import autocast, prepare, synchronize, train  # noqa: E402
+
+
+def data_config(args, n_train: int) -> DataConfig:
+    if args.data == "synthetic":
+        return OmegaConf.structured(DataConfig(name="synthetic", train_size=n_train, test_size=100))
+    return OmegaConf.structured(DataConfig(name="imagefolder", root=args.data, train_size=n_train, test_size=100))
+
+
+def recipe(args) -> TrainConfig:
+    return OmegaConf.structured(TrainConfig(epochs=1, milestones=[], batch_size=args.batch_size,
+                                            progress=False, amp=args.amp))
+
+
+def lottery_throughput(args, data, device) -> float:
+    """Images/s of lottery.train.train over one epoch of ``steps`` batches (after a warm-up)."""
+    t = recipe(args)
+    times = []
+    for r in range(args.repeats + 1):  # the first is the warm-up
+        torch.manual_seed(0)
+        model = prepare(build(resnet_plan(args.model)), device, True)
+        done = train(model, data, t, seed=r, device=device)
+        if r:
+            times.append(len(data.train) / done.seconds)
+    return statistics.median(times)
+
+
+class PilDataset(torch.utils.data.Dataset):
+    """What a hand-written pipeline holds: PIL images, transformed one by one."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std):
+        from PIL import Image
+        from torchvision import transforms as T
+
+        self.images = [Image.fromarray(im) for im in images]
+        self.labels = labels
+        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                                    T.Normalize(mean, std)])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def reference_throughput(args, data, device) -> float:
+    """Images/s of the plain loop: DataLoader with workers, per-image transforms, standard step."""
+    images = data.train.x.permute(0, 2, 3, 1).cpu().numpy()
+    ds = PilDataset(images, data.train.y.cpu().numpy(), data.mean.flatten().tolist(), data.std.flatten().tolist())
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         drop_last=True, pin_memory=device.type == "cuda",
+                                         persistent_workers=args.workers > 0)
+    t = recipe(args)
+    times = []
+    for r in range(args.repeats + 1):
+        torch.manual_seed(0)
+        model = build(resnet_plan(args.model)).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                              weight_decay=t.weight_decay)
+        model.train()
+        synchronize(device)
+        began = time.perf_counter()
+        seen = 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+        synchronize(device)
+        if r:
+            times.append(seen / (time.perf_counter() - began))
+    return statistics.median(times)
+
+
+def training_flops_per_image(args, device) -> float:
+    model = prepare(build(resnet_plan(args.model)), device, True)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / args.batch_size
+
+
+def peak_matmul_flops(device, amp: str) -> float:
+    """Best FLOP/s of a large square matmul in the dtype training uses."""
+    n = 4096 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" and amp == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(5):
+        synchronize(device)
+        began = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        synchronize(device)
+        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - began))
+    return best
+
+
+def criteria_seconds(device, depth: int, scoring_size: int | None) -> dict[str, float]:
+    data = load_dataset(OmegaConf.structured(DataConfig(name="synthetic", train_size=1000, test_size=100)), device)
+    torch.manual_seed(0)
+    model = prepare(build(resnet_plan(depth)), device, True)
+    out = {}
+    for name in sorted(CRITERIA):
+        cfg = OmegaConf.structured(CriterionConfig(name=name))
+        if scoring_size:
+            cfg.scoring_size = scoring_size
+        scoring = ScoringSet(*scoring_set(data, cfg.scoring_size, 0), cfg.batch_size)
+        synchronize(device)
+        began = time.perf_counter()
+        score_blocks(name, model, scoring, cfg, 0)
+        synchronize(device)
+        out[name] = time.perf_counter() - began
+    return out
+
+
+def tracking_seconds() -> float:
+    """MLflow (start, one run with a trial's params, metrics and artifacts) + codecarbon start/stop."""
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        exp = tracking.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"))
+        created = time.perf_counter() - began  # one-off per store, not per trial
+        cfg = OmegaConf.structured(MeasureConfig(carbon_dir=f"{tmp}/cc"))
+        began = time.perf_counter()
+        with carbon.tracked(cfg, "bench"):
+            pass
+        params = {f"param.{i}": str(i) for i in range(120)}
+        metrics = {f"metric_{i}": float(i) for i in range(40)}
+        tracking.log_run(exp, "bench", {"role": "bench"}, params, metrics,
+                         {"config.yaml": "a: 1\n", "blocks.json": {"scores": list(range(25))}})
+        return time.perf_counter() - began, created
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=int, default=32, help="ResNet depth")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12, help="training steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="off", choices=["off", "bf16"])
+    p.add_argument("--data", default="synthetic", help="'synthetic' or an image folder (train/<class>/*)")
+    p.add_argument("--criteria-depth", type=int, default=56, help="ResNet depth for (c)")
+    p.add_argument("--scoring-size", type=int, default=None, help="for (c); default: the criterion config's")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_dataset(data_config(args, args.steps * args.batch_size), device)
+
+    ours = lottery_throughput(args, data, device)
+    ref = reference_throughput(args, data, device)
+    flops = training_flops_per_image(args, device)
+    peak = peak_matmul_flops(device, args.amp)
+    crit = criteria_seconds(device, args.criteria_depth, args.scoring_size)
+    track, db_setup = tracking_seconds()
+    trial_seconds = 2 * len(data.train) / ours  # the training phases of a dense + ticket pair, at this size
+    figures = {
+        "device": f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
+                  f"({torch.get_num_threads()} threads)",
+        "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp,
+        "trainer_img_s": ours, "reference_img_s": ref, "trainer_vs_reference": ours / ref,
+        "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
+        "peak_matmul_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
+        "criteria_seconds": crit, "tracking_seconds": track, "tracking_store_setup_seconds": db_setup,
+        "tracking_fraction_of_training": track / trial_seconds,
+    }
+    print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp}")
+    print(f"(a) trainer {ours:8.1f} img/s | reference loop {ref:8.1f} img/s | ratio {ours / ref:5.2f}x")
+    print(f"(b) {flops / 1e9:.3f} GFLOP per training image -> {ours * flops / 1e12:.3f} TFLOP/s of a "
+          f"{peak / 1e12:.3f} TFLOP/s matmul peak = {100 * ours * flops / peak:.0f}%")
+    print(f"(c) scoring ResNet{args.criteria_depth} ({args.scoring_size or 'default'} images): "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in crit.items()))
+    print(f"(d) MLflow + codecarbon per trial {track:.2f}s ({100 * track / trial_seconds:.1f}% of this size's "
+          f"training time; one-off store creation {db_setup:.2f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+        print(f"written {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

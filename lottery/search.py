@@ -1,0 +1,185 @@
+"""Guided search for the accuracy-vs-cost front with Optuna (>= 4), every trial an MLflow run.
+
+``python -m lottery.search [hydra overrides]`` (``make search PROFILE=... TRIALS=N``) runs a
+multi-objective study over criterion, density, mode and rewind epoch, by default maximising
+``delta_pp`` and ``flops_reduction_pct``. The study lives in persistent storage (SQLite by
+default), so an interrupted search resumes and ends with exactly ``search.trials`` completed
+trials; a trial that fails is recorded as failed and the study goes on. Trials are MLflow runs
+under one ``role=study`` run; the Pareto front is printed and plotted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from lottery.config import TrialConfig, register
+from lottery.errors import LotteryError
+
+log = logging.getLogger("lottery")
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@dataclass
+class SearchConfig:
+    trials: int = 20  # completed trials the study ends with
+    study: Optional[str] = None  # default: search-<profile>
+    storage: str = "sqlite:///.lottery/optuna.db"
+    objectives: List[str] = field(default_factory=lambda: ["delta_pp:maximize", "flops_reduction_pct:maximize"])
+    criteria: List[str] = field(default_factory=lambda: ["random", "l1", "hrank", "expectabs", "pls", "kl",
+                                                         "snip", "grasp", "synflow"])
+    modes: List[str] = field(default_factory=lambda: ["init", "rewind", "lr_rewind", "reinit"])
+    rewind_points: List[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375])
+    max_density: Optional[int] = None  # default: the model's maximum
+    sampler_seed: int = 0
+
+
+@dataclass
+class SearchRunConfig(TrialConfig):
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def _objectives(spec: list[str]) -> tuple[list[str], list[str]]:
+    names, directions = [], []
+    for item in spec:
+        name, _, direction = item.partition(":")
+        if direction not in ("maximize", "minimize"):
+            raise LotteryError(f"search.objectives item '{item}': write metric:maximize or metric:minimize")
+        names.append(name)
+        directions.append(direction)
+    return names, directions
+
+
+def sample(trial, s: SearchConfig, max_density: int) -> dict:
+    """The trial's choices, as Hydra overrides."""
+    mode = trial.suggest_categorical("mode", list(s.modes))
+    chosen = {"criterion": trial.suggest_categorical("criterion", list(s.criteria)), "mode": mode,
+              "density": trial.suggest_int("density", 1, s.max_density or max_density)}
+    if mode in ("rewind", "lr_rewind"):
+        chosen["rewind_epoch"] = trial.suggest_categorical("rewind_epoch", list(s.rewind_points))
+    return chosen
+
+
+def study_run(experiment: str, study_name: str) -> str:
+    """The MLflow parent run of the study (found again when the study resumes)."""
+    from mlflow.tracking import MlflowClient
+
+    from lottery import tracking
+
+    runs = tracking.find_runs(experiment, role="study", study=study_name)
+    if runs:
+        return runs[0].info.run_id
+    run = MlflowClient().create_run(experiment, run_name=study_name, tags={"role": "study", "study": study_name})
+    return run.info.run_id
+
+
+def pareto_report(study, names: list[str], out: Path) -> tuple[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    front = sorted(study.best_trials, key=lambda t: t.values[0], reverse=True)
+    lines = [f"Pareto front of {study.study_name}: {len(front)} of "
+             f"{len(study.get_trials(states=(TrialState.COMPLETE,)))} completed trials",
+             "| trial | " + " | ".join(names) + " | criterion | mode | density | rewind |", "|---" * (len(names) + 5) + "|"]
+    for t in front:
+        p = t.params
+        lines.append(f"| {t.number} | " + " | ".join(f"{v:+.2f}" for v in t.values)
+                     + f" | {p['criterion']} | {p['mode']} | {p['density']} | {p.get('rewind_epoch', '-')} |")
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], c="lightgrey", label="trials")
+    ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel(names[1])
+    ax.set_ylabel(names[0])
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return "\n".join(lines), out
+
+
+def search(cfg, compose_trial) -> str:
+    """Run (or resume) the study until it has ``cfg.search.trials`` completed trials."""
+    import mlflow
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from lottery import tracking, trial
+    from lottery.models import resnet_plan
+
+    s = cfg.search
+    names, directions = _objectives(s.objectives)
+    if len(names) != 2:
+        raise LotteryError("search.objectives: give exactly two objectives (the front is plotted in 2-D)")
+    name = s.study or f"search-{cfg.profile_name}"
+    experiment = tracking.start(cfg.tracking)
+    parent = study_run(experiment, name)
+    Path(".lottery").mkdir(exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=s.storage, directions=directions, load_if_exists=True,
+                                sampler=optuna.samplers.NSGAIISampler(seed=s.sampler_seed))
+    max_density = resnet_plan(cfg.model.depth).max_removable
+
+    def objective(t):
+        chosen = sample(t, s, max_density)
+        overrides = [f"{k}={v}" for k, v in chosen.items()]
+        out = trial.run(compose_trial(overrides), overrides=overrides,
+                        tags={"study": name, "optuna_trial": t.number, "mlflow.parentRunId": parent})
+        t.set_user_attr("mlflow_run_id", out["run_id"])
+        values = [out.get(n) for n in names]
+        if any(v is None for v in values):
+            raise LotteryError(f"trial {t.number} did not measure {names}")
+        return tuple(values)
+
+    completed = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    if completed:
+        log.info("resuming study %s: %d of %d trials already completed", name, completed, s.trials)
+    if completed < s.trials:
+        study.optimize(objective, catch=(Exception,),
+                       callbacks=[MaxTrialsCallback(s.trials, states=(TrialState.COMPLETE,))])
+    report, png = pareto_report(study, names, Path(f".lottery/search/{name}.png"))
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_artifact(str(png))
+        mlflow.log_text(report, "pareto.md")
+        mlflow.log_metrics({"completed_trials": len(study.get_trials(states=(TrialState.COMPLETE,))),
+                            "failed_trials": len(study.get_trials(states=(TrialState.FAIL,)))})
+    print(report)
+    print(f"plot: {png} (MLflow study run {parent})")
+    return report
+
+
+ConfigStore.instance().store(name="search_schema", node=SearchRunConfig)
+register()
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="search")
+def _main(cfg) -> None:
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    base = list(HydraConfig.get().overrides.task)
+
+    def compose_trial(overrides: list[str]):
+        c = compose(config_name="search", overrides=[*base, *overrides])
+        return c
+
+    try:
+        search(cfg, compose_trial)
+    except LotteryError as e:
+        print(f"lottery: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,78 @@
+"""Beyond one process: a launcher running trials at once, and the Optuna search."""
+
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lottery import search, trial
+from lottery.errors import LotteryError
+from tests.conftest import REPO, compose_cfg
+
+
+def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    r = subprocess.run(
+        [sys.executable, "-m", "lottery", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}", "profile=smoke", "data=synthetic", "model.depth=14",
+         "criterion=random", "density=1,2", "measure.enabled=false", "robustness.enabled=false",
+         "measure.carbon=false", "threads=1", f"store.root={tmp_path / 'store'}", f"tracking.uri={uri}",
+         "tracking.experiment=par"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*.log"))
+    assert logs.count(" trained: accuracy") == 1 and logs.count("reused from the store") == 1, logs
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["par"], output_format="list")
+    roles = sorted(x.data.tags["role"] for x in runs)
+    assert roles == ["dense", "ticket", "ticket"]
+
+
+def fake_search_cfg(tmp_path, trials):
+    cfg = compose_cfg("profile=smoke", "data=synthetic", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}",
+                      "tracking.experiment=search")
+    from omegaconf import OmegaConf
+
+    s = OmegaConf.structured(search.SearchConfig(trials=trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                                 study="s"))
+    OmegaConf.set_struct(cfg, False)
+    cfg.search = s
+    return cfg
+
+
+def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(cfg, overrides=(), tags=None):
+        calls.append(tags["optuna_trial"])
+        if tags["optuna_trial"] == 1:
+            raise LotteryError("this trial breaks")
+        density = int(next(o for o in overrides if o.startswith("density=")).split("=")[1])
+        return {"run_id": f"r{len(calls)}", "delta_pp": 1.0 - 0.3 * density, "flops_reduction_pct": 6.8 * density}
+
+    monkeypatch.setattr(trial, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    compose_trial = lambda overrides: None  # noqa: E731 - fake_run ignores the config
+    search.search(fake_search_cfg(tmp_path, 3), compose_trial)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 1
+    # resumed with a larger budget: only the missing trials run
+    search.search(fake_search_cfg(tmp_path, 5), compose_trial)
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    assert len(calls) == 6
+    out = capsys.readouterr().out
+    assert "Pareto front of s" in out and (tmp_path / ".lottery" / "search" / "s.png").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    parent = mlflow.search_runs(experiment_names=["search"], filter_string="tags.role = 'study'", output_format="list")
+    assert len(parent) == 1 and parent[0].data.metrics["completed_trials"] == 5
+
+
+def test_bad_objectives_are_a_clear_error():
+    with pytest.raises(LotteryError, match="metric:maximize"):
+        search._objectives(["delta_pp:up"])
