@@ -127,8 +127,12 @@ def search(cfg, compose_trial) -> str:
     experiment = tracking.start(cfg.tracking)
     parent = study_run(experiment, name)
     Path(".lottery").mkdir(exist_ok=True)
-    study = optuna.create_study(study_name=name, storage=s.storage, directions=directions, load_if_exists=True,
-                                sampler=optuna.samplers.NSGAIISampler(seed=s.sampler_seed))
+    # Heartbeats let a resumed study mark the trial a killed process left RUNNING as failed.
+    storage = optuna.storages.RDBStorage(s.storage, heartbeat_interval=30, grace_period=90) \
+        if s.storage.startswith(("sqlite", "postgresql", "mysql")) else s.storage
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+    # Seeded by the number of trials so far: a resumed study samples new points, not the first ones again.
+    study.sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed + len(study.trials))
     max_density = resnet_plan(cfg.model.depth).max_removable
 
     def objective(t):

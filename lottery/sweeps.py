@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         sweep = load(args.name)
     except LotteryError as e:
