@@ -31,7 +31,7 @@ from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingC
 from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
 from lottery.models import build, resnet_plan  # noqa: E402
-from lottery.train import autocast, prepare, synchronize, train  # noqa: E402
+from lottery.train import prepare, synchronize, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:

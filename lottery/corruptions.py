@@ -215,7 +215,8 @@ def elastic(x, s, rng):
     alpha, sigma, affine = alpha * size, sigma * size, affine * size
     n = len(x)
     centre, half = size // 2, size // 3
-    src = np.array([[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]], float)
+    src = np.array([[centre + half, centre + half], [centre + half, centre - half],
+                    [centre - half, centre - half]], float)
     dst = src[None] + rng.uniform(-affine, affine, size=(n, 3, 2))
     # inverse map: for each output pixel, where it comes from (solve dst -> src per image)
     ones = np.ones((n, 3, 1))

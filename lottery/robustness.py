@@ -35,6 +35,12 @@ class ShiftedSets:
     cifar102: Split | None
     skipped: list[str]
 
+    def tags(self) -> dict[str, str]:
+        """Where the shifted sets came from, for the run's tags."""
+        return {"cifar10c_source": self.cifar10c_source, "cifar10c_sets": str(len(self.cifar10c)),
+                "cifar10c_skipped": ",".join(self.skipped) or "none",
+                "cifar102": "given" if self.cifar102 is not None else "absent"}
+
 
 def _split(x: np.ndarray, y: np.ndarray, device) -> Split:
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))

@@ -18,7 +18,6 @@ from typing import List, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
 
 from lottery.config import TrialConfig, register
 from lottery.errors import LotteryError
@@ -90,7 +89,8 @@ def pareto_report(study, names: list[str], out: Path) -> tuple[str, Path]:
     front = sorted(study.best_trials, key=lambda t: t.values[0], reverse=True)
     lines = [f"Pareto front of {study.study_name}: {len(front)} of "
              f"{len(study.get_trials(states=(TrialState.COMPLETE,)))} completed trials",
-             "| trial | " + " | ".join(names) + " | criterion | mode | density | rewind |", "|---" * (len(names) + 5) + "|"]
+             "| trial | " + " | ".join(names) + " | criterion | mode | density | rewind |",
+             "|---" * (len(names) + 5) + "|"]
     for t in front:
         p = t.params
         lines.append(f"| {t.number} | " + " | ".join(f"{v:+.2f}" for v in t.values)

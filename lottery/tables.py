@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cells = build(sweep, runs, args.xi)
     files = []
-    for fmt, (render, ext) in FORMATS.items():
+    for render, ext in FORMATS.values():
         path = out / f"{sweep.name}.{ext}"
         path.write_text(render(sweep, cells))
         files.append(path)

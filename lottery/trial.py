@@ -200,44 +200,50 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
         done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
                      start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
     accuracy = evaluate(ticket.model, data, cfg.train, device)
+    measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device),
+                **footprint_metrics(footprint, done.resumed_from)}
+    metrics = ticket_metrics(cfg, ticket, accuracy, done.seconds, measured, pruning, dense,
+                             model_at(plan, dense, "final", device, cfg.train.channels_last), data, device)
 
-    dm = dense.metrics
-    dense_final = model_at(plan, dense, "final", device, cfg.train.channels_last)
-    side = costs.dense_side(dm, cfg)
-    measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device), **footprint_metrics(footprint, done.resumed_from)}
-    metrics = {
-        "accuracy": accuracy, "delta_pp": accuracy - dm["accuracy"],
-        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), **pruning.metrics,
-        "params": count_params(ticket.model), "filters": count_filters(ticket.model),
-        "train_seconds": done.seconds, "ticket_epochs": cfg.train.epochs - ticket.start_epoch, **side,
-        **{k: v for k, v in measured.items() if not isinstance(v, str)},
-    }
-    if cfg.measure.enabled:
-        m = cfg.measure
-        metrics["throughput_img_s"] = measure.throughput(ticket.model, cfg.train, device, m.throughput_steps, m.warmup_steps)
-        metrics["dense_throughput_img_s"] = measure.throughput(dense_final, cfg.train, device, m.throughput_steps, m.warmup_steps)
-        metrics["cka"] = costs.cka_to_dense(ticket.model, dense_final, data, cfg)
-    metrics.update(costs.compare(metrics, side, dm["epochs"], metrics["ticket_epochs"]))
     name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
             "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
-            "trial_key": trial_key, "config_key": key, "device": str(device),
-            **override_tags(overrides), **(tags or {}), "cifar10c_source": shifted.cifar10c_source,
-            "cifar10c_sets": len(shifted.cifar10c), "cifar10c_skipped": ",".join(shifted.skipped) or "none",
-            "cifar102": "given" if shifted.cifar102 is not None else "absent",
-            "dense_power_source": dm.get("power_source", "unavailable"),
+            "trial_key": trial_key, "config_key": key, "device": str(device), **override_tags(overrides),
+            **(tags or {}), **shifted.tags(), "dense_power_source": dense.metrics.get("power_source", "unavailable"),
             **{k: v for k, v in measured.items() if isinstance(v, str)}}
     params = {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, len(plan.removable)),
               "rewind_epoch": rewind}
     run_id = tracking.log_run(experiment, name, tags, params, metrics,
-                              {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-                               pruning.artifact: pruning.record})
+                              {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record})
     state.unlink(missing_ok=True)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | filters %d -> %d | params %d -> %d | "
-             "%s | MLflow run %s", name, accuracy, dm["accuracy"], metrics["delta_pp"],
-             "wins" if metrics["winning"] else "loses", dm["filters"], metrics["filters"], dm["params"],
-             metrics["params"], _costs_line(metrics), run_id)
+             "%s | MLflow run %s", name, accuracy, dense.metrics["accuracy"], metrics["delta_pp"],
+             "wins" if metrics["winning"] else "loses", metrics["dense_filters"], metrics["filters"],
+             metrics["dense_params"], metrics["params"], _costs_line(metrics), run_id)
     return {**metrics, "run_id": run_id, "name": name}
+
+
+def ticket_metrics(cfg, ticket: Ticket, accuracy: float, seconds: float, measured: dict, pruning: Pruning,
+                   dense: Entry, dense_model: ResNet, data: Dataset, device) -> dict:
+    """Every number logged for a ticket, each beside its dense counterpart (SPEC §7)."""
+    dm = dense.metrics
+    side = costs.dense_side(dm, cfg)
+    metrics = {
+        "accuracy": accuracy, "delta_pp": accuracy - dm["accuracy"],
+        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), **pruning.metrics,
+        "params": count_params(ticket.model), "filters": count_filters(ticket.model), "train_seconds": seconds,
+        "ticket_epochs": cfg.train.epochs - ticket.start_epoch, **side,
+        **{k: v for k, v in measured.items() if not isinstance(v, str)},
+    }
+    if cfg.measure.enabled:
+        m = cfg.measure
+        metrics["throughput_img_s"] = measure.throughput(ticket.model, cfg.train, device, m.throughput_steps,
+                                                         m.warmup_steps)
+        metrics["dense_throughput_img_s"] = measure.throughput(dense_model, cfg.train, device, m.throughput_steps,
+                                                               m.warmup_steps)
+        metrics["cka"] = costs.cka_to_dense(ticket.model, dense_model, data, cfg)
+    metrics.update(costs.compare(metrics, side, dm["epochs"], metrics["ticket_epochs"]))
+    return metrics
 
 
 def override_tags(overrides) -> dict[str, str]:

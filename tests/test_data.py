@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf

@@ -11,7 +11,7 @@ from lottery.config import TrainConfig
 from lottery.data import load_dataset
 from lottery.models import build, resnet_plan
 from lottery.train import lr_at, train
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import REPO
 
 CPU = torch.device("cpu")
 
