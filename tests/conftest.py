@@ -38,7 +38,8 @@ def smoke(tmp_path, tracking_uri):
     def make(*overrides: str):
         return compose_cfg(
             "profile=smoke", "data=synthetic", "model=resnet20", f"store.root={tmp_path / 'store'}",
-            f"data.cache={tmp_path / 'cache'}", f"tracking.uri={tracking_uri}",
+            f"data.cache={tmp_path / 'cache'}", f"measure.carbon_dir={tmp_path / 'codecarbon'}",
+            f"tracking.uri={tracking_uri}",
             f"tracking.experiment={tmp_path.name}", *overrides,
         )
 

@@ -87,7 +87,8 @@ def run_cli(*args, cwd):
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
-    r = run_cli("profile=smoke", "data=synthetic", "density=40", f"store.root={tmp_path}", cwd=REPO)
+    r = run_cli("profile=smoke", "data=synthetic", "density=40", f"store.root={tmp_path}",
+                f"hydra.run.dir={tmp_path / 'hydra'}", cwd=REPO)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("lottery: error: density=40 is above")
     assert "Traceback" not in r.stderr + r.stdout
@@ -97,3 +98,11 @@ def test_cli_unknown_group_choice_lists_the_valid_ones(tmp_path):
     r = run_cli("criterion=magic", cwd=REPO)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "Available options in 'criterion'" in r.stderr and "grasp" in r.stderr
+
+
+def test_cifar10_missing_offline_names_the_imagefolder_alternative(tmp_path):
+    from lottery.data import load_dataset
+
+    cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.download=false")
+    with pytest.raises(LotteryError, match="CIFAR-10 is not under .* use data=imagefolder data.root=DIR"):
+        load_dataset(cfg.data, "cpu")

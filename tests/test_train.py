@@ -77,7 +77,8 @@ def test_same_seed_same_weights_and_kept_checkpoints():
 def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path):
     """Kill a smoke dense run after its first epoch; the re-run ends where an uninterrupted one does."""
     common = ["profile=smoke", "data=synthetic", "model=resnet20", "mode=dense", "train.epochs=3",
-              "train.milestones=[2]", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}"]
+              "train.milestones=[2]", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}",
+              f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
 
     def cli(store, **kw):
         return subprocess.Popen([sys.executable, "-m", "lottery", *common, f"store.root={store}"],

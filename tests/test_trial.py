@@ -25,6 +25,7 @@ def shared(tmp_path_factory, tracking_uri):
 
     def make(*overrides):
         return compose_cfg("profile=smoke", "data=synthetic", "model=resnet20", f"store.root={root / 'store'}",
+                           f"data.cache={root / 'cache'}", f"measure.carbon_dir={root / 'codecarbon'}",
                            f"tracking.uri={tracking_uri}", "tracking.experiment=trials", *overrides)
 
     return make
