@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -128,8 +129,11 @@ def search(cfg, compose_trial) -> str:
     parent = study_run(experiment, name)
     Path(".lottery").mkdir(exist_ok=True)
     # Heartbeats let a resumed study mark the trial a killed process left RUNNING as failed.
-    storage = optuna.storages.RDBStorage(s.storage, heartbeat_interval=30, grace_period=90) \
-        if s.storage.startswith(("sqlite", "postgresql", "mysql")) else s.storage
+    storage = s.storage
+    if s.storage.startswith(("sqlite", "postgresql", "mysql")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(s.storage, heartbeat_interval=30, grace_period=90)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
     # Seeded by the number of trials so far: a resumed study samples new points, not the first ones again.
     study.sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed + len(study.trials))
