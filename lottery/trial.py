@@ -202,8 +202,7 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     accuracy = evaluate(ticket.model, data, cfg.train, device)
     measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device),
                 **footprint_metrics(footprint, done.resumed_from)}
-    metrics = ticket_metrics(cfg, ticket, accuracy, done.seconds, measured, pruning, dense,
-                             model_at(plan, dense, "final", device, cfg.train.channels_last), data, device)
+    metrics = ticket_metrics(cfg, ticket, accuracy, done.seconds, measured, pruning, dense, plan, data, device)
 
     name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
@@ -224,7 +223,7 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
 
 
 def ticket_metrics(cfg, ticket: Ticket, accuracy: float, seconds: float, measured: dict, pruning: Pruning,
-                   dense: Entry, dense_model: ResNet, data: Dataset, device) -> dict:
+                   dense: Entry, plan: Plan, data: Dataset, device) -> dict:
     """Every number logged for a ticket, each beside its dense counterpart (SPEC §7)."""
     dm = dense.metrics
     side = costs.dense_side(dm, cfg)
@@ -237,6 +236,7 @@ def ticket_metrics(cfg, ticket: Ticket, accuracy: float, seconds: float, measure
     }
     if cfg.measure.enabled:
         m = cfg.measure
+        dense_model = model_at(plan, dense, "final", device, cfg.train.channels_last)
         metrics["throughput_img_s"] = measure.throughput(ticket.model, cfg.train, device, m.throughput_steps,
                                                          m.warmup_steps)
         metrics["dense_throughput_img_s"] = measure.throughput(dense_model, cfg.train, device, m.throughput_steps,
