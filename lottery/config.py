@@ -250,12 +250,10 @@ def validate(cfg) -> None:
         raise LotteryError(f"structure=filter needs a criterion that scores filters: "
                            f"{', '.join(filter_criteria())} (got {cfg.criterion.name})")
     if mode.prunes and cfg.structure == "filter" and cfg.target_filters is not None:
-        from lottery.surgery import filter_floor, plan_filters
+        from lottery.surgery import check_filter_target
 
-        floor, total = filter_floor(plan), plan_filters(plan)
-        if not floor <= cfg.target_filters <= total:
-            raise LotteryError(f"target_filters={cfg.target_filters} is out of reach: resnet{cfg.model.depth} "
-                               f"has {total} filters and keeps at least {floor} (one per convolution)")
+        check_filter_target(plan, cfg.target_filters, f"target_filters={cfg.target_filters}",
+                            f"resnet{cfg.model.depth}")
     if mode.prunes and crit.needs_data:
         n = cfg.criterion.scoring_size
         if n < 1:

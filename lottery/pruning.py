@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lottery.config import blocks_to_remove
-from lottery.criteria import ScoringSet, score_blocks, score_filters
+from lottery.criteria import ScoringSet, score_blocks, score_blocks_and_filters, score_filters
 from lottery.models import Plan, ResNet
 from lottery.surgery import (narrowed, plan_filters, remove_blocks, remove_filters, select_blocks,
                              select_filters)
@@ -21,29 +21,36 @@ class Pruning:
     metrics: dict  # logged with the ticket's metrics
     label: str  # for the run name, e.g. "p2" or "p1-filter"
     artifact: str  # file name of ``record`` in the run's artifacts
+    summary: str  # one line for the log
 
 
 def layers(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruning:
     """Remove the lowest-scoring residual blocks (every stage keeps one)."""
+    return _remove_blocks(cfg, plan, score_blocks(cfg.criterion.name, model, scoring, cfg.criterion, cfg.seed))
+
+
+def _remove_blocks(cfg, plan: Plan, scores) -> Pruning:
     count = blocks_to_remove(cfg.density, len(plan.removable))
-    scores = score_blocks(cfg.criterion.name, model, scoring, cfg.criterion, cfg.seed)
     removed = select_blocks(plan, scores, count)
     removable = plan.removable
     record = {"removable": removable, "stage": [plan.blocks[i].stage for i in removable],
               "scores": scores.tolist(), "removed": removed}
+    summary = f"block scores [{' '.join(f'{s:.3g}' for s in scores.tolist())}] -> removing blocks {removed}"
     return Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), record,
-                   {"blocks_removed": len(removed)}, f"p{count}", "blocks.json")
+                   {"blocks_removed": len(removed)}, f"p{count}", "blocks.json", summary)
 
 
 def filters(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruning:
     """Remove the lowest-scoring first-convolution filters down to a filter count: by default the
     count of the layer ticket of the same density, so both tickets are equally sparse."""
+    c = cfg.criterion
     if cfg.target_filters is not None:
         target, layer_record = cfg.target_filters, None
+        scores = score_filters(c.name, model, scoring, c, cfg.seed)
     else:
-        layer = layers(cfg, plan, model, scoring)
+        block_scores, scores = score_blocks_and_filters(c.name, model, scoring, c, cfg.seed)
+        layer = _remove_blocks(cfg, plan, block_scores)
         target, layer_record = plan_filters(layer.plan), layer.record
-    scores = score_filters(cfg.criterion.name, model, scoring, cfg.criterion, cfg.seed)
     keep = select_filters(plan, scores, target, cfg.scope)
     new_plan = narrowed(plan, keep)
     record = {"target_filters": target, "scope": cfg.scope, "kept": keep,
@@ -51,7 +58,9 @@ def filters(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruni
     metrics = {"target_filters": target, "filters_removed": plan_filters(plan) - plan_filters(new_plan),
                "blocks_removed": 0}
     count = blocks_to_remove(cfg.density, len(plan.removable))
-    return Pruning(new_plan, lambda m: remove_filters(m, keep), record, metrics, f"p{count}-filter", "filters.json")
+    summary = f"keeping {plan_filters(new_plan)} filters (target {target}, {cfg.scope} ranking)"
+    return Pruning(new_plan, lambda m: remove_filters(m, keep), record, metrics, f"p{count}-filter",
+                   "filters.json", summary)
 
 
 STRUCTURES: dict[str, Callable[..., Pruning]] = {"layer": layers, "filter": filters}

@@ -83,6 +83,14 @@ def plan_filters(plan: Plan) -> int:
     return plan.stem_ch + sum(b.mid_ch + b.out_ch for b in plan.blocks) + projections
 
 
+def check_filter_target(plan: Plan, target: int, what: str, network: str = "this network") -> None:
+    """A filter count is reachable from ``plan`` down to the floor of one filter per convolution."""
+    total, floor = plan_filters(plan), filter_floor(plan)
+    if not floor <= target <= total:
+        raise LotteryError(f"{what} is out of reach: {network} has {total} filters and keeps at least "
+                           f"{floor} (one per convolution)")
+
+
 def select_filters(plan: Plan, scores: list[torch.Tensor], target: int, scope: str = "global") -> dict[int, list[int]]:
     """The filters to keep, per block, so that the network has ``target`` filters.
 
@@ -91,13 +99,8 @@ def select_filters(plan: Plan, scores: list[torch.Tensor], target: int, scope: s
     the floor of one filter per convolution is reachable. ``global`` removes the lowest scores
     over the whole network; ``layerwise`` removes the same fraction from every convolution.
     """
-    total, floor = plan_filters(plan), filter_floor(plan)
-    if not floor <= target <= total:
-        raise LotteryError(
-            f"target of {target} filters is out of reach: this network has {total}, and keeping one "
-            f"filter per convolution leaves at least {floor}"
-        )
-    remove = total - target
+    check_filter_target(plan, target, f"a target of {target} filters")
+    remove = plan_filters(plan) - target
     sizes = [b.mid_ch for b in plan.blocks]
     if scope == "layerwise":
         quotas = _proportional(remove, sizes)

@@ -58,11 +58,16 @@ def _column_of(sweep: Sweep, cell: dict[str, str], metric: str) -> str:
     return cell[sweep.columns] if sweep.columns else metric
 
 
+def runs_of(cell: dict[str, str], runs: list[dict]) -> list[dict]:
+    """The runs a sweep launched for one cell, found by the overrides tagged on them."""
+    return [r for r in runs if all(r["tags"].get(f"override.{k}") == v for k, v in cell.items())]
+
+
 def build(sweep: Sweep, runs: list[dict], xi="0") -> list[Cell]:
     """Cells of the table from run records {"tags": {...}, "metrics": {...}} (finished tickets)."""
     cells = []
     for cell in sweep.cells():
-        matching = [r for r in runs if all(r["tags"].get(f"override.{k}") == v for k, v in cell.items())]
+        matching = runs_of(cell, runs)
         by_seed = {}
         for r in matching:  # one run per seed: the latest
             by_seed[r["tags"].get("override.seed", r["tags"].get("seed", "0"))] = r
@@ -234,8 +239,7 @@ def plot_curves(sweep: Sweep, runs: list[dict], path: Path) -> Path | None:
             for cell in sweep.cells():
                 if cell[s_key] != series:
                     continue
-                stat = aggregate([r["metrics"].get(metric) for r in runs
-                                  if all(r["tags"].get(f"override.{k}") == v for k, v in cell.items())])
+                stat = aggregate([r["metrics"].get(metric) for r in runs_of(cell, runs)])
                 if stat is not None:
                     xs.append(float(cell[x_key]))
                     ys.append(stat.mean)

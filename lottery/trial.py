@@ -18,7 +18,6 @@ from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
 from lottery.pruning import STRUCTURES, Pruning
 from lottery.robustness import load_shifted
 from lottery.store import DenseResult, DenseStore, Entry, content_key
-from lottery.surgery import plan_filters
 from lottery.train import cpu_state, evaluate, prepare, train
 
 log = logging.getLogger("lottery")
@@ -190,7 +189,7 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
     scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
     pruning = STRUCTURES[cfg.structure](cfg, plan, scored, scoring)
-    log.info("%s: %s", cfg.criterion.name, _describe(pruning))
+    log.info("%s: %s", cfg.criterion.name, pruning.summary)
 
     ticket = make_ticket(cfg, mode, plan, pruning, dense, rewind, device)
     trial_key = content_key({"dense": dense.key, "mode": mode.name, "pruned": pruning.record,
@@ -262,9 +261,3 @@ def _costs_line(m: dict) -> str:
             parts.append(fmt.format(m[key]))
     return ", ".join(parts) or "costs not measured"
 
-
-def _describe(p: Pruning) -> str:
-    r = p.record
-    if "removed" in r:
-        return f"block scores [{' '.join(f'{s:.3g}' for s in r['scores'])}] -> removing blocks {r['removed']}"
-    return f"keeping {plan_filters(p.plan)} filters (target {r['target_filters']}, {r['scope']} ranking)"

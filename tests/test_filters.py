@@ -105,3 +105,26 @@ def test_filter_trial_logs_filters_at_its_target(smoke):
     assert out["filters"] == out["target_filters"] == 1200 and out["dense_filters"] == 1232
     assert out["blocks_removed"] == 0 and out["filters_removed"] == 32
     assert out["name"] == "init-snip-p1-filter-resnet32-s0"
+
+
+@pytest.mark.parametrize("criterion", ["snip", "grasp", "random"])
+def test_blocks_and_filters_together_equal_each_alone_and_score_once(criterion, monkeypatch):
+    from dataclasses import replace
+
+    from lottery import criteria as C
+    from lottery.config import CriterionConfig
+
+    cfg, data = CriterionConfig(name=criterion), scoring()
+    torch.manual_seed(0)
+    model = build(resnet_plan(14))
+    blocks, filters = C.score_blocks_and_filters(criterion, model, data, cfg, 0)
+    torch.testing.assert_close(blocks, C.score_blocks(criterion, model, data, cfg, 0))
+    for a, b in zip(filters, C.score_filters(criterion, model, data, cfg, 0)):
+        torch.testing.assert_close(a, b)
+    crit = C.CRITERIA[criterion]
+    if crit.per_weight is not None:
+        calls = []
+        counting = replace(crit, per_weight=lambda *a: calls.append(1) or crit.per_weight(*a))
+        monkeypatch.setitem(C.CRITERIA, criterion, counting)
+        C.score_blocks_and_filters(criterion, model, data, cfg, 0)
+        assert len(calls) == 1

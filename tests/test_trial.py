@@ -98,7 +98,7 @@ def test_ticket_weights_follow_the_mode(shared):
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
-    pruned = Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), {}, {}, "", "")
+    pruned = Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), {}, {}, "", "", "")
 
     def weights_of(mode_name, rewind=1):
         t = trial.make_ticket(cfg, trial.MODES[mode_name], plan, pruned, entry, rewind, torch.device("cpu"))

@@ -42,6 +42,7 @@ class Criterion:
     filters: Callable | None  # same arguments -> [Tensor[mid_ch] for every block]
     needs_data: bool
     doc: str
+    per_weight: Callable | None = None  # same arguments -> {parameter name: per-weight scores}
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -82,7 +83,7 @@ def register_per_weight(name: str, needs_data: bool = True):
         def filters(model, scoring, cfg, seed):
             return per_filter(model, fn(model, scoring, cfg, seed), cfg.aggregate)
 
-        CRITERIA[name] = Criterion(name, blocks, filters, needs_data, _doc(fn))
+        CRITERIA[name] = Criterion(name, blocks, filters, needs_data, _doc(fn), per_weight=fn)
         return fn
 
     return wrap
@@ -96,21 +97,45 @@ def _run(fn, name: str, model: ResNet, scoring, seed: int, cfg):
     return fn(work, scoring if crit.needs_data else None, cfg, seed)
 
 
-def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
-    """Scores of the removable blocks; the model itself is never modified (a copy is scored)."""
-    scores = _run(CRITERIA[name].blocks, name, model, scoring, seed, cfg).detach().double().cpu()
+def _block_scores(name: str, model: ResNet, scores: torch.Tensor) -> torch.Tensor:
+    scores = scores.detach().double().cpu()
     expected = len(model.plan.removable)
     if scores.shape != (expected,):
         raise RuntimeError(f"criterion {name} returned shape {tuple(scores.shape)}, expected ({expected},)")
     return scores
 
 
-def score_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
-    """Scores of every block's first-convolution filters (one tensor per block)."""
+def _filter_scores(filters: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [s.detach().double().cpu() for s in filters]
+
+
+def _needs_filters(name: str) -> None:
     if CRITERIA[name].filters is None:
         raise LotteryError(f"criterion {name} scores blocks only; structure=filter takes one of: "
                            f"{', '.join(filter_criteria())}")
-    return [s.detach().double().cpu() for s in _run(CRITERIA[name].filters, name, model, scoring, seed, cfg)]
+
+
+def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
+    """Scores of the removable blocks; the model itself is never modified (a copy is scored)."""
+    return _block_scores(name, model, _run(CRITERIA[name].blocks, name, model, scoring, seed, cfg))
+
+
+def score_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
+    """Scores of every block's first-convolution filters (one tensor per block)."""
+    _needs_filters(name)
+    return _filter_scores(_run(CRITERIA[name].filters, name, model, scoring, seed, cfg))
+
+
+def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg,
+                             seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Both granularities at once: a per-weight criterion (GraSP's double backprop, say) is
+    computed once and aggregated twice."""
+    crit = CRITERIA[name]
+    if crit.per_weight is None:
+        return score_blocks(name, model, scoring, cfg, seed), score_filters(name, model, scoring, cfg, seed)
+    weights = _run(crit.per_weight, name, model, scoring, seed, cfg)
+    return (_block_scores(name, model, per_block(model, weights, cfg.aggregate)),
+            _filter_scores(per_filter(model, weights, cfg.aggregate)))
 
 
 def filter_criteria() -> list[str]:
