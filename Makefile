@@ -16,10 +16,11 @@ OVERRIDES ?=
 JOBS ?= 1
 LAUNCHER ?=
 TRIALS ?= 20
+AMP_SEEDS ?= 3
 BACKEND_URI ?= sqlite:///$(CURDIR)/.lottery/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 
-.PHONY: help install test demo ui bench search server clean tables $(TABLES)
+.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean tables $(TABLES)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,7 +48,8 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 $(TABLES): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
-	$(PY) -m lottery.tables $@ --profile $(PROFILE) --xi $(XI)
+	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+		--xi $(XI) $(OVERRIDES)
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
 
@@ -62,8 +64,15 @@ server: install  ## MLflow tracking server on 127.0.0.1:$(PORT) (BACKEND_URI=pos
 	$(VENV)/bin/mlflow server --backend-store-uri $(BACKEND_URI) --artifacts-destination $(CURDIR)/.lottery/server/artifacts \
 		--host $(or $(HOST),127.0.0.1) --port $(PORT)
 
-bench: install  ## trainer vs a plain PyTorch loop, FLOP/s vs peak, criteria and tracking times (JSON=PATH)
+bench: install  ## trainer (default amp and fp32) vs a plain fp32 loop, FLOP/s vs peak, criteria, tracking (JSON=PATH)
 	$(PY) benchmarks/bench.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
+
+bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off vs amp=auto, AMP_SEEDS (3) each
+	$(PY) benchmarks/amp.py --seeds $(AMP_SEEDS) $(if $(JSON),--json $(JSON)) \
+		data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(OVERRIDES)
+
+bench-gpu: install  ## one GPU: img/s eager/compiled x fp32/bf16, 1/2/4 trials at once, paper tables' GPU-hours
+	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
 clean:  ## delete the local store, MLflow runs and caches (.lottery/)
 	rm -rf .lottery

@@ -1,8 +1,10 @@
 """lottery's performance against the loop a researcher would write by hand, in one run.
 
-(a) training throughput of lottery's trainer vs a plain PyTorch loop (PIL transforms, DataLoader
-with workers, standard step), same device, model, batch, optimizer and images; (b) achieved
-training FLOP/s as a fraction of the device's matmul peak measured in the same run; (c) scoring
+(a) training throughput of lottery's trainer, at the default precision (``amp=auto``: bf16 where
+the device has it) and at fp32, vs a plain fp32 PyTorch loop (PIL transforms, DataLoader with
+workers, standard step), same device, model, batch, optimizer and images; (b) achieved training
+FLOP/s as a fraction of the device's matmul peak in the dtype actually used, measured in the same
+run; (c) scoring
 time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
 per trial against the trial's own time. Figures are ratios and medians of repeats, never
 asserted in tests. Usage: ``python benchmarks/bench.py [--json PATH] [--model 32] ...``.
@@ -31,7 +33,7 @@ from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingC
 from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
 from lottery.models import build, resnet_plan  # noqa: E402
-from lottery.train import prepare, synchronize, train  # noqa: E402
+from lottery.train import precision, prepare, synchronize, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:
@@ -40,14 +42,14 @@ def data_config(args, n_train: int) -> DataConfig:
     return OmegaConf.structured(DataConfig(name="imagefolder", root=args.data, train_size=n_train, test_size=100))
 
 
-def recipe(args) -> TrainConfig:
+def recipe(args, amp: str = "off") -> TrainConfig:
     return OmegaConf.structured(TrainConfig(epochs=1, milestones=[], batch_size=args.batch_size,
-                                            progress=False, amp=args.amp))
+                                            progress=False, amp=amp))
 
 
-def lottery_throughput(args, data, device) -> float:
+def lottery_throughput(args, data, device, amp: str) -> float:
     """Images/s of lottery.train.train over one epoch of ``steps`` batches (after a warm-up)."""
-    t = recipe(args)
+    t = recipe(args, amp)
     times = []
     for r in range(args.repeats + 1):  # the first is the warm-up
         torch.manual_seed(0)
@@ -117,10 +119,10 @@ def training_flops_per_image(args, device) -> float:
     return counter.get_total_flops() / args.batch_size
 
 
-def peak_matmul_flops(device, amp: str) -> float:
-    """Best FLOP/s of a large square matmul in the dtype training uses."""
+def peak_matmul_flops(device, dtype: str) -> float:
+    """Best FLOP/s of a large square matmul in the given dtype (bf16 or fp32)."""
     n = 4096 if device.type == "cuda" else 2048
-    dtype = torch.bfloat16 if device.type == "cuda" and amp == "bf16" else torch.float32
+    dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="off", choices=["off", "bf16"])
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="the trainer's default precision")
     p.add_argument("--data", default="synthetic", help="'synthetic' or an image folder (train/<class>/*)")
     p.add_argument("--criteria-depth", type=int, default=56, help="ResNet depth for (c)")
     p.add_argument("--scoring-size", type=int, default=None, help="for (c); default: the criterion config's")
@@ -189,27 +191,35 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     data = load_dataset(data_config(args, args.steps * args.batch_size), device)
 
-    ours = lottery_throughput(args, data, device)
+    dtype = precision(device, args.amp)
+    ours = lottery_throughput(args, data, device, args.amp)
+    fp32 = lottery_throughput(args, data, device, "off")
     ref = reference_throughput(args, data, device)
     flops = training_flops_per_image(args, device)
-    peak = peak_matmul_flops(device, args.amp)
+    peak = peak_matmul_flops(device, dtype)
+    peak_fp32 = peak if dtype == "fp32" else peak_matmul_flops(device, "fp32")
     crit = criteria_seconds(device, args.criteria_depth, args.scoring_size)
     track, db_setup = tracking_seconds()
     trial_seconds = 2 * len(data.train) / ours  # the training phases of a dense + ticket pair, at this size
     figures = {
         "device": f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
                   f"({torch.get_num_threads()} threads)",
-        "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp,
-        "trainer_img_s": ours, "reference_img_s": ref, "trainer_vs_reference": ours / ref,
+        "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp, "dtype": dtype,
+        "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
+        "trainer_vs_reference": ours / ref, "trainer_fp32_vs_reference": fp32 / ref, "amp_speedup": ours / fp32,
         "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
         "peak_matmul_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
+        "peak_matmul_fp32_tflop_s": peak_fp32 / 1e12, "fp32_fraction_of_peak": fp32 * flops / peak_fp32,
         "criteria_seconds": crit, "tracking_seconds": track, "tracking_store_setup_seconds": db_setup,
         "tracking_fraction_of_training": track / trial_seconds,
     }
-    print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp}")
-    print(f"(a) trainer {ours:8.1f} img/s | reference loop {ref:8.1f} img/s | ratio {ours / ref:5.2f}x")
-    print(f"(b) {flops / 1e9:.3f} GFLOP per training image -> {ours * flops / 1e12:.3f} TFLOP/s of a "
-          f"{peak / 1e12:.3f} TFLOP/s matmul peak = {100 * ours * flops / peak:.0f}%")
+    print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp} -> {dtype}")
+    print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s"
+          f" | {dtype} trainer / loop {ours / ref:5.2f}x, fp32 trainer / loop {fp32 / ref:5.2f}x,"
+          f" amp_speedup {ours / fp32:5.2f}x")
+    print(f"(b) {flops / 1e9:.3f} GFLOP per training image -> {dtype}: {ours * flops / 1e12:.3f} TFLOP/s of a "
+          f"{peak / 1e12:.3f} TFLOP/s {dtype} matmul peak = {100 * ours * flops / peak:.0f}%; fp32: "
+          f"{fp32 * flops / 1e12:.3f} of {peak_fp32 / 1e12:.3f} = {100 * fp32 * flops / peak_fp32:.0f}%")
     print(f"(c) scoring ResNet{args.criteria_depth} ({args.scoring_size or 'default'} images): "
           + ", ".join(f"{k} {v:.2f}s" for k, v in crit.items()))
     print(f"(d) MLflow + codecarbon per trial {track:.2f}s ({100 * track / trial_seconds:.1f}% of this size's "

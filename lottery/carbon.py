@@ -27,8 +27,13 @@ class Footprint:
 
 
 @contextlib.contextmanager
-def tracked(cfg, label: str):
-    """Yields a Footprint filled in when the block exits (left empty if codecarbon fails)."""
+def tracked(cfg, label: str, jobs: int = 1):
+    """Yields a Footprint filled in when the block exits (left empty if codecarbon fails).
+
+    With ``jobs > 1`` trials at once on this machine, codecarbon follows this process alone
+    (``tracking_mode="process"``), so no trial is charged for its neighbours' power. The tracker
+    is stopped however the block exits.
+    """
     result = Footprint()
     tracker = None
     if cfg.carbon:
@@ -40,12 +45,19 @@ def tracked(cfg, label: str):
             out.mkdir(parents=True, exist_ok=True)
             tracker = OfflineEmissionsTracker(
                 country_iso_code=cfg.country, output_dir=str(out), project_name=label,
-                log_level="error", measure_power_secs=cfg.power_interval_s, save_to_file=True)
+                log_level="error", measure_power_secs=cfg.power_interval_s, save_to_file=True,
+                tracking_mode="process" if jobs > 1 else "machine")
             tracker.start()
         except Exception as e:  # noqa: BLE001 - any failure of the tracker is only a warning
             log.warning("codecarbon could not start for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
             tracker = None
-    yield result
+    try:
+        yield result
+    except BaseException:
+        if tracker is not None:
+            with contextlib.suppress(Exception):
+                tracker.stop()
+        raise
     if tracker is None:
         return
     try:

@@ -34,8 +34,9 @@ class WeightSet(enum.Enum):
 
 
 class Amp(enum.Enum):
-    off = "off"
-    bf16 = "bf16"
+    auto = "auto"  # bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32
+    off = "off"  # fp32 everywhere
+    bf16 = "bf16"  # bf16 autocast even where it is emulated (slow)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class DataConfig:
     download: bool = True
     train_size: Optional[int] = None  # class-balanced subset; None = the whole split
     test_size: Optional[int] = None
+    # Class-balanced validation images held out of the training split (searches select on it).
+    val_size: Optional[int] = None
     cache: str = ".lottery/cache"  # decoded image arrays; never written into a data folder
     num_classes: int = 10  # synthetic only; real sets take it from their folders
 
@@ -69,7 +72,7 @@ class TrainConfig:
     # Fractions of the schedule at which the dense run keeps theta_i (paper: 0, 25, 50, 75 of 200).
     rewind_points: List[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375])
     eval_batch_size: int = 1000
-    amp: Amp = Amp.off  # bf16 autocast on CUDA; off reproduces fp32
+    amp: Amp = Amp.auto  # mixed precision of training and evaluation (see ``Amp``)
     channels_last: bool = True
     compile: bool = False
     progress: bool = True
@@ -152,6 +155,7 @@ class TrialConfig:
     xi: float = 0.0  # Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: Optional[int] = None  # CPU threads of torch; None: torch's default (parallel jobs set it)
+    jobs: int = 1  # trials running at once on this machine (set by JOBS=N): CO2 per process, no wall-time ratios
     profile_name: str = "paper"
 
 
@@ -209,6 +213,8 @@ def validate(cfg) -> None:
         raise LotteryError(f"model.depth={cfg.model.depth}: {e}") from None
 
     t = cfg.train
+    if cfg.jobs < 1:
+        raise LotteryError(f"jobs={cfg.jobs}: at least one trial runs")
     if t.epochs < 1:
         raise LotteryError(f"train.epochs={t.epochs}: train for at least one epoch")
     if t.batch_size < 1 or t.eval_batch_size < 1:
@@ -216,6 +222,12 @@ def validate(cfg) -> None:
     bad = [m for m in t.milestones if not 0 < m < t.epochs]
     if bad:
         raise LotteryError(f"train.milestones {bad} lie outside the schedule (1..{t.epochs - 1})")
+    if list(t.milestones) != sorted(set(t.milestones)):
+        raise LotteryError(f"train.milestones {list(t.milestones)} must be strictly increasing")
+    for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]")):
+        if not ok:
+            raise LotteryError(f"train.{key}={getattr(t, key)}: must be {rule}")
 
     mode = MODES[cfg.mode.name]
     if mode.prunes:
@@ -238,7 +250,7 @@ def validate(cfg) -> None:
         if not 0 <= i < t.epochs:
             raise LotteryError(f"rewind_epoch={r} lies outside the schedule [0, {t.epochs})")
 
-    for key in ("train_size", "test_size"):
+    for key in ("train_size", "test_size", "val_size"):
         size = getattr(cfg.data, key)
         if size is not None and size < cfg.data.num_classes:
             raise LotteryError(f"data.{key}={size}: need at least one image per class")

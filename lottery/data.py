@@ -24,6 +24,7 @@ from lottery.errors import LotteryError
 IMAGE_SIZE = 32
 PAD = 4
 SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
+SUBSET_RULE = 2  # version of ``balanced_indices``: part of the data's identity
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Dataset:
     mean: torch.Tensor  # (1, 3, 1, 1) float, on the device
     std: torch.Tensor
     fingerprint: str  # identifies the content (source, files, subset) for the dense store
+    val: Split | None = None  # held out from the training images (``data.val_size``)
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +71,7 @@ class Arrays:
 class Source:
     check: Callable  # cfg -> None, raises LotteryError early (before any work)
     load: Callable  # cfg -> Arrays
+    fingerprint: Callable  # cfg -> str: the source's content identity, without decoding images
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,8 +101,12 @@ def _load_cifar10(cfg) -> Arrays:
         ) from None
     return Arrays(
         train.data, np.asarray(train.targets, np.int64), test.data,
-        np.asarray(test.targets, np.int64), list(train.classes), "cifar10-torchvision",
+        np.asarray(test.targets, np.int64), list(train.classes), _cifar10_fingerprint(cfg),
     )
+
+
+def _cifar10_fingerprint(cfg) -> str:
+    return "cifar10-torchvision"
 
 
 def _image_files(root: Path, split: str) -> list[tuple[str, Path]]:
@@ -127,25 +134,34 @@ def _check_imagefolder(cfg) -> None:
 def _decode(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for truncated or foreign files
+        raise LotteryError(f"cannot decode image {path} ({type(e).__name__}); remove or replace the file") from None
 
 
-def _load_imagefolder(cfg) -> Arrays:
+def _folder_listing(cfg) -> tuple[dict[str, list[tuple[str, Path]]], str]:
+    """The folder's images per split, and its content fingerprint (names and sizes)."""
     root = Path(cfg.root).expanduser()
     listing = {s: _image_files(root, s) for s in ("train", "test")}
-    classes = sorted({c for c, _ in listing["train"]})
-    unknown = sorted({c for c, _ in listing["test"]} - set(classes))
-    if unknown:
-        raise LotteryError(f"{root}/test has classes {unknown} that train/ lacks")
     digest = hashlib.sha256()
     for split, files in listing.items():
         for cls, f in files:
             digest.update(f"{split}/{cls}/{f.name}:{f.stat().st_size}\n".encode())
-    fingerprint = "imagefolder-" + digest.hexdigest()[:20]
+    return listing, "imagefolder-" + digest.hexdigest()[:20]
+
+
+def _load_imagefolder(cfg) -> Arrays:
+    root = Path(cfg.root).expanduser()
+    listing, fingerprint = _folder_listing(cfg)
+    classes = sorted({c for c, _ in listing["train"]})
+    unknown = sorted({c for c, _ in listing["test"]} - set(classes))
+    if unknown:
+        raise LotteryError(f"{root}/test has classes {unknown} that train/ lacks")
     cache = Path(cfg.cache).expanduser() / f"{fingerprint}.npz"
     if cache.exists():
         try:
@@ -193,17 +209,26 @@ def synthetic_arrays(train_size: int, test_size: int, num_classes: int) -> Array
     tx, ty = split(train_size)
     vx, vy = split(test_size)
     return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)],
-                  f"synthetic-v1-{train_size}-{test_size}-{num_classes}")
+                  _synthetic_id(train_size, test_size, num_classes))
+
+
+def _synthetic_id(train_size: int, test_size: int, num_classes: int) -> str:
+    return f"synthetic-v1-{train_size}-{test_size}-{num_classes}"
+
+
+def _synthetic_sizes(cfg) -> tuple[int, int, int]:
+    """The whole synthetic set: the subset sizes plus the held-out validation images."""
+    return (cfg.train_size or 5000) + (cfg.val_size or 0), cfg.test_size or 1000, cfg.num_classes
 
 
 def _load_synthetic(cfg) -> Arrays:
-    return synthetic_arrays(cfg.train_size or 5000, cfg.test_size or 1000, cfg.num_classes)
+    return synthetic_arrays(*_synthetic_sizes(cfg))
 
 
 SOURCES: dict[str, Source] = {
-    "cifar10": Source(_check_cifar10, _load_cifar10),
-    "imagefolder": Source(_check_imagefolder, _load_imagefolder),
-    "synthetic": Source(_check_synthetic, _load_synthetic),
+    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint),
+    "imagefolder": Source(_check_imagefolder, _load_imagefolder, lambda cfg: _folder_listing(cfg)[1]),
+    "synthetic": Source(_check_synthetic, _load_synthetic, lambda cfg: _synthetic_id(*_synthetic_sizes(cfg))),
 }
 
 
@@ -212,33 +237,59 @@ SOURCES: dict[str, Source] = {
 
 
 def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices with classes as equal as possible (the first classes get the remainder)."""
+    """The one subset rule: ``n`` indices, class-balanced and class-interleaved.
+
+    Each class's indices are drawn in a seeded order and the classes taken in turn (one of each,
+    then the next of each, ...), so the subset and every prefix or chunk of it hold each class
+    within +-1 of the others, even when the split is stored class by class.
+    """
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
     per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
-    chosen = []
+    drawn = []
     for c, k in zip(classes, per_class):
         idx = np.flatnonzero(labels == c)
         if k > len(idx):
             raise LotteryError(f"asked for {k} images of class {c}, the split has {len(idx)}")
-        chosen.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(chosen))
+        drawn.append(rng.permutation(idx)[:k])
+    rounds = [[d[r] for d in drawn if r < len(d)] for r in range(max(per_class))]
+    return np.asarray([i for r in rounds for i in r], dtype=np.int64)
+
+
+def subset(split: Split, n: int | None, seed: int = SUBSET_SEED) -> Split:
+    """``n`` images of a split by the subset rule (the whole split, interleaved, when ``n`` is None
+    or covers it); every consumer takes its images here, so dense and ticket see the same ones."""
+    labels = split.y.cpu().numpy()
+    n = len(labels) if n is None else min(n, len(labels))
+    idx = torch.from_numpy(balanced_indices(labels, n, seed)).to(split.y.device)
+    return Split(split.x[idx], split.y[idx])
 
 
 def _to_split(x: np.ndarray, y: np.ndarray, size, device) -> Split:
-    if size is not None and size < len(y):
-        keep = balanced_indices(y, size, SUBSET_SEED)
-        x, y = x[keep], y[keep]
-    elif size is not None and size > len(y):
+    if size is not None and size > len(y):
         raise LotteryError(f"asked for {size} images, the split has only {len(y)}")
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    return Split(xt.to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device))
+    keep = balanced_indices(y, len(y) if size is None else size, SUBSET_SEED)
+    xt = torch.from_numpy(np.ascontiguousarray(x[keep].transpose(0, 3, 1, 2)))
+    return Split(xt.to(device), torch.from_numpy(np.asarray(y[keep], np.int64)).to(device))
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, val_size: int | None):
+    """(train, validation) arrays: a class-balanced validation split taken from the training images."""
+    if not val_size:
+        return (x, y), None
+    if val_size >= len(y):
+        raise LotteryError(f"data.val_size={val_size} leaves no training images (the split has {len(y)})")
+    val = balanced_indices(y, val_size, SUBSET_SEED + 1)
+    rest = np.setdiff1d(np.arange(len(y)), val)
+    return (x[rest], y[rest]), (x[val], y[val])
 
 
 def load_dataset(cfg, device: torch.device) -> Dataset:
     arrays = SOURCES[cfg.name].load(cfg)
-    train = _to_split(arrays.train_x, arrays.train_y, cfg.train_size, device)
+    (train_x, train_y), val = _hold_out(arrays.train_x, arrays.train_y, cfg.val_size)
+    train = _to_split(train_x, train_y, cfg.train_size, device)
     test = _to_split(arrays.test_x, arrays.test_y, cfg.test_size, device)
+    val = _to_split(*val, None, device) if val is not None else None
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     squares = torch.zeros(3, dtype=torch.float64, device=device)
     for chunk in train.x.split(4096):
@@ -248,9 +299,18 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
     count = train.x.shape[0] * train.x.shape[2] * train.x.shape[3]
     mean = sums / count
     std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
-    fp = f"{arrays.fingerprint}/train={cfg.train_size}/test={cfg.test_size}"
     return Dataset(train, test, arrays.classes, mean.float().view(1, 3, 1, 1),
-                   std.float().view(1, 3, 1, 1), fp)
+                   std.float().view(1, 3, 1, 1), subset_fingerprint(arrays.fingerprint, cfg), val)
+
+
+def subset_fingerprint(source: str, cfg) -> str:
+    """The content identity of the splits a data config yields from a source's content."""
+    return f"{source}/subsets-{SUBSET_RULE}/train={cfg.train_size}/test={cfg.test_size}/val={cfg.val_size}"
+
+
+def fingerprint(cfg) -> str:
+    """The content identity of a data config's splits, without decoding any image."""
+    return subset_fingerprint(SOURCES[cfg.name].fingerprint(cfg), cfg)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -305,6 +365,7 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A class-balanced, unaugmented, normalised sample of the training split (seeded)."""
-    idx = torch.from_numpy(balanced_indices(data.train.y.cpu().numpy(), size, seed)).to(data.train.x.device)
-    return data.normalize(data.train.x[idx]), data.train.y[idx]
+    """A class-balanced, unaugmented, normalised sample of the training split (seeded); every
+    chunk of it holds every class."""
+    chosen = subset(data.train, size, seed)
+    return data.normalize(chosen.x), chosen.y

@@ -1,7 +1,8 @@
 """What a network costs, measured (not assumed): FLOPs, memory, throughput, latency; and CKA.
 
-FLOPs come from ``torch.utils.flop_counter``; training memory is the CUDA allocator's peak on a
-GPU and, on a CPU, the bytes of parameters, gradients, optimizer state and tensors saved for
+FLOPs come from ``torch.utils.flop_counter``; training memory is, on a GPU, the network's
+parameters and optimizer state plus the allocator's peak during one step above what was allocated
+before it (so data and other networks resident on the device never count) and, on a CPU, the bytes of parameters, gradients, optimizer state and tensors saved for
 backward (counted through ``saved_tensors_hooks``); times use CUDA synchronisation on a GPU.
 Every measurement works on a copy, so the measured network is left as it was.
 """
@@ -51,12 +52,7 @@ def training_memory(model: nn.Module, t, device) -> tuple[int, str]:
     opt = make_optimizer(m, t)
     x, y = _batch(t.batch_size, m.fc.out_features, device, t.channels_last)
     if device.type == "cuda":
-        _step(m, opt, x, y, device, t.amp)  # optimizer state exists from here on
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        _step(m, opt, x, y, device, t.amp)
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+        return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
     saved: dict[int, int] = {}
     params = {p.data_ptr() for p in m.parameters()}
 
@@ -70,10 +66,28 @@ def training_memory(model: nn.Module, t, device) -> tuple[int, str]:
         loss = F.cross_entropy(m(x), y)
     loss.backward()
     opt.step()
-    weights = sum(p.numel() * p.element_size() for p in m.parameters())
-    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                if torch.is_tensor(v))
-    return weights * 2 + state + sum(saved.values()), "cpu_params_grads_optimizer_saved_tensors"
+    grads = sum(p.numel() * p.element_size() for p in m.parameters())
+    return _own_bytes(m, opt) + grads + sum(saved.values()), "cpu_params_grads_optimizer_saved_tensors"
+
+
+def _own_bytes(model: nn.Module, opt) -> int:
+    """Bytes of the network's parameters and its optimizer state."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                         if torch.is_tensor(v))
+
+
+def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
+    """The network's own state plus the allocator's peak during one training step above what was
+    allocated just before it: resident data and other networks on the device never count."""
+    _step(m, opt, x, y, device, amp)  # optimizer state exists from here on
+    opt.zero_grad(set_to_none=True)
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    _step(m, opt, x, y, device, amp)
+    synchronize(device)
+    return _own_bytes(m, opt) + int(torch.cuda.max_memory_allocated(device)) - before
 
 
 def throughput(model: nn.Module, t, device, steps: int, warmup: int) -> float:

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from lottery.corruptions import CORRUPTIONS, corrupt
-from lottery.data import Dataset, Split
+from lottery.data import SUBSET_SEED, Dataset, Split, balanced_indices, subset
 from lottery.errors import LotteryError
 from lottery.train import evaluate
 
 log = logging.getLogger("lottery")
-REGEN_VERSION = 1
+REGEN_VERSION = 2  # 2: class-balanced images (the subset rule), not the first n
 
 
 @dataclass
@@ -63,14 +63,16 @@ def released_cifar10c(root: Path, names, severities, images: int | None, device)
         arr = _load_npy(root / f"{name}.npy")
         per = len(arr) // 5
         for s in severities:
-            rows = slice((s - 1) * per, (s - 1) * per + (images or per))
-            sets.append((name, s, _split(np.asarray(arr[rows]), np.asarray(labels[rows]), device)))
+            start = (s - 1) * per
+            rows = start + balanced_indices(np.asarray(labels[start:start + per]), min(images or per, per), SUBSET_SEED)
+            sets.append((name, s, _split(np.asarray(arr[np.sort(rows)]), np.asarray(labels[np.sort(rows)]), device)))
     return sets
 
 
 def regenerated_cifar10c(data: Dataset, names, severities, images: int | None, cache: Path, seed: int, device):
-    clean = data.test.x[: images or len(data.test)].permute(0, 2, 3, 1).cpu().numpy()
-    labels = data.test.y[: len(clean)].cpu().numpy()
+    chosen = subset(data.test, images)
+    clean = chosen.x.permute(0, 2, 3, 1).cpu().numpy()
+    labels = chosen.y.cpu().numpy()
     sets = []
     for name in names:
         for s in severities:

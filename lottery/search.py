@@ -2,7 +2,9 @@
 
 ``python -m lottery.search [hydra overrides]`` (``make search PROFILE=... TRIALS=N``) runs a
 multi-objective study over criterion, density, mode and rewind epoch, by default maximising
-``delta_pp`` and ``flops_reduction_pct``. The study lives in persistent storage (SQLite by
+``val_delta_pp`` (ticket minus dense accuracy on a validation split held out of the training
+images, ``data.val_size``) and ``flops_reduction_pct``. It never selects on the test set: test
+accuracies are reported beside the front, never used to choose. The study lives in persistent storage (SQLite by
 default), so an interrupted search resumes and ends with exactly ``search.trials`` completed
 trials; a trial that fails is recorded as failed and the study goes on. Trials are MLflow runs
 under one ``role=study`` run; the Pareto front is printed and plotted.
@@ -32,7 +34,7 @@ class SearchConfig:
     trials: int = 20  # completed trials the study ends with
     study: Optional[str] = None  # default: search-<profile>
     storage: str = "sqlite:///.lottery/optuna.db"
-    objectives: List[str] = field(default_factory=lambda: ["delta_pp:maximize", "flops_reduction_pct:maximize"])
+    objectives: List[str] = field(default_factory=lambda: ["val_delta_pp:maximize", "flops_reduction_pct:maximize"])
     criteria: List[str] = field(default_factory=lambda: ["random", "l1", "hrank", "expectabs", "pls", "kl",
                                                          "snip", "grasp", "synflow"])
     modes: List[str] = field(default_factory=lambda: ["init", "rewind", "lr_rewind", "reinit"])
@@ -46,12 +48,20 @@ class SearchRunConfig(TrialConfig):
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
+# Metrics read from the test set (or its shifted copies): a search that chose by them would select on test.
+TEST_METRICS = {"accuracy", "delta_pp", "winning", "mcnemar_p", "cka", "cifar10c_accuracy", "cifar10c_delta_pp",
+                "cifar102_accuracy", "cifar102_delta_pp"}
+
+
 def _objectives(spec: list[str]) -> tuple[list[str], list[str]]:
     names, directions = [], []
     for item in spec:
         name, _, direction = item.partition(":")
         if direction not in ("maximize", "minimize"):
             raise LotteryError(f"search.objectives item '{item}': write metric:maximize or metric:minimize")
+        if name in TEST_METRICS:
+            raise LotteryError(f"search.objectives: {name} is measured on the test set, and a search that chooses "
+                               f"by it selects on test; use val_accuracy or val_delta_pp (data.val_size)")
         names.append(name)
         directions.append(direction)
     return names, directions
@@ -81,32 +91,30 @@ def study_run(experiment: str, study_name: str) -> str:
 
 
 def pareto_report(study, names: list[str], out: Path) -> tuple[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.trial import TrialState
+
+    from lottery.plotting import pyplot, save
 
     front = sorted(study.best_trials, key=lambda t: t.values[0], reverse=True)
     lines = [f"Pareto front of {study.study_name}: {len(front)} of "
              f"{len(study.get_trials(states=(TrialState.COMPLETE,)))} completed trials",
-             "| trial | " + " | ".join(names) + " | criterion | mode | density | rewind |",
-             "|---" * (len(names) + 5) + "|"]
+             "| trial | " + " | ".join(names) + " | criterion | mode | density | rewind | test delta_pp (not used) |",
+             "|---" * (len(names) + 6) + "|"]
     for t in front:
         p = t.params
+        test = t.user_attrs.get("test_delta_pp")
         lines.append(f"| {t.number} | " + " | ".join(f"{v:+.2f}" for v in t.values)
-                     + f" | {p['criterion']} | {p['mode']} | {p['density']} | {p.get('rewind_epoch', '-')} |")
+                     + f" | {p['criterion']} | {p['mode']} | {p['density']} | {p.get('rewind_epoch', '-')} | "
+                     + ("-" if test is None else f"{test:+.2f}") + " |")
     done = study.get_trials(states=(TrialState.COMPLETE,))
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5, 3.6))
     ax.scatter([t.values[1] for t in done], [t.values[0] for t in done], c="lightgrey", label="trials")
     ax.plot([t.values[1] for t in front], [t.values[0] for t in front], "o-", color="C3", label="Pareto front")
     ax.set_xlabel(names[1])
     ax.set_ylabel(names[0])
     ax.legend()
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save(fig, out)
     return "\n".join(lines), out
 
 
@@ -124,6 +132,9 @@ def search(cfg, compose_trial) -> str:
     names, directions = _objectives(s.objectives)
     if len(names) != 2:
         raise LotteryError("search.objectives: give exactly two objectives (the front is plotted in 2-D)")
+    if not cfg.data.val_size:
+        raise LotteryError("the search chooses on a validation split held out of the training images: "
+                           "set data.val_size (e.g. data.val_size=5000)")
     name = s.study or f"search-{cfg.profile_name}"
     experiment = tracking.start(cfg.tracking)
     parent = study_run(experiment, name)
@@ -145,6 +156,7 @@ def search(cfg, compose_trial) -> str:
         out = trial.run(compose_trial(overrides), overrides=overrides,
                         tags={"study": name, "optuna_trial": t.number, "mlflow.parentRunId": parent})
         t.set_user_attr("mlflow_run_id", out["run_id"])
+        t.set_user_attr("test_delta_pp", out.get("delta_pp"))  # reported beside the front, never optimised
         values = [out.get(n) for n in names]
         if any(v is None for v in values):
             raise LotteryError(f"trial {t.number} did not measure {names}")

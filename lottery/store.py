@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -77,6 +77,7 @@ class DenseResult:
     checkpoints: dict[int, dict]
     final: dict
     metrics: dict
+    extra: dict = field(default_factory=dict)  # further meta.json fields (e.g. test predictions)
 
 
 class DenseStore:
@@ -129,11 +130,12 @@ class DenseStore:
             shutil.rmtree(partial, ignore_errors=True)
             return entry, True
 
-    def update_metrics(self, entry: Entry, metrics: dict) -> Entry:
-        """Add metrics to a stored entry (meta.json rewritten atomically, under the lock)."""
+    def update_metrics(self, entry: Entry, metrics: dict, **fields) -> Entry:
+        """Add metrics (and meta fields) to a stored entry (meta.json rewritten atomically, under the lock)."""
         with self.lock(entry.key):
             meta = json.loads((entry.path / "meta.json").read_text())
             meta["metrics"].update(metrics)
+            meta.update(fields)
             _write_json_atomic(entry.path / "meta.json", meta)
             entry.meta = meta
         return entry
@@ -148,7 +150,7 @@ class DenseStore:
             fname = f"theta_{name}.pt"
             torch.save(state, tmp / fname)
             files[fname] = sha256_file(tmp / fname)
-        meta = {"format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
+        meta = {**result.extra, "format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
                 "checkpoints": sorted(str(e) for e in result.checkpoints), "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json_atomic(tmp / "meta.json", meta)

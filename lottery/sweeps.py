@@ -20,6 +20,7 @@ import yaml
 from lottery.errors import LotteryError
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -83,19 +84,27 @@ def launcher_overrides(jobs: int, launcher: str | None) -> list[str]:
         return [f"hydra/launcher={launcher}"]
     if jobs > 1:
         threads = max(1, (os.cpu_count() or jobs) // jobs)
-        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={threads}"]
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={threads}", f"jobs={jobs}"]
     return []
+
+
+def default_data(profile: str) -> str | None:
+    """The data a profile runs on unless told: synthetic for smoke, else the config's (CIFAR-10)."""
+    return "synthetic" if profile == "smoke" else None
+
+
+def _common(profile: str, data: str | None, data_root: str | None) -> list[str]:
+    data = data or default_data(profile)
+    return [f"profile={profile}", *([f"data={data}"] if data else []),
+            *([f"data.root={data_root}"] if data_root else [])]
 
 
 def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None, seeds: int,
              extra: list[str], jobs: int = 1, launcher: str | None = None) -> list[list[str]]:
     """One ``python -m lottery -m`` command per grid of the sweep."""
     common = [f"profile={profile}", f"seed={','.join(str(s) for s in range(seeds))}",
-              f"tracking.experiment={sweep.experiment}", *launcher_overrides(jobs, launcher)]
-    if data:
-        common.append(f"data={data}")
-    if data_root:
-        common.append(f"data.root={data_root}")
+              f"tracking.experiment={sweep.experiment}", *launcher_overrides(jobs, launcher),
+              *_common(profile, data, data_root)[1:]]
     out = []
     for grid in sweep.grids:
         swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in grid.items()]
@@ -103,17 +112,47 @@ def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lottery.sweeps", description="Run a paper table's sweep.")
+def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | None, extra: list[str]) -> list[str]:
+    """The identity (``cell_key``) of the trial the sweep launches for each of its cells, composed
+    exactly as the sweep composes it: the tables accept a run into a cell only on this key."""
+    from hydra import compose, initialize_config_dir
+
+    from lottery.config import register
+    from lottery.data import fingerprint
+    from lottery.identity import cell_key
+
+    register()
+    fingerprints: dict[str, str] = {}
+    keys = []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for cell in sweep.cells():
+            cfg = compose(config_name="config", overrides=[
+                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *_common(profile, data, data_root),
+                *(o for o in extra if not o.lstrip("+~").startswith("hydra"))])
+            data_yaml = str(cfg.data)
+            if data_yaml not in fingerprints:
+                fingerprints[data_yaml] = fingerprint(cfg.data)
+            keys.append(cell_key(cfg, fingerprints[data_yaml]))
+    return keys
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """What names a sweep's trials, the same for running them and for building their table."""
     p.add_argument("name", help=f"one of: {', '.join(available())}")
     p.add_argument("--profile", default="quick")
-    p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic)")
+    p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic); "
+                                                "default: synthetic for smoke, else cifar10")
     p.add_argument("--data-root", default=None)
+    p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery.sweeps", description="Run a paper table's sweep.")
+    add_sweep_arguments(p)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (joblib launcher)")
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
     args = p.parse_intermixed_args(argv)
     try:
         sweep = load(args.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,32 @@ def make_optimizer(model: nn.Module, t) -> torch.optim.SGD:
                            nesterov=t.nesterov, weight_decay=t.weight_decay)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matmuls and convolutions natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def precision(device: torch.device, amp) -> str:
+    """The dtype training computes in on this device: ``bf16`` or ``fp32`` (``amp=auto`` resolved)."""
+    amp = getattr(amp, "value", amp)
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if amp == "bf16" else "fp32"
+
+
 def autocast(device: torch.device, amp) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and getattr(amp, "value", amp) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (loss, softmax and BatchNorm stay fp32, as autocast keeps them) or nothing."""
+    if precision(device, amp) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model compiled once per architecture; on CUDA its step is captured as a CUDA graph
+    (``reduce-overhead``): a small ResNet at batch 128 is otherwise bound by kernel launches."""
+    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,7 +116,7 @@ def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device
         result.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
         result.resumed_from = epoch
         log.info("%s: resuming from the state saved after epoch %d (%s)", desc, epoch, state_path)
-    step_model = torch.compile(model) if t.compile else model
+    step_model = compiled(model, device) if t.compile else model
     steps = num_batches(len(data.train), t.batch_size)
     while epoch < t.epochs:
         if epoch in keep:
@@ -133,15 +156,35 @@ def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, t, device: torch.device, split=None) -> float:
-    """Top-1 accuracy (%) on the test split (or ``split``), in eval mode, unaugmented."""
+def predict(model: nn.Module, data: Dataset, t, device: torch.device, split=None) -> torch.Tensor:
+    """Predicted classes (CPU int64) on the test split (or ``split``), in eval mode, unaugmented,
+    under the training precision."""
     model.eval()
     split = split if split is not None else data.test
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y in eval_batches(data, split, t.eval_batch_size, t.channels_last):
+    out = []
+    for x, _ in eval_batches(data, split, t.eval_batch_size, t.channels_last):
         with autocast(device, t.amp):
-            correct += (model(x).argmax(1) == y).sum()
-    return 100.0 * correct.item() / len(split)
+            out.append(model(x).argmax(1))
+    return torch.cat(out).cpu()
+
+
+def accuracy(predictions: torch.Tensor, split) -> float:
+    """Top-1 accuracy (%) of predictions against a split's labels."""
+    return 100.0 * (predictions == split.y.cpu()).sum().item() / len(split)
+
+
+def evaluate(model: nn.Module, data: Dataset, t, device: torch.device, split=None) -> float:
+    """Top-1 accuracy (%) on the test split (or ``split``)."""
+    split = split if split is not None else data.test
+    return accuracy(predict(model, data, t, device, split), split)
+
+
+def conditions(device: torch.device, t, jobs: int) -> str:
+    """What a training's wall time depends on besides the network: recorded with every training,
+    so that two trainings' times are compared only when these match."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return (f"device={device.type}:{name.replace(' ', '_')} threads={torch.get_num_threads()} "
+            f"amp={precision(device, t.amp)} channels_last={t.channels_last} compile={t.compile} jobs={jobs}")
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

@@ -1,4 +1,5 @@
-"""One trial, top to bottom: dense reference, scores, ticket, training, evaluation, logging."""
+"""One trial, top to bottom: skip if finished, dense reference, prune, train the ticket, measure
+it beside its dense network, log."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from omegaconf import OmegaConf
 from lottery import carbon, costs, measure, tracking
 from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
 from lottery.criteria import ScoringSet
-from lottery.data import Dataset, load_dataset, scoring_set
+from lottery.data import Dataset, fingerprint, load_dataset, scoring_set
+from lottery.identity import cell_key, config_key
 from lottery.models import Plan, ResNet, build, count_filters, count_params, resnet_plan
 from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
 from lottery.pruning import STRUCTURES, Pruning
 from lottery.robustness import load_shifted
+from lottery.stats import mcnemar_p
 from lottery.store import DenseResult, DenseStore, Entry, content_key
-from lottery.train import cpu_state, evaluate, prepare, train
+from lottery.train import Trained, accuracy, conditions, cpu_state, evaluate, precision, predict, prepare, train
 
 log = logging.getLogger("lottery")
 
 RECIPE_KEYS = ("epochs", "milestones", "gamma", "lr", "momentum", "nesterov", "weight_decay",
-               "batch_size", "augment", "amp")
+               "batch_size", "augment")
 
 
 def pick_device(name: str) -> torch.device:
@@ -35,11 +38,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def dense_spec(cfg, data: Dataset) -> dict:
-    """What defines a dense run (not criterion, density or mode): its store key's content."""
+def dense_spec(cfg, data: Dataset, device) -> dict:
+    """What defines a dense run (not criterion, density or mode): its store key's content.
+    The precision is the one training resolves to (``amp=auto`` is bf16 on one machine, fp32 on
+    another), so a stored fp32 network never stands in for a bf16 one."""
     train = OmegaConf.to_container(cfg.train, enum_to_str=True)
     return {"model": {"depth": cfg.model.depth, "shortcut": cfg.model.shortcut.value},
-            "data": data.fingerprint, "train": {k: train[k] for k in RECIPE_KEYS}, "seed": cfg.seed}
+            "data": data.fingerprint, "seed": cfg.seed,
+            "train": {**{k: train[k] for k in RECIPE_KEYS}, "amp": precision(device, cfg.train.amp)}}
 
 
 def fresh_model(plan: Plan, seed: int, device, channels_last: bool) -> ResNet:
@@ -47,16 +53,23 @@ def fresh_model(plan: Plan, seed: int, device, channels_last: bool) -> ResNet:
     return prepare(build(plan), device, channels_last)
 
 
+def held_out_accuracy(model: ResNet, data: Dataset, t, device) -> dict:
+    """Accuracy on the validation split held out of the training images, when there is one."""
+    return {} if data.val is None else {"val_accuracy": evaluate(model, data, t, device, data.val)}
+
+
 def train_dense(cfg, plan: Plan, data: Dataset, device, partial: Path, keep: set[int]) -> DenseResult:
     """Train the dense reference F, keeping theta_e for every epoch in ``keep`` (resumable)."""
     model = fresh_model(plan, cfg.seed, device, cfg.train.channels_last)
-    with carbon.tracked(cfg.measure, "dense") as footprint:
+    with carbon.tracked(cfg.measure, "dense", cfg.jobs) as footprint:
         done = train(model, data, cfg.train, seed=cfg.seed, device=device, keep=keep,
                      state_path=partial / "state.pt", desc="dense")
-    metrics = {"accuracy": evaluate(model, data, cfg.train, device), "train_seconds": done.seconds,
+    predictions = predict(model, data, cfg.train, device)
+    metrics = {"accuracy": accuracy(predictions, data.test), "train_seconds": done.seconds,
                "epochs": cfg.train.epochs, "params": count_params(model), "filters": count_filters(model),
-               **footprint_metrics(footprint, done.resumed_from)}
-    return DenseResult(done.checkpoints, cpu_state(model), metrics)
+               "train_conditions": conditions(device, cfg.train, cfg.jobs),
+               **footprint_metrics(footprint, done.resumed_from), **held_out_accuracy(model, data, cfg.train, device)}
+    return DenseResult(done.checkpoints, cpu_state(model), metrics, {"predictions": predictions.tolist()})
 
 
 def footprint_metrics(fp: carbon.Footprint, resumed_from: int | None) -> dict:
@@ -66,23 +79,28 @@ def footprint_metrics(fp: carbon.Footprint, resumed_from: int | None) -> dict:
 
 
 def measured_dense(cfg, plan: Plan, entry: Entry, data: Dataset, shifted, device, store: DenseStore) -> Entry:
-    """Measure the dense network's costs and robustness once per entry (and robustness set)."""
+    """Measure the dense network's costs, robustness and test predictions once per entry (and
+    robustness set), on the same images and by the same functions as its tickets."""
     suffix = f"@{costs.robustness_key(cfg)}"
     wanted = {"flops"} if cfg.measure.enabled else set()
     if shifted.cifar10c:
         wanted.add(f"cifar10c_accuracy{suffix}")
     if shifted.cifar102 is not None:
         wanted.add(f"cifar102_accuracy{suffix}")
-    if wanted <= set(entry.metrics):
+    if data.val is not None:
+        wanted.add("val_accuracy")
+    if wanted <= set(entry.metrics) and "predictions" in entry.meta:
         return entry
     model = model_at(plan, entry, "final", device, cfg.train.channels_last)
-    return store.update_metrics(entry, costs.network_costs(model, cfg, data, shifted, device, suffix))
+    metrics = {**costs.network_costs(model, cfg, data, shifted, device, suffix),
+               **held_out_accuracy(model, data, cfg.train, device)}
+    return store.update_metrics(entry, metrics, predictions=predict(model, data, cfg.train, device).tolist())
 
 
 def dense_reference(cfg, plan: Plan, data: Dataset, device, store: DenseStore, rewind: int | None) -> Entry:
     """The stored dense run, trained first if missing, keeping the configured rewind points and
     the one this trial rewinds to."""
-    spec = dense_spec(cfg, data)
+    spec = dense_spec(cfg, data, device)
     keep = set(rewind_epochs(cfg.train)) | ({rewind} if rewind is not None else set())
     entry, trained = store.get_or_train(content_key(spec), spec,
                                         lambda partial: train_dense(cfg, plan, data, device, partial, keep),
@@ -107,15 +125,26 @@ def _log_dense(cfg, entry: Entry, experiment: str) -> str:
     words = {k: v for k, v in entry.metrics.items() if isinstance(v, str)}
     name = f"dense-resnet{cfg.model.depth}-s{cfg.seed}"
     params = tracking.flatten(OmegaConf.masked_copy(cfg, ["model", "data", "train", "seed"]))
+    meta = {k: v for k, v in entry.meta.items() if k != "predictions"}
     return tracking.log_run(experiment, name, {"role": "dense", "dense_key": entry.key,
-                                               "profile": cfg.profile_name, **words},
-                            params, numbers, {"dense.json": entry.meta})
+                                               "profile": cfg.profile_name, "amp": entry.meta["spec"]["train"]["amp"],
+                                               **words},
+                            params, numbers, {"dense.json": meta})
 
 
 def model_at(plan: Plan, entry: Entry, weights, device, channels_last: bool) -> ResNet:
     model = prepare(build(plan), device, channels_last)
     model.load_state_dict(entry.weights(weights))
     return model
+
+
+def prune(cfg, mode: Mode, plan: Plan, dense: Entry, data: Dataset, device) -> Pruning:
+    """Score the network at the weights the mode scores on and choose what to remove."""
+    scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
+    scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
+    pruning = STRUCTURES[cfg.structure](cfg, plan, scored, scoring)
+    log.info("%s: %s", cfg.criterion.name, pruning.summary)
+    return pruning
 
 
 @dataclass
@@ -135,45 +164,55 @@ def make_ticket(cfg, mode: Mode, plan: Plan, pruning: Pruning, entry: Entry, rew
     return Ticket(model, rewind if mode.resumes_schedule else 0)
 
 
+@dataclass
+class TrainedTicket:
+    done: Trained
+    footprint: carbon.Footprint
+    predictions: torch.Tensor  # on the test split
+    state: Path  # resumable state, deleted once the run is logged
+
+
+def train_ticket(cfg, ticket: Ticket, data: Dataset, device, state: Path) -> TrainedTicket:
+    with carbon.tracked(cfg.measure, "ticket", cfg.jobs) as footprint:
+        done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
+                     start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
+    return TrainedTicket(done, footprint, predict(ticket.model, data, cfg.train, device), state)
+
+
 def run_name(cfg, mode: Mode, pruning: Pruning) -> str:
     rewind = f"-r{epoch_of(cfg.rewind_epoch, cfg.train.epochs)}" if mode.rewinds else ""
     return f"{mode.name}-{cfg.criterion.name}-{pruning.label}{rewind}-resnet{cfg.model.depth}-s{cfg.seed}"
 
 
-def config_key(cfg) -> str:
-    """Identity of a trial's outcome: its resolved config, less where it is logged and shown."""
-    spec = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    spec.pop("tracking")
-    spec["train"].pop("progress")
-    spec["store"].pop("retrain")
-    return content_key(spec)
+def finished(experiment: str, key: str) -> dict | None:
+    """The metrics of a finished run of this very trial, if any (re-running a sweep skips it)."""
+    done = [r for r in tracking.find_runs(experiment, role="ticket", config_key=key) if r.info.status == "FINISHED"]
+    if not done:
+        return None
+    log.info("skipped: this config already finished as MLflow run %s (%s)", done[0].info.run_id, done[0].info.run_name)
+    return {**done[0].data.metrics, "run_id": done[0].info.run_id, "skipped": True}
 
 
 def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     """Run one trial; returns its metrics (also logged to MLflow).
 
-    A trial whose identical config already finished in the experiment is skipped (seconds), so
+    A trial whose identity and seed already finished in the experiment is skipped (seconds), so
     re-running a sweep completes exactly the missing trials. ``overrides`` (the command line's)
-    are tagged on the run: the tables find their cells by them; ``tags`` are added as given.
+    are tagged on the run; ``tags`` are added as given.
     """
     validate(cfg)
     mode = MODES[cfg.mode.name]
     experiment = tracking.start(cfg.tracking)
-    key = config_key(cfg)
-    if mode.prunes:
-        done = tracking.find_runs(experiment, role="ticket", config_key=key)
-        finished = [r for r in done if r.info.status == "FINISHED"]
-        if finished:
-            log.info("skipped: this config already finished as MLflow run %s (%s)",
-                     finished[0].info.run_id, finished[0].info.run_name)
-            return {**finished[0].data.metrics, "run_id": finished[0].info.run_id, "skipped": True}
+    device = pick_device(cfg.device)
+    data_id = fingerprint(cfg.data)
+    keys = {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, precision(device, cfg.train.amp))}
+    if mode.prunes and (done := finished(experiment, keys["config_key"])):
+        return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
     data = load_dataset(cfg.data, device)
     plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value, data.num_classes)
     store = DenseStore(cfg.store.root)
-
     shifted = load_shifted(cfg.robustness, data, cfg.data.cache, device)
 
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else None
@@ -182,55 +221,63 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     dense_run = log_dense(cfg, dense, experiment, store)
     if not mode.prunes:
         return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
-
     if rewind is not None:
         dense.weights(rewind)  # fail now, not after scoring, if theta_i was never kept
     rewind = rewind or 0
-    scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
-    scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
-    pruning = STRUCTURES[cfg.structure](cfg, plan, scored, scoring)
-    log.info("%s: %s", cfg.criterion.name, pruning.summary)
 
+    pruning = prune(cfg, mode, plan, dense, data, device)
     ticket = make_ticket(cfg, mode, plan, pruning, dense, rewind, device)
     trial_key = content_key({"dense": dense.key, "mode": mode.name, "pruned": pruning.record,
                              "rewind": rewind, "seed": cfg.seed})
-    state = store.root / "trials" / f"{trial_key}.state.pt"
-    with carbon.tracked(cfg.measure, "ticket") as footprint:
-        done = train(ticket.model, data, cfg.train, seed=cfg.seed, device=device,
-                     start_epoch=ticket.start_epoch, state_path=state, desc="ticket")
-    accuracy = evaluate(ticket.model, data, cfg.train, device)
-    measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device),
-                **footprint_metrics(footprint, done.resumed_from)}
-    metrics = ticket_metrics(cfg, ticket, accuracy, done.seconds, measured, pruning, dense, plan, data, device)
+    trained = train_ticket(cfg, ticket, data, device, store.root / "trials" / f"{trial_key}.state.pt")
+    metrics, measured_tags = ticket_metrics(cfg, ticket, trained, pruning, dense, plan, data, shifted, device)
 
     name = run_name(cfg, mode, pruning)
     tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
             "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
-            "trial_key": trial_key, "config_key": key, "device": str(device), **override_tags(overrides),
-            **(tags or {}), **shifted.tags(), "dense_power_source": dense.metrics.get("power_source", "unavailable"),
-            **{k: v for k, v in measured.items() if isinstance(v, str)}}
+            "trial_key": trial_key, **keys, "seed": cfg.seed, "device": str(device),
+            "amp": precision(device, cfg.train.amp), **override_tags(overrides), **(tags or {}), **shifted.tags(),
+            "dense_power_source": dense.metrics.get("power_source", "unavailable"), **measured_tags}
     params = {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, len(plan.removable)),
               "rewind_epoch": rewind}
     run_id = tracking.log_run(experiment, name, tags, params, metrics,
                               {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record})
-    state.unlink(missing_ok=True)
-    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s) | filters %d -> %d | params %d -> %d | "
-             "%s | MLflow run %s", name, accuracy, dense.metrics["accuracy"], metrics["delta_pp"],
-             "wins" if metrics["winning"] else "loses", metrics["dense_filters"], metrics["filters"],
-             metrics["dense_params"], metrics["params"], _costs_line(metrics), run_id)
+    trained.state.unlink(missing_ok=True)
+    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
+             "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
+             metrics["delta_pp"], "wins" if metrics["winning"] else "loses", metrics["mcnemar_p"],
+             metrics["dense_filters"], metrics["filters"], metrics["dense_params"], metrics["params"],
+             _costs_line(metrics), run_id)
     return {**metrics, "run_id": run_id, "name": name}
 
 
-def ticket_metrics(cfg, ticket: Ticket, accuracy: float, seconds: float, measured: dict, pruning: Pruning,
-                   dense: Entry, plan: Plan, data: Dataset, device) -> dict:
-    """Every number logged for a ticket, each beside its dense counterpart (SPEC §7)."""
+def accuracy_metrics(cfg, ticket: Ticket, trained: TrainedTicket, dense: Entry, data: Dataset, device) -> dict:
+    """Test accuracy against the dense network's on the same images (Eq. 1, McNemar), and the
+    held-out validation accuracy when there is a validation split."""
     dm = dense.metrics
-    side = costs.dense_side(dm, cfg)
+    acc = accuracy(trained.predictions, data.test)
+    out = {"accuracy": acc, "delta_pp": acc - dm["accuracy"],
+           "winning": float(acc + cfg.xi >= dm["accuracy"]),
+           "mcnemar_p": mcnemar_p(trained.predictions, torch.tensor(dense.meta["predictions"]), data.test.y.cpu()),
+           "train_images": len(data.train), "test_images": len(data.test)}
+    if data.val is not None:
+        val = held_out_accuracy(ticket.model, data, cfg.train, device)["val_accuracy"]
+        out.update(val_accuracy=val, dense_val_accuracy=dm["val_accuracy"], val_delta_pp=val - dm["val_accuracy"])
+    return out
+
+
+def ticket_metrics(cfg, ticket: Ticket, trained: TrainedTicket, pruning: Pruning, dense: Entry, plan: Plan,
+                   data: Dataset, shifted, device) -> tuple[dict, dict]:
+    """Every number logged for a ticket, each beside its dense counterpart (SPEC §7), and the
+    tags that say where they came from or why a comparison is absent."""
+    measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device),
+                **footprint_metrics(trained.footprint, trained.done.resumed_from)}
+    side = costs.dense_side(dense.metrics, cfg)
+    epochs = cfg.train.epochs - ticket.start_epoch
     metrics = {
-        "accuracy": accuracy, "delta_pp": accuracy - dm["accuracy"],
-        "winning": float(accuracy + cfg.xi >= dm["accuracy"]), **pruning.metrics,
-        "params": count_params(ticket.model), "filters": count_filters(ticket.model), "train_seconds": seconds,
-        "ticket_epochs": cfg.train.epochs - ticket.start_epoch, **side,
+        **accuracy_metrics(cfg, ticket, trained, dense, data, device), **pruning.metrics,
+        "params": count_params(ticket.model), "filters": count_filters(ticket.model),
+        "train_seconds": trained.done.seconds, "ticket_epochs": epochs, **side,
         **{k: v for k, v in measured.items() if not isinstance(v, str)},
     }
     if cfg.measure.enabled:
@@ -241,8 +288,11 @@ def ticket_metrics(cfg, ticket: Ticket, accuracy: float, seconds: float, measure
         metrics["dense_throughput_img_s"] = measure.throughput(dense_model, cfg.train, device, m.throughput_steps,
                                                                m.warmup_steps)
         metrics["cka"] = costs.cka_to_dense(ticket.model, dense_model, data, cfg)
-    metrics.update(costs.compare(metrics, side, dm["epochs"], metrics["ticket_epochs"]))
-    return metrics
+    phase = costs.Phase(trained.done.seconds, epochs, metrics.get("co2_kg"), metrics.get("energy_kwh"),
+                        conditions(device, cfg.train, cfg.jobs), trained.done.resumed_from is not None)
+    compared, tags = costs.compare(metrics, side, phase, costs.Phase.of(dense.metrics))
+    metrics.update(compared)
+    return metrics, {**tags, **{k: v for k, v in measured.items() if isinstance(v, str)}}
 
 
 def override_tags(overrides) -> dict[str, str]:
@@ -254,10 +304,9 @@ def override_tags(overrides) -> dict[str, str]:
 def _costs_line(m: dict) -> str:
     parts = []
     for key, fmt in (("flops_reduction_pct", "FLOPs -{:.1f}%"), ("memory_reduction_pct", "memory -{:.1f}%"),
-                     ("speedup", "speed-up {:.2f}x"), ("co2_reduction_pct", "CO2 -{:.1f}%"),
+                     ("speedup", "speed-up {:.2f}x"), ("co2_reduction_pct", "CO2 per epoch -{:.1f}%"),
                      ("cifar10c_delta_pp", "CIFAR-10-C {:+.2f} pp"), ("cifar102_delta_pp", "CIFAR-10.2 {:+.2f} pp"),
                      ("cka", "CKA {:.3f}")):
         if m.get(key) is not None:
             parts.append(fmt.format(m[key]))
     return ", ".join(parts) or "costs not measured"
-

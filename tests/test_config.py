@@ -45,6 +45,14 @@ def test_density_and_rewind_conversions():
         (["train.milestones=[2,9]"], "milestones [9] lie outside"),
         (["data.train_size=5"], "at least one image per class"),
         (["device=tpu"], "use auto, cpu or cuda"),
+        (["train.lr=-1"], "train.lr=-1.0: must be > 0"),
+        (["train.lr=0"], "train.lr=0.0: must be > 0"),
+        (["train.momentum=1"], "train.momentum=1.0: must be in [0, 1)"),
+        (["train.weight_decay=-0.1"], "train.weight_decay=-0.1: must be >= 0"),
+        (["train.milestones=[3,2]"], "must be strictly increasing"),
+        (["train.milestones=[2,2]"], "must be strictly increasing"),
+        (["data.val_size=5"], "data.val_size=5: need at least one image per class"),
+        (["jobs=0"], "jobs=0: at least one trial runs"),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides, message):

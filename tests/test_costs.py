@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import carbon, measure, robustness
+from lottery import carbon, costs, measure, robustness
 from lottery.config import MeasureConfig, RobustnessConfig, TrainConfig
 from lottery.corruptions import CORRUPTIONS, corrupt
 from lottery.models import build, resnet_plan
@@ -147,3 +147,68 @@ def test_codecarbon_measures_a_phase(tmp_path):
         sum(i * i for i in range(200_000))
     assert fp.co2_kg is not None and fp.co2_kg >= 0 and fp.energy_kwh >= 0
     assert fp.power in ("measured", "estimated")
+
+
+def test_codecarbon_stops_when_the_tracked_phase_raises(tmp_path, monkeypatch):
+    from codecarbon import OfflineEmissionsTracker
+
+    stopped = []
+    real_stop = OfflineEmissionsTracker.stop
+    monkeypatch.setattr(OfflineEmissionsTracker, "stop", lambda self: stopped.append(1) or real_stop(self))
+    cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
+    with pytest.raises(KeyboardInterrupt):
+        with carbon.tracked(cfg, "test"):
+            raise KeyboardInterrupt
+    assert stopped == [1]
+
+
+def test_with_several_trials_at_once_codecarbon_follows_the_process(tmp_path, monkeypatch):
+    from codecarbon import OfflineEmissionsTracker
+
+    modes = []
+    real_init = OfflineEmissionsTracker.__init__
+
+    def init(self, *a, **kw):
+        modes.append(kw.get("tracking_mode"))
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(OfflineEmissionsTracker, "__init__", init)
+    cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
+    for jobs in (1, 2):
+        with carbon.tracked(cfg, "test", jobs):
+            pass
+    assert modes == ["machine", "process"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures the CUDA allocator")
+def test_gpu_memory_ignores_tensors_resident_on_the_device():
+    device = torch.device("cuda")
+    model = build(resnet_plan(32)).to(device)
+    t = recipe(128)
+    alone, method = measure.training_memory(model, t, device)
+    ballast = torch.empty(1 << 30, dtype=torch.uint8, device=device)  # 1 GiB of resident data
+    beside, _ = measure.training_memory(model, t, device)
+    del ballast
+    assert method == "cuda_step_peak_plus_own_state" and abs(beside - alone) < 0.01 * alone
+
+
+def test_like_for_like_comparisons_say_why_they_are_absent():
+    ticket = {"throughput_img_s": 300.0, "dense_throughput_img_s": 200.0, "flops": 90, "memory_bytes": 50}
+    dense = {"dense_flops": 100, "dense_memory_bytes": 100}
+    alone = "device=cpu:x threads=2 amp=bf16 channels_last=True compile=False jobs=1"
+    d = costs.Phase(100.0, 10, 1.0, 2.0, alone, False)
+    t = costs.Phase(40.0, 5, 0.4, 0.8, alone, False)
+    m, tags = costs.compare(ticket, dense, t, d)
+    assert m["speedup"] == pytest.approx(1.5)  # throughput ratio, not the wall times
+    assert m["speedup_wall"] == pytest.approx(10.0 / 8.0)  # per epoch: 10 s vs 8 s
+    assert m["co2_reduction_pct"] == pytest.approx(20.0)  # per epoch: 0.1 vs 0.08 kg
+    assert m["energy_reduction_pct"] == pytest.approx(20.0) and m["flops_reduction_pct"] == pytest.approx(10.0)
+    assert not tags
+    other = costs.Phase(40.0, 5, 0.4, 0.8, alone.replace("threads=2", "threads=1"), True)
+    m, tags = costs.compare(ticket, dense, other, d)
+    assert "speedup_wall" not in m and "co2_reduction_pct" not in m and m["speedup"] == pytest.approx(1.5)
+    assert "threads=1" in tags["speedup_wall_absent"] and "resumed" in tags["co2_reduction_absent"]
+    crowded = alone.replace("jobs=1", "jobs=2")
+    m, tags = costs.compare(ticket, dense, costs.Phase(40.0, 5, 0.4, 0.8, crowded, False),
+                            costs.Phase(100.0, 10, 1.0, 2.0, crowded, False))
+    assert tags["speedup_wall_absent"] == "trained beside other trials"

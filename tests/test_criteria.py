@@ -92,3 +92,19 @@ def test_random_is_seeded_and_scoring_leaves_model_untouched():
     score_blocks("grasp", model, scoring(), CriterionConfig(name="grasp"), 0)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_nan_or_infinite_scores_are_a_clear_error_and_remove_nothing(monkeypatch):
+    import pytest
+
+    from lottery import criteria
+    from lottery.errors import LotteryError
+
+    model = build(resnet_plan(20))
+    bad = torch.tensor([0.5, float("nan"), 0.1, 0.9, 0.2, 0.3, 0.05], dtype=torch.float64)
+    monkeypatch.setitem(criteria.CRITERIA, "broken", criteria.Criterion("broken", lambda *a: bad, None, False, ""))
+    with pytest.raises(LotteryError, match=r"criterion broken gave NaN or infinite scores for blocks \[1\]"):
+        score_blocks("broken", model, None, CriterionConfig(name="broken"), 0)
+    bad[1] = float("inf")
+    with pytest.raises(LotteryError, match="nothing was removed"):
+        score_blocks("broken", model, None, CriterionConfig(name="broken"), 0)

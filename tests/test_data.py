@@ -97,3 +97,78 @@ def test_scoring_set_is_balanced_and_unaugmented():
     # unaugmented: every scoring image is exactly a normalised training image
     flat = ds.normalize(ds.train.x).flatten(1)
     assert all((flat == xi.flatten()).all(1).any() for xi in x)
+
+
+def test_every_prefix_of_a_subset_holds_every_class():
+    labels = np.repeat(np.arange(10), 50)  # stored class by class, like an image folder
+    idx = D.balanced_indices(labels, 200, seed=3)
+    for n in (10, 25, 100, 200):
+        counts = np.bincount(labels[idx[:n]], minlength=10)
+        assert counts.max() - counts.min() <= 1, (n, counts)
+    assert len(set(idx)) == 200
+
+
+def sorted_folder_dataset(tmp_path, **kw):
+    root = write_folder(tmp_path / "data", per_class=(20, 12), classes=("ant", "bee", "cat", "dog"))
+    return D.load_dataset(cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "cache"), **kw),
+                          torch.device("cpu"))
+
+
+def balanced(labels, n_classes=4) -> bool:
+    counts = torch.bincount(torch.as_tensor(labels).flatten().long(), minlength=n_classes)
+    return int(counts.max() - counts.min()) <= 1
+
+
+def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_path, monkeypatch):
+    from lottery import costs, measure, robustness
+    from lottery.config import MeasureConfig, TrainConfig
+    from lottery.models import build, resnet_plan
+
+    ds = sorted_folder_dataset(tmp_path, train_size=40, test_size=24)
+    assert balanced(ds.train.y) and balanced(ds.test.y)
+    assert balanced(ds.test.y[:6]) and balanced(ds.train.y[:10])  # prefixes too
+    _, y = D.scoring_set(ds, 24, seed=0)
+    assert all(balanced(chunk) for chunk in y.split(8))  # every scoring chunk: BN sees every class
+    seen = []
+    monkeypatch.setattr(measure, "features", lambda m, batches: seen.append(torch.cat([b[1] for b in batches]))
+                        or torch.randn(sum(len(b[1]) for b in batches), 4))
+    c = OmegaConf.create({"measure": OmegaConf.structured(MeasureConfig(cka_images=6)),
+                          "train": OmegaConf.structured(TrainConfig(eval_batch_size=4))})
+    model = build(resnet_plan(8, num_classes=4))
+    costs.cka_to_dense(model, model, ds, c)
+    assert len(seen[0]) == 6 and balanced(seen[0])
+    sets = robustness.regenerated_cifar10c(ds, ["contrast"], [1], 6, tmp_path / "c10c", 0, torch.device("cpu"))
+    assert len(sets[0][2]) == 6 and balanced(sets[0][2].y)
+
+
+def test_released_cifar10c_images_are_balanced_too(tmp_path):
+    from lottery import robustness
+
+    root = tmp_path / "c10c"
+    root.mkdir()
+    labels = np.tile(np.repeat(np.arange(4), 5), 5).astype(np.uint8)  # class-sorted within each severity
+    np.save(root / "labels.npy", labels)
+    np.save(root / "fog.npy", np.zeros((100, 32, 32, 3), np.uint8))
+    (name, severity, split), = robustness.released_cifar10c(root, ["fog"], [2], 8, torch.device("cpu"))
+    assert len(split) == 8 and balanced(split.y)
+
+
+def test_validation_split_is_held_out_of_the_training_images(tmp_path):
+    ds = sorted_folder_dataset(tmp_path, val_size=8)
+    assert len(ds.val) == 8 and len(ds.train) == 72 and balanced(ds.val.y)
+    train = {bytes(x.numpy()) for x in ds.train.x}
+    assert not any(bytes(x.numpy()) in train for x in ds.val.x)
+    assert "val=8" in ds.fingerprint
+
+
+def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path):
+    import pytest
+
+    from lottery.errors import LotteryError
+
+    root = write_folder(tmp_path / "data", per_class=(2, 1))
+    bad = root / "train" / "dog" / "1.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(LotteryError) as e:
+        D.load_dataset(cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "c")), torch.device("cpu"))
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)

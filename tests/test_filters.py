@@ -102,8 +102,9 @@ def test_filter_trial_logs_filters_at_its_target(smoke):
     from lottery import trial
 
     out = trial.run(smoke("structure=filter", "mode=init", "criterion=snip", "density=1", "model=resnet32"))
-    assert out["filters"] == out["target_filters"] == 1200 and out["dense_filters"] == 1232
-    assert out["blocks_removed"] == 0 and out["filters_removed"] == 32
+    # the target is the filter count of SNIP's layer ticket: one block of stage 1, 2 or 3 removed
+    assert out["filters"] == out["target_filters"] in (1200, 1168, 1104) and out["dense_filters"] == 1232
+    assert out["blocks_removed"] == 0 and out["filters_removed"] == 1232 - out["target_filters"]
     assert out["name"] == "init-snip-p1-filter-resnet32-s0"
 
 

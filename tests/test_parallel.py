@@ -33,7 +33,7 @@ def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path):
 
 def fake_search_cfg(tmp_path, trials):
     cfg = compose_cfg("profile=smoke", "data=synthetic", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}",
-                      "tracking.experiment=search")
+                      "tracking.experiment=search", "data.val_size=50")
     from omegaconf import OmegaConf
 
     s = OmegaConf.structured(search.SearchConfig(trials=trials, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -51,7 +51,8 @@ def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, m
         if tags["optuna_trial"] == 1:
             raise LotteryError("this trial breaks")
         density = int(next(o for o in overrides if o.startswith("density=")).split("=")[1])
-        return {"run_id": f"r{len(calls)}", "delta_pp": 1.0 - 0.3 * density, "flops_reduction_pct": 6.8 * density}
+        return {"run_id": f"r{len(calls)}", "val_delta_pp": 1.0 - 0.3 * density, "delta_pp": 99.0,
+                "flops_reduction_pct": 6.8 * density}
 
     monkeypatch.setattr(trial, "run", fake_run)
     monkeypatch.chdir(tmp_path)
@@ -66,6 +67,8 @@ def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, m
     study = optuna.load_study(study_name="s", storage=storage)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
     assert len(calls) == 6
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):  # chosen on validation, test only reported
+        assert t.values[0] == pytest.approx(1.0 - 0.3 * t.params["density"]) and t.user_attrs["test_delta_pp"] == 99
     out = capsys.readouterr().out
     assert "Pareto front of s" in out and (tmp_path / ".lottery" / "search" / "s.png").exists()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -75,4 +78,17 @@ def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, m
 
 def test_bad_objectives_are_a_clear_error():
     with pytest.raises(LotteryError, match="metric:maximize"):
-        search._objectives(["delta_pp:up"])
+        search._objectives(["val_delta_pp:up"])
+
+
+@pytest.mark.parametrize("objective", ["delta_pp", "accuracy", "cifar10c_delta_pp", "cka"])
+def test_the_search_refuses_objectives_read_from_the_test_set(objective):
+    with pytest.raises(LotteryError, match="selects on test"):
+        search._objectives([f"{objective}:maximize", "flops_reduction_pct:maximize"])
+
+
+def test_the_search_needs_a_validation_split(tmp_path):
+    cfg = fake_search_cfg(tmp_path, 1)
+    cfg.data.val_size = None
+    with pytest.raises(LotteryError, match="data.val_size"):
+        search.search(cfg, lambda overrides: None)

@@ -34,19 +34,36 @@ def test_sweep_commands_are_hydra_multiruns():
                            "train.epochs=2"]
 
 
-def run(criterion, density, seed, delta, dense=90.0, cka=0.9):
-    return {"tags": {"override.criterion": criterion, "override.density": str(density), "override.seed": str(seed)},
-            "metrics": {"delta_pp": delta, "dense_accuracy": dense, "cka": cka}}
+def key(criterion, density):
+    return f"{criterion}-{density}"
+
+
+def keys_of(sweep):
+    return [key(c["criterion"], c.get("density", c.get("rewind_epoch"))) for c in sweep.cells()]
+
+
+def run(criterion, density, seed, delta, dense=90.0, cka=0.9, start=0, mcnemar=None):
+    metrics = {"delta_pp": delta, "dense_accuracy": dense, "cka": cka}
+    if mcnemar is not None:
+        metrics["mcnemar_p"] = mcnemar
+    return {"tags": {"cell_key": key(criterion, density), "seed": str(seed), "profile": "smoke", "amp": "bf16",
+                     "device": "cpu"},
+            "metrics": {**metrics, "train_images": 512, "test_images": 200}, "params": {"train.epochs": "4"},
+            "start": start}
 
 
 KNOWN = [run("grasp", 1, 0, 0.5), run("grasp", 1, 1, 0.3), run("grasp", 1, 2, 0.1),  # mean 0.3, std 0.2
-         run("snip", 1, 0, -0.4), run("snip", 2, 0, 0.1),
+         run("snip", 1, 0, -0.4, mcnemar=0.03), run("snip", 2, 0, 0.1, mcnemar=0.4),
          run("grasp", 2, 0, -1.0, dense=90.0), run("grasp", 2, 1, 0.2, dense=91.0)]
 
 
+def cells_of(runs, name="table2", xi="0"):
+    sweep = sweeps.load(name)
+    return {(c.row, c.column): c for c in tables.build(sweep, runs, keys_of(sweep), xi=xi)}
+
+
 def test_cells_aggregate_seeds_mark_signs_and_leave_missing_cells_missing():
-    sweep = sweeps.load("table2")
-    cells = {(c.row, c.column): c for c in tables.build(sweep, KNOWN)}
+    cells = cells_of(KNOWN)
     g1 = cells[(("1",), "grasp")]
     assert g1.ours.mean == pytest.approx(0.3) and g1.ours.std == pytest.approx(0.2) and g1.ours.n == 3
     assert g1.winning and g1.paper == 0.40 and g1.sign_agrees
@@ -56,30 +73,79 @@ def test_cells_aggregate_seeds_mark_signs_and_leave_missing_cells_missing():
     assert g2.ours.mean == pytest.approx(-0.4) and not g2.winning
     assert cells[(("3",), "snip")].ours is None  # missing, not 0
     # xi = std: one standard deviation of the dense accuracy over the cell's seeds (0.707 pp)
-    g2_std = {(c.row, c.column): c for c in tables.build(sweep, KNOWN, xi="std")}[(("2",), "grasp")]
-    assert g2_std.winning
-    assert {(c.row, c.column): c for c in tables.build(sweep, KNOWN, xi="1")}[(("1",), "snip")].winning
+    assert cells_of(KNOWN, xi="std")[(("2",), "grasp")].winning
+    assert cells_of(KNOWN, xi="1")[(("1",), "snip")].winning
+
+
+def test_interval_and_p_value_match_student_t_computed_by_hand():
+    from scipy import stats
+
+    g1 = cells_of(KNOWN)[(("1",), "grasp")]
+    half = 4.302652729911275 * 0.2 / 3 ** 0.5  # t(0.975, df=2) * s / sqrt(n)
+    assert (g1.ours.ci_low, g1.ours.ci_high) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    assert g1.p_value == pytest.approx(stats.ttest_1samp([0.5, 0.3, 0.1], 0).pvalue)
+    assert g1.significant is False  # the interval [-0.20, +0.80] holds 0
+    clear = cells_of([run("grasp", 1, s, d) for s, d in enumerate((0.9, 1.0, 1.1))])[(("1",), "grasp")]
+    assert clear.significant and clear.ours.ci_low > 0
+    # n = 1: McNemar's p decides
+    cells = cells_of(KNOWN)
+    assert cells[(("1",), "snip")].significant and cells[(("1",), "snip")].p_value == 0.03
+    assert cells[(("2",), "snip")].significant is False
+
+
+def test_mcnemar_exact_test_matches_the_binomial_computed_by_hand():
+    import torch
+
+    from lottery.stats import mcnemar_p
+
+    labels = torch.zeros(20, dtype=torch.long)
+    dense = torch.zeros(20, dtype=torch.long)
+    ticket = torch.zeros(20, dtype=torch.long)
+    dense[:7] = 1  # 7 images only the ticket gets right
+    ticket[7:8] = 1  # 1 image only the dense network gets right; 12 both right
+    assert mcnemar_p(ticket, dense, labels) == pytest.approx(2 * (1 + 8) / 2 ** 8)  # 0.0703125
+    assert mcnemar_p(dense, dense, labels) == 1.0
+
+
+def test_a_run_of_another_identity_changes_no_cell_and_a_newer_run_replaces_an_older_one():
+    before = cells_of(KNOWN)
+    other = run("grasp", 1, 0, 5.0)
+    other["tags"]["cell_key"] = "grasp-1-with-weight-decay-5e-4"
+    after = cells_of([*KNOWN, other])
+    assert all((a.ours and (a.ours.n, a.ours.mean)) == (b.ours and (b.ours.n, b.ours.mean))
+               for a, b in zip(before.values(), after.values()))
+    newer = cells_of([*KNOWN, run("grasp", 1, 0, 1.1, start=5)])[(("1",), "grasp")]
+    assert newer.ours.n == 3 and newer.ours.mean == pytest.approx(0.5) and newer.replaced == 1
+    assert "1 older run(s) replaced" in tables.markdown(sweeps.load("table2"), list(
+        cells_of([*KNOWN, run("grasp", 1, 0, 1.1, start=5)]).values()))
 
 
 def test_three_formats_render_the_same_cells():
     sweep = sweeps.load("table2")
-    cells = tables.build(sweep, KNOWN)
+    cells = tables.build(sweep, KNOWN, keys_of(sweep))
     md = tables.markdown(sweep, cells)
-    assert "| 1 | (+) +0.30 ± 0.20 (n=3) | (+) +0.40 ✓ |" in md.replace("(-) -0.40 (n=1) | (+) +0.08 ✗ | ", "")
+    assert "| (+) +0.30 ± 0.20 [-0.20, +0.80] (n=3, n.s.) | (+) +0.40 ✓ |" in md
+    assert "(-) -0.40 (n=1, McNemar p=0.03, sig) | (+) +0.08 ✗" in md
     assert "| 3 | missing | (-) -0.50 | missing | (+) +0.34 |" in md
+    assert "1 of 4 significant" in md
+    assert "Budget: profile smoke; epochs 4; training images 512; test images 200; amp bf16; device cpu; 3 seed(s)." in md
     rows = list(csv.DictReader(io.StringIO(tables.csv_text(sweep, cells))))
+    assert list(rows[0])[2:13] == ["column", "metric", "mean", "std", "n", "ci_low", "ci_high", "p_value", "winning",
+                                   "significant", "paper"]
     g1 = next(r for r in rows if r["density"] == "1" and r["column"] == "grasp")
-    assert (g1["mean"], g1["std"], g1["n"], g1["winning"], g1["sign_agrees"]) == ("0.3000", "0.2000", "3", "1", "1")
+    assert (g1["mean"], g1["std"], g1["n"], g1["winning"], g1["significant"], g1["sign_agrees"]) == (
+        "0.3000", "0.2000", "3", "1", "0", "1")
+    assert (g1["ci_low"], g1["ci_high"]) == ("-0.1968", "0.7968")
     assert next(r for r in rows if r["density"] == "4" and r["column"] == "snip")["mean"] == "missing"
     tex = tables.latex(sweep, cells)
-    assert r"(+) +0.30 $\pm$ 0.20 (n=3) & (+) +0.40 \checkmark" in tex and r"\begin{tabular}{lrrrr}" in tex
+    assert r"(+) +0.30 $\pm$ 0.20 [-0.20, +0.80] (n=3, n.s.) & (+) +0.40 \checkmark" in tex
+    assert r"\begin{tabular}{lrrrr}" in tex
 
 
 def test_best_and_second_marks_per_row():
     sweep = sweeps.load("table1")
-    runs = [{"tags": {"override.criterion": "kl", "override.rewind_epoch": r, "override.seed": "0"},
-             "metrics": {"delta_pp": d}} for r, d in (("0", 0.7), ("0.125", 0.5), ("0.25", -0.1), ("0.375", 0.6))]
-    cells = tables.build(sweep, runs)
+    runs = [run("kl", r, 0, d) for r, d in (("0", 0.7), ("0.125", 0.5), ("0.25", -0.1), ("0.375", 0.6))]
+    cells = tables.build(sweep, runs, keys_of(sweep))
     marks = {c.column: c.mark for c in cells if c.row == ("kl",)}
     assert marks == {"0": "best", "0.125": "", "0.25": "", "0.375": "second"}
     md = tables.markdown(sweep, cells)
@@ -87,18 +153,31 @@ def test_best_and_second_marks_per_row():
     assert r"\textbf{(+) +0.70 (n=1)}" in tables.latex(sweep, cells)
 
 
+def test_cell_keys_are_the_identity_of_the_trials_the_sweep_runs():
+    sweep = sweeps.load("table2")
+    keys = sweeps.cell_keys(sweep, "smoke", None, None, [])
+    assert len(set(keys)) == len(keys) == 10
+    assert sweeps.cell_keys(sweep, "smoke", None, None, ["threads=1", "jobs=2", "store.root=/elsewhere",
+                                                         "data.cache=/tmp/c", "train.progress=true"]) == keys
+    assert sweeps.cell_keys(sweep, "smoke", None, None, ["train.weight_decay=5e-4"])[0] != keys[0]
+    assert sweeps.cell_keys(sweep, "quick", "synthetic", None, [])[0] != keys[0]
+
+
 def test_builder_cli_reads_mlflow_and_logs_a_table_run(tmp_path, tracking_uri, capsys):
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.create_experiment("table3", artifact_location=(tmp_path / "art").as_uri())
-    for seed, delta in ((0, -0.5), (1, -0.3)):
+    keys = dict(zip((tuple(c.values()) for c in sweeps.load("table3").cells()),
+                    sweeps.cell_keys(sweeps.load("table3"), "smoke", None, None, [])))
+    for seed, delta, key in ((0, -0.5, keys[("filter", "grasp")]), (1, -0.3, keys[("filter", "grasp")]),
+                             (0, 9.9, "a-run-of-another-experiment-setting")):
         with mlflow.start_run(experiment_id=exp):
-            mlflow.set_tags({"role": "ticket", "profile": "smoke", "override.structure": "filter",
-                             "override.criterion": "grasp", "override.seed": str(seed)})
+            mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})
             mlflow.log_metrics({"delta_pp": delta})
     assert tables.main(["table3", "--profile", "smoke", "--out", str(tmp_path / "out"),
                         "--tracking-uri", tracking_uri]) == 0
     out = capsys.readouterr().out
-    assert "| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 (n=2) | (-) -0.11 ✓ |" in out
+    assert ("| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 [-1.67, +0.87] (n=2, n.s.) | "
+            "(-) -0.11 ✓ |") in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.md", "table3.tex"]
     table_runs = mlflow.search_runs([exp], filter_string="tags.role = 'table'", output_format="list")
     assert len(table_runs) == 1

@@ -94,7 +94,7 @@ def test_ticket_weights_follow_the_mode(shared):
     trial.run(shared("mode=dense"))
     data = trial.load_dataset(cfg.data, torch.device("cpu"))
     plan = resnet_plan(20)
-    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data)))
+    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data, torch.device("cpu"))))
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
@@ -166,3 +166,18 @@ def test_given_shift_sets_are_used_and_a_codecarbon_failure_is_only_a_warning(sm
     assert set(CIFAR102_KEYS) <= {k for k, v in out.items() if v is not None}
     ticket = runs(cfg, "ticket")[0]
     assert "co2_kg" not in ticket.data.metrics and ticket.data.tags["cifar10c_source"] == "released"
+
+
+def test_a_trial_logs_mcnemar_against_the_dense_predictions_and_its_validation_accuracy(smoke):
+    cfg = smoke("model.depth=14", "criterion=random", "data.val_size=60", "measure.enabled=false",
+                "robustness.enabled=false")
+    out = trial.run(cfg)
+    assert 0 <= out["mcnemar_p"] <= 1 and out["test_images"] == 200 and out["train_images"] == 512
+    assert out["val_delta_pp"] == pytest.approx(out["val_accuracy"] - out["dense_val_accuracy"])
+    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data, torch.device("cpu"))))
+    predictions = torch.tensor(entry.meta["predictions"])
+    assert len(predictions) == 200
+    assert 100 * (predictions == data.test.y).float().mean().item() == pytest.approx(entry.metrics["accuracy"])
+    ticket = runs(cfg, "ticket")[0]
+    assert ticket.data.tags["seed"] == "0" and ticket.data.tags["cell_key"] and ticket.data.tags["amp"]

@@ -97,16 +97,27 @@ def _run(fn, name: str, model: ResNet, scoring, seed: int, cfg):
     return fn(work, scoring if crit.needs_data else None, cfg, seed)
 
 
+def _finite(name: str, scores: list[torch.Tensor], what: str, labels: list) -> None:
+    """Refuse NaN or infinite scores: sorting them would remove arbitrary blocks or filters."""
+    bad = [label for label, s in zip(labels, scores) if not torch.isfinite(s).all()]
+    if bad:
+        raise LotteryError(f"criterion {name} gave NaN or infinite scores for {what} {bad}; nothing was removed "
+                           "(check the weights it scores, e.g. a diverged network, or choose another criterion)")
+
+
 def _block_scores(name: str, model: ResNet, scores: torch.Tensor) -> torch.Tensor:
     scores = scores.detach().double().cpu()
     expected = len(model.plan.removable)
     if scores.shape != (expected,):
         raise RuntimeError(f"criterion {name} returned shape {tuple(scores.shape)}, expected ({expected},)")
+    _finite(name, list(scores), "blocks", model.plan.removable)
     return scores
 
 
-def _filter_scores(filters: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [s.detach().double().cpu() for s in filters]
+def _filter_scores(name: str, filters: list[torch.Tensor]) -> list[torch.Tensor]:
+    filters = [s.detach().double().cpu() for s in filters]
+    _finite(name, filters, "the first-convolution filters of blocks", list(range(len(filters))))
+    return filters
 
 
 def _needs_filters(name: str) -> None:
@@ -123,7 +134,7 @@ def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed
 def score_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
     """Scores of every block's first-convolution filters (one tensor per block)."""
     _needs_filters(name)
-    return _filter_scores(_run(CRITERIA[name].filters, name, model, scoring, seed, cfg))
+    return _filter_scores(name, _run(CRITERIA[name].filters, name, model, scoring, seed, cfg))
 
 
 def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg,
@@ -135,7 +146,7 @@ def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | Non
         return score_blocks(name, model, scoring, cfg, seed), score_filters(name, model, scoring, cfg, seed)
     weights = _run(crit.per_weight, name, model, scoring, seed, cfg)
     return (_block_scores(name, model, per_block(model, weights, cfg.aggregate)),
-            _filter_scores(per_filter(model, weights, cfg.aggregate)))
+            _filter_scores(name, per_filter(model, weights, cfg.aggregate)))
 
 
 def filter_criteria() -> list[str]:

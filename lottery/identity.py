@@ -1,0 +1,42 @@
+"""What a trial *is*, as opposed to how and where it ran.
+
+A trial's identity is its resolved config less the settings that only say how or where it runs
+(threads, device choice, progress bars, store, cache and tracking paths, trials at once), with the
+data named by its content fingerprint instead of its folder. Two keys derive from it:
+``cell_key`` (identity without the seed: the runs of one table cell, one per seed) and
+``config_key`` (identity, seed and the precision ``amp`` resolved to: a finished trial to skip).
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from lottery.store import content_key
+
+# Dotted config paths that never change a trial's results.
+EXECUTION = ("tracking", "store", "threads", "device", "jobs", "train.progress", "data.root", "data.cache",
+             "data.download", "measure.carbon_dir")
+
+
+def identity(cfg, data_fingerprint: str) -> dict:
+    """The trial's config as a plain dict, less execution settings and seed, plus its data's content."""
+    spec = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    spec.pop("seed", None)
+    for path in EXECUTION:
+        *parents, leaf = path.split(".")
+        node = spec
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    spec["data"]["content"] = data_fingerprint
+    return spec
+
+
+def cell_key(cfg, data_fingerprint: str) -> str:
+    """Same for every seed of one configuration: the runs a table cell aggregates."""
+    return content_key(identity(cfg, data_fingerprint))
+
+
+def config_key(cfg, data_fingerprint: str, precision: str) -> str:
+    """One trial's outcome: a finished run with this key need not run again."""
+    return content_key({"cell": cell_key(cfg, data_fingerprint), "seed": cfg.seed, "precision": precision})

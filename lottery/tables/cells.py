@@ -1,0 +1,108 @@
+"""A paper table's cells from finished runs: exact matching, pairing by seed, intervals, verdicts.
+
+A run belongs to a cell only when its ``cell_key`` (its trial identity less the seed; see
+``lottery.identity``) equals the key of the trial the sweep would launch for that cell, so a run
+with another data set, profile or any other override never lands in it. Within a cell, the newest
+run of each seed stands and the older ones are counted as replaced. Every run's delta is already
+paired by seed (ticket minus the dense network of the same seed), so a cell is the mean of those
+deltas with its 95 % Student-t interval; a single seed shows McNemar's p instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lottery.stats import Stat, summarize
+from lottery.sweeps import Sweep
+
+ALPHA = 0.05
+
+
+@dataclass
+class Cell:
+    row: tuple[str, ...]
+    column: str
+    metric: str
+    ours: Stat | None
+    paper: float | None
+    winning: bool | None = None  # Eq. 1, for signed tables
+    significant: bool | None = None  # the interval excludes 0 (n = 1: McNemar p < 0.05)
+    p_value: float | None = None  # t-test of mean 0 (n >= 2) or McNemar's exact test (n = 1)
+    sign_agrees: bool | None = None
+    mark: str = ""  # best | second
+    replaced: int = 0  # older runs of the same identity and seed, superseded
+    runs: list[dict] = field(default_factory=list, repr=False)
+
+
+def matching(cell_key: str, runs: list[dict]) -> tuple[list[dict], int]:
+    """The newest run per seed among the runs of one identity, and how many older ones it replaced."""
+    mine = sorted((r for r in runs if r["tags"].get("cell_key") == cell_key), key=lambda r: r.get("start", 0))
+    by_seed = {r["tags"].get("seed", "0"): r for r in mine}
+    return list(by_seed.values()), len(mine) - len(by_seed)
+
+
+def _column_of(sweep: Sweep, cell: dict[str, str], metric: str) -> str:
+    if sweep.columns == "metrics":
+        return metric
+    return cell[sweep.columns] if sweep.columns else metric
+
+
+def _verdict(c: Cell, sweep: Sweep, chosen: list[dict], xi: str) -> None:
+    """Eq. 1 (winning), significance and sign agreement of a signed cell."""
+    if xi == "std":
+        dense = summarize([r["metrics"].get("dense_accuracy") for r in chosen])
+        margin = (dense.std or 0.0) if dense else 0.0
+    else:
+        margin = float(xi)
+    c.winning = c.ours.mean + margin >= 0
+    if c.ours.n >= 2:
+        c.p_value, c.significant = c.ours.p_value, c.ours.significant
+    elif chosen[0]["metrics"].get("mcnemar_p") is not None:
+        c.p_value = chosen[0]["metrics"]["mcnemar_p"]
+        c.significant = c.p_value < ALPHA
+    c.sign_agrees = None if c.paper is None else (c.ours.mean >= 0) == (c.paper >= 0)
+
+
+def build(sweep: Sweep, runs: list[dict], cell_keys: list[str], xi: str = "0") -> list[Cell]:
+    """Cells of the table from run records {"tags", "metrics", "start"} (finished tickets);
+    ``cell_keys`` holds the identity of each of ``sweep.cells()``, in order."""
+    cells = []
+    for cell, key in zip(sweep.cells(), cell_keys):
+        chosen, replaced = matching(key, runs)
+        row = tuple(cell[k] for k in sweep.rows)
+        for metric in sweep.metrics:
+            column = _column_of(sweep, cell, metric)
+            c = Cell(row, column, metric, summarize([r["metrics"].get(metric) for r in chosen]),
+                     sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen)
+            if sweep.signed and c.ours is not None:
+                _verdict(c, sweep, chosen, xi)
+            cells.append(c)
+    if sweep.marks == "best_second":
+        for row in {c.row for c in cells}:
+            ranked = sorted((c for c in cells if c.row == row and c.ours), key=lambda c: -c.ours.mean)
+            for c, mark in zip(ranked, ("best", "second")):
+                c.mark = mark
+    return cells
+
+
+def _values(runs: list[dict], read) -> str:
+    found = sorted({str(v) for v in map(read, runs) if v is not None}, key=lambda v: (len(v), v))
+    return ", ".join(found) or "?"
+
+
+def budget(cells: list[Cell]) -> str:
+    """The training budget behind the table, read from its runs (mixed values are all listed)."""
+    runs = [r for c in cells for r in c.runs]
+    if not runs:
+        return "no runs"
+    whole = (("profile", lambda r: r["tags"].get("profile")),
+             ("epochs", lambda r: r.get("params", {}).get("train.epochs")),
+             ("training images", lambda r: _int(r["metrics"].get("train_images"))),
+             ("test images", lambda r: _int(r["metrics"].get("test_images"))),
+             ("amp", lambda r: r["tags"].get("amp")), ("device", lambda r: r["tags"].get("device")))
+    seeds = {r["tags"].get("seed") for r in runs}
+    return "; ".join(f"{name} {_values(runs, read)}" for name, read in whole) + f"; {len(seeds)} seed(s)"
+
+
+def _int(v):
+    return None if v is None else int(v)

@@ -1,0 +1,102 @@
+"""``python -m lottery.tables NAME [--profile P] [--data D] [--data-root DIR] [overrides]
+[--format md|csv|latex] [--out DIR] [--xi X|std]``: build a paper table from MLflow.
+
+It takes the same arguments as the sweep that ran the table (``lottery.sweeps``), so it knows the
+exact identity of every cell's trials; it writes md, csv and tex (plus plots) to DIR, prints the
+chosen format, and logs the same files as artifacts of one ``role=table`` run. A cell without runs
+shows as missing, never as 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lottery.errors import LotteryError
+from lottery.sweeps import Sweep, add_sweep_arguments, cell_keys, load
+from lottery.tables.cells import build
+from lottery.tables.plots import plot_curves, plot_figure3
+from lottery.tables.render import FORMATS
+
+
+def fetch_runs(sweep: Sweep, with_blocks: bool = False) -> list[dict]:
+    """Every finished ticket run of the sweep's experiment, as {"tags", "metrics", "params", "start"}."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(sweep.experiment)
+    if exp is None:
+        return []
+    out = []
+    for r in mlflow.search_runs([exp.experiment_id], output_format="list",
+                                filter_string="tags.role = 'ticket' and attributes.status = 'FINISHED'"):
+        rec = {"tags": dict(r.data.tags), "metrics": dict(r.data.metrics), "params": dict(r.data.params),
+               "run_id": r.info.run_id, "start": r.info.start_time}
+        if with_blocks:
+            local = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path="blocks.json")
+            rec["blocks"] = json.loads(Path(local).read_text())
+        out.append(rec)
+    return out
+
+
+def publish(sweep: Sweep, files: list[Path], profile: str) -> str:
+    import mlflow
+
+    from lottery.tracking import LOCAL_ROOT
+
+    exp = mlflow.get_experiment_by_name(sweep.experiment)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+        sweep.experiment, artifact_location=(LOCAL_ROOT / "mlartifacts").resolve().as_uri())
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{sweep.name}-table-{profile}") as run:
+        mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile})
+        for f in files:
+            mlflow.log_artifact(str(f))
+        return run.info.run_id
+
+
+def write(sweep: Sweep, cells, out: Path) -> list[Path]:
+    """The table in every format, and its plot, under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for render, ext in FORMATS.values():
+        path = out / f"{sweep.name}.{ext}"
+        path.write_text(render(sweep, cells))
+        files.append(path)
+    plot = plot_figure3 if sweep.kind == "figure3" else plot_curves
+    png = plot(sweep, cells, out / f"{sweep.name}.png")
+    return files + ([png] if png else [])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery.tables", description=__doc__.split("\n\n")[0])
+    add_sweep_arguments(p)
+    p.add_argument("--format", choices=sorted(FORMATS), default="md", help="what to print")
+    p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default .lottery/tables/PROFILE)")
+    p.add_argument("--xi", default="0", help="Eq. 1 margin in pp, or 'std' (std of dense accuracy over seeds)")
+    p.add_argument("--tracking-uri", default=None)
+    args = p.parse_intermixed_args(argv)
+    try:
+        import mlflow
+
+        from lottery.config import TrackingConfig
+        from lottery.tracking import tracking_uri
+
+        if args.xi != "std":
+            try:
+                float(args.xi)
+            except ValueError:
+                raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
+        sweep = load(args.name)
+        keys = cell_keys(sweep, args.profile, args.data, args.data_root, args.extra)
+        mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri)))
+        runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
+    except LotteryError as e:
+        print(f"lottery: error: {e}", file=sys.stderr)
+        return 2
+    cells = build(sweep, runs, keys, args.xi)
+    files = write(sweep, cells, Path(args.out or f".lottery/tables/{args.profile}"))
+    run_id = publish(sweep, files, args.profile)
+    print(FORMATS[args.format][0](sweep, cells))
+    print(f"written: {', '.join(str(f) for f in files)} (MLflow run {run_id})")
+    return 0
