@@ -20,11 +20,13 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.config import register, validate  # noqa: E402
+from lottery.checks import validate  # noqa: E402
+from lottery.config import register  # noqa: E402
 from lottery.data import load_dataset  # noqa: E402
 from lottery.models import resnet_plan  # noqa: E402
 from lottery.train import evaluate, precision, train  # noqa: E402
-from lottery.trial import fresh_model, pick_device  # noqa: E402
+from lottery.train import pick_device  # noqa: E402
+from lottery.trial import fresh_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -37,9 +37,11 @@ from lottery.train import precision, prepare, synchronize, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:
+    cache = str(Path(args.root) / "cache")
     if args.data == "synthetic":
-        return OmegaConf.structured(DataConfig(name="synthetic", train_size=n_train, test_size=100))
-    return OmegaConf.structured(DataConfig(name="imagefolder", root=args.data, train_size=n_train, test_size=100))
+        return OmegaConf.structured(DataConfig(name="synthetic", train_size=n_train, test_size=100, cache=cache))
+    return OmegaConf.structured(DataConfig(name="imagefolder", root=args.data, train_size=n_train, test_size=100,
+                                           cache=cache))
 
 
 def recipe(args, amp: str = "off") -> TrainConfig:
@@ -158,7 +160,7 @@ def tracking_seconds() -> float:
     """MLflow (start, one run with a trial's params, metrics and artifacts) + codecarbon start/stop."""
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        exp = tracking.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"))
+        exp = tracking.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
         created = time.perf_counter() - began  # one-off per store, not per trial
         cfg = OmegaConf.structured(MeasureConfig(carbon_dir=f"{tmp}/cc"))
         began = time.perf_counter()
@@ -184,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--criteria-depth", type=int, default=56, help="ResNet depth for (c)")
     p.add_argument("--scoring-size", type=int, default=None, help="for (c); default: the criterion config's")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.add_argument("--root", default=".lottery", help="paths.root: where decoded image caches live")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

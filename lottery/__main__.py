@@ -2,33 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 
+from lottery import cli
 from lottery.config import register
-from lottery.errors import LotteryError
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
-def _trial(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
+@cli.task
+def _trial(cfg, overrides: list[str]) -> dict:
     from lottery import trial
 
-    try:
-        trial.run(cfg, overrides=list(HydraConfig.get().overrides.task))
-    except LotteryError as e:
-        print(f"lottery: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return trial.run(cfg, overrides=overrides)
 
 
 def main() -> None:
-    _trial()
+    args = sys.argv[1:]
+    if {"--help", "-h"} & set(args):
+        from lottery.help import text
+
+        print(text())
+        return
+    if not {"-m", "--multirun"} & set(args):
+        _trial()
+        return
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="lottery-outcomes-") as folder:
+        os.environ[cli.OUTCOMES] = folder
+        try:
+            _trial()
+        except SystemExit as e:  # Hydra's own exit after an unexpected error, reported above
+            status = e.code or 0
+        line, failed = cli.summary(Path(folder), args)
+    print(line, file=sys.stderr)
+    sys.exit(1 if failed or status else 0)
 
 
 if __name__ == "__main__":

@@ -26,40 +26,27 @@ class Footprint:
     hardware: str = ""
 
 
-@contextlib.contextmanager
-def tracked(cfg, label: str, jobs: int = 1):
-    """Yields a Footprint filled in when the block exits (left empty if codecarbon fails).
-
-    With ``jobs > 1`` trials at once on this machine, codecarbon follows this process alone
-    (``tracking_mode="process"``), so no trial is charged for its neighbours' power. The tracker
-    is stopped however the block exits.
-    """
-    result = Footprint()
-    tracker = None
-    if cfg.carbon:
-        try:
-            os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # read when codecarbon is imported
-            from codecarbon import OfflineEmissionsTracker
-
-            out = Path(cfg.carbon_dir).expanduser()
-            out.mkdir(parents=True, exist_ok=True)
-            tracker = OfflineEmissionsTracker(
-                country_iso_code=cfg.country, output_dir=str(out), project_name=label,
-                log_level="error", measure_power_secs=cfg.power_interval_s, save_to_file=True,
-                tracking_mode="process" if jobs > 1 else "machine")
-            tracker.start()
-        except Exception as e:  # noqa: BLE001 - any failure of the tracker is only a warning
-            log.warning("codecarbon could not start for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
-            tracker = None
+def _start(cfg, label: str, jobs: int):
+    """A started offline tracker, or None (with a warning) when codecarbon cannot start."""
     try:
-        yield result
-    except BaseException:
-        if tracker is not None:
-            with contextlib.suppress(Exception):
-                tracker.stop()
-        raise
-    if tracker is None:
-        return
+        os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # read when codecarbon is imported
+        from codecarbon import OfflineEmissionsTracker
+
+        out = Path(cfg.carbon_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        tracker = OfflineEmissionsTracker(
+            country_iso_code=cfg.country, output_dir=str(out), project_name=label, log_level="error",
+            measure_power_secs=cfg.power_interval_s, save_to_file=True,
+            tracking_mode="process" if jobs > 1 else "machine")
+        tracker.start()
+        return tracker
+    except Exception as e:  # noqa: BLE001 - any failure of the tracker is only a warning
+        log.warning("codecarbon could not start for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
+        return None
+
+
+def _stop(tracker, result: Footprint, label: str) -> None:
+    """Stop the tracker and fill ``result`` (left empty, with a warning, if codecarbon fails)."""
     try:
         kg = tracker.stop()
         data = tracker.final_emissions_data
@@ -72,3 +59,24 @@ def tracked(cfg, label: str, jobs: int = 1):
         result.hardware = ", ".join(str(h) for h in hardware)
     except Exception as e:  # noqa: BLE001
         log.warning("codecarbon failed for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
+
+
+@contextlib.contextmanager
+def tracked(cfg, label: str, jobs: int = 1):
+    """Yields a Footprint filled in when the block exits (left empty if codecarbon fails).
+
+    With ``jobs > 1`` trials at once on this machine, codecarbon follows this process alone
+    (``tracking_mode="process"``), so no trial is charged for its neighbours' power. The tracker
+    is stopped however the block exits.
+    """
+    result = Footprint()
+    tracker = _start(cfg, label, jobs) if cfg.carbon else None
+    try:
+        yield result
+    except BaseException:
+        if tracker is not None:
+            with contextlib.suppress(Exception):
+                tracker.stop()
+        raise
+    if tracker is not None:
+        _stop(tracker, result, label)

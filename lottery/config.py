@@ -1,21 +1,35 @@
-"""Typed trial configuration (Hydra structured configs) and its validation at the door.
+"""Typed trial configuration (Hydra structured configs): every key, its type, its help, and
+whether it changes results.
 
 The YAML files in ``conf/`` only choose values; the schema here fixes every key and type, so a
-typo or a wrong type fails when the config is composed, and ``validate`` turns every remaining
-mistake (density too large, missing data folder, ...) into one clear line before any work.
+typo or a wrong type fails when the config is composed. Each field carries its help (shown by
+``--help`` and in that field's errors) and whether it is an *execution* setting, one that says
+how or where a trial runs but never changes its results (``lottery.identity`` leaves those out
+of a trial's identity). Every path derives from ``paths.root``. ``lottery.checks`` validates a
+composed config before any work.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Optional, Union
+from typing import Iterator, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 
-from lottery.errors import LotteryError
+
+def opt(default=dataclasses.MISSING, help: str = "", *, execution: bool = False, factory=None):
+    """A schema field with its help; ``execution=True`` when it never changes results."""
+    meta = {"help": help, "execution": execution}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def group(cls, help: str = ""):
+    return field(default_factory=cls, metadata={"help": help, "execution": False})
 
 
 class Shortcut(enum.Enum):
@@ -39,128 +53,165 @@ class Amp(enum.Enum):
     bf16 = "bf16"  # bf16 autocast even where it is emulated (slow)
 
 
+def choice(value) -> str:
+    """A choice as its name, whether it arrives as an Enum member or a string."""
+    return value.value if isinstance(value, enum.Enum) else str(value)
+
+
+@dataclass
+class PathsConfig:
+    root: str = opt(".lottery", "the one folder every store, cache, database, table and log derives from",
+                    execution=True)
+
+
 @dataclass
 class ModelConfig:
-    depth: int = 32
-    shortcut: Shortcut = Shortcut.B
+    depth: int = opt(32, "CIFAR ResNet depth 6n+2: 20, 32, 44, 56, 110")
+    shortcut: Shortcut = opt(Shortcut.B, "downsampling shortcut: B = 1x1 projection + BN, A = zero-pad")
 
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"
-    root: Optional[str] = None  # cifar10: download/find here (default .lottery/data)
-    download: bool = True
-    train_size: Optional[int] = None  # class-balanced subset; None = the whole split
-    test_size: Optional[int] = None
-    # Class-balanced validation images held out of the training split (searches select on it).
-    val_size: Optional[int] = None
-    cache: str = ".lottery/cache"  # decoded image arrays; never written into a data folder
-    num_classes: int = 10  # synthetic only; real sets take it from their folders
+    name: str = opt("cifar10", "data source: cifar10 (torchvision), imagefolder (data.root=DIR), synthetic")
+    root: Optional[str] = opt(None, "cifar10: download/find here (default PATHS/data); imagefolder: "
+                                    "DIR/train/<class>/*, DIR/test/<class>/*", execution=True)
+    download: bool = opt(True, "cifar10: download when missing", execution=True)
+    train_size: Optional[int] = opt(None, "class-balanced training subset (None = the whole split)")
+    test_size: Optional[int] = opt(None, "class-balanced test subset (None = the whole split)")
+    val_size: Optional[int] = opt(None, "class-balanced validation images held out of the training split "
+                                        "(what a search chooses on)")
+    cache: str = opt("${paths.root}/cache", "decoded image arrays; never written into a data folder",
+                     execution=True)
+    num_classes: int = opt(10, "synthetic only; real sets take it from their folders")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    milestones: List[int] = field(default_factory=lambda: [100, 150])
-    gamma: float = 0.1
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    augment: bool = True
-    # Fractions of the schedule at which the dense run keeps theta_i (paper: 0, 25, 50, 75 of 200).
-    rewind_points: List[float] = field(default_factory=lambda: [0.0, 0.125, 0.25, 0.375])
-    eval_batch_size: int = 1000
-    amp: Amp = Amp.auto  # mixed precision of training and evaluation (see ``Amp``)
-    channels_last: bool = True
-    compile: bool = False
-    progress: bool = True
+    epochs: int = opt(200, "training epochs n of the dense network (a ticket trains n - i)")
+    milestones: List[int] = opt(help="epochs at which the learning rate is multiplied by gamma, increasing",
+                                factory=lambda: [100, 150])
+    gamma: float = opt(0.1, "learning-rate factor at each milestone, in (0, 1]")
+    lr: float = opt(0.1, "SGD learning rate at epoch 0, > 0")
+    momentum: float = opt(0.9, "SGD momentum, in [0, 1)")
+    nesterov: bool = opt(True, "Nesterov momentum")
+    weight_decay: float = opt(1e-4, "L2 weight decay, >= 0")
+    batch_size: int = opt(128, "training batch size")
+    augment: bool = opt(True, "4-pixel pad, random 32x32 crop, horizontal flip")
+    rewind_points: List[float] = opt(help="fractions of the schedule (or epochs) at which the dense run keeps "
+                                          "theta_i (paper: 0, 25, 50, 75 of 200)",
+                                     factory=lambda: [0.0, 0.125, 0.25, 0.375])
+    eval_batch_size: int = opt(1000, "evaluation batch size")
+    amp: Amp = opt(Amp.auto, "precision: auto = bf16 where the device has it natively, off = fp32, bf16")
+    channels_last: bool = opt(True, "channels_last memory format (faster convolutions)")
+    compile: bool = opt(False, "torch.compile the training step (on CUDA captured as a CUDA graph)")
+    progress: bool = opt(True, "progress bars on a terminal, one line per epoch otherwise", execution=True)
 
 
 @dataclass
 class CriterionConfig:
-    name: str = "grasp"
-    scoring_size: int = 500  # class-balanced, unaugmented images from the training split
-    batch_size: int = 250
-    aggregate: Aggregate = Aggregate.sum
-    weights: WeightSet = WeightSet.conv
-    temperature: float = 200.0  # grasp: logits / T
-    components: int = 10  # pls: number of PLS components
+    name: str = opt("grasp", "block-importance criterion (see the criterion group)")
+    scoring_size: int = opt(500, "class-balanced, unaugmented training images the criterion scores on")
+    batch_size: int = opt(250, "scoring chunk size (every chunk holds every class)")
+    aggregate: Aggregate = opt(Aggregate.sum, "per-weight scores to a block or filter: sum or mean")
+    weights: WeightSet = opt(WeightSet.conv, "weights scored: conv (and linear), or conv_bn (plus BN affine)")
+    temperature: float = opt(200.0, "grasp: logits divided by this temperature")
+    components: int = opt(10, "pls: number of PLS components")
 
 
 @dataclass
 class ModeConfig:
-    name: str = "init"
+    name: str = opt("init", "where the ticket's weights come from (see the mode group)")
 
 
 @dataclass
 class StoreConfig:
-    root: str = ".lottery/store"
-    retrain: bool = False  # train the dense entry again even if stored (e.g. to add rewind points)
+    root: str = opt("${paths.root}/store", "content-addressed store of dense runs", execution=True)
+    retrain: bool = opt(False, "train the dense entry again even if stored", execution=True)
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///.lottery/mlflow.db
-    experiment: str = "lottery"
+    uri: Optional[str] = opt(None, "MLflow tracking URI (None: $MLFLOW_TRACKING_URI, else "
+                                   "sqlite:///PATHS/mlflow.db)", execution=True)
+    experiment: str = opt("lottery", "MLflow experiment", execution=True)
 
 
 @dataclass
 class MeasureConfig:
-    enabled: bool = True  # cost metrics: FLOPs, memory, throughput, latency, CKA
-    throughput_steps: int = 20
-    warmup_steps: int = 5
-    latency_repeats: int = 20
-    cka_images: int = 1000  # test images whose penultimate features CKA compares
-    carbon: bool = True  # codecarbon around every training phase
-    country: str = "USA"  # ISO 3166 alpha-3 code of the grid's carbon intensity
-    carbon_dir: str = ".lottery/codecarbon"
-    power_interval_s: float = 15.0
+    enabled: bool = opt(True, "cost metrics: FLOPs, memory, throughput, latency, CKA")
+    throughput_steps: int = opt(20, "timed training steps of the throughput measurement")
+    warmup_steps: int = opt(5, "untimed steps before it")
+    latency_repeats: int = opt(20, "forward passes whose median is the latency")
+    cka_images: int = opt(1000, "class-balanced test images whose penultimate features CKA compares")
+    carbon: bool = opt(True, "codecarbon around every training phase")
+    country: str = opt("USA", "ISO 3166 alpha-3 code of the grid's carbon intensity")
+    carbon_dir: str = opt("${paths.root}/codecarbon", "codecarbon's output folder", execution=True)
+    power_interval_s: float = opt(15.0, "seconds between codecarbon's power readings")
 
 
 @dataclass
 class RobustnessConfig:
-    enabled: bool = True
-    cifar10c_root: Optional[str] = None  # released CIFAR-10-C folder; None = regenerate
-    corruptions: List[str] = field(default_factory=lambda: [
+    enabled: bool = opt(True, "accuracy on CIFAR-10-C and CIFAR-10.2")
+    cifar10c_root: Optional[str] = opt(None, "released CIFAR-10-C folder; None = regenerate from the test split")
+    corruptions: List[str] = opt(help="CIFAR-10-C corruptions", factory=lambda: [
         "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
         "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
         "pixelate", "jpeg_compression"])
-    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    images: Optional[int] = None  # test images per corruption and severity; None = all
-    cifar102_path: Optional[str] = None  # cifar102_test.npz
-    seed: int = 0
+    severities: List[int] = opt(help="CIFAR-10-C severities, 1..5", factory=lambda: [1, 2, 3, 4, 5])
+    images: Optional[int] = opt(None, "class-balanced test images per corruption and severity; None = all")
+    cifar102_path: Optional[str] = opt(None, "cifar102_test.npz (images, labels); None = not measured")
+    seed: int = opt(0, "seed of the regenerated corruptions")
 
 
 @dataclass
 class TrialConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    criterion: CriterionConfig = field(default_factory=CriterionConfig)
-    mode: ModeConfig = field(default_factory=ModeConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
-    # Blocks to remove: an int is a count, a float in (0, 1) a fraction of the removable blocks.
-    density: Union[int, float] = 1
-    # Rewind point theta_i: an int is an epoch, a float in (0, 1) a fraction of the schedule.
-    rewind_epoch: Union[int, float] = 0
-    structure: str = "layer"  # layer: remove residual blocks; filter: the structured-LTH baseline
-    scope: str = "global"  # filter ranking: global, or layerwise (same fraction per convolution)
-    target_filters: Optional[int] = None  # filter tickets: None = the layer ticket's filter count
-    seed: int = 0
-    xi: float = 0.0  # Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp
-    device: str = "auto"  # auto: cuda when available, else cpu
-    threads: Optional[int] = None  # CPU threads of torch; None: torch's default (parallel jobs set it)
-    jobs: int = 1  # trials running at once on this machine (set by JOBS=N): CO2 per process, no wall-time ratios
-    profile_name: str = "paper"
+    paths: PathsConfig = group(PathsConfig, "where everything is written")
+    model: ModelConfig = group(ModelConfig, "the network")
+    data: DataConfig = group(DataConfig, "the data")
+    train: TrainConfig = group(TrainConfig, "the training recipe (SPEC §5)")
+    criterion: CriterionConfig = group(CriterionConfig, "how blocks are scored")
+    mode: ModeConfig = group(ModeConfig, "how the ticket gets its weights")
+    store: StoreConfig = group(StoreConfig, "the dense-run store")
+    tracking: TrackingConfig = group(TrackingConfig, "MLflow")
+    measure: MeasureConfig = group(MeasureConfig, "cost metrics")
+    robustness: RobustnessConfig = group(RobustnessConfig, "shifted test sets")
+    density: Union[int, float] = opt(1, "blocks to remove: an int is a count, a float in (0, 1) a fraction of "
+                                        "the removable blocks")
+    rewind_epoch: Union[int, float] = opt(0, "rewind point theta_i: an int is an epoch, a float in (0, 1) a "
+                                             "fraction of the schedule")
+    structure: str = opt("layer", "layer: remove residual blocks; filter: the structured-LTH baseline")
+    scope: str = opt("global", "filter ranking: global, or layerwise (the same fraction per convolution)")
+    target_filters: Optional[int] = opt(None, "filter tickets: None = the layer ticket's filter count")
+    seed: int = opt(0, "seed of initialisation, data order and scoring")
+    xi: float = opt(0.0, "Eq. 1: the ticket wins when acc(ticket) + xi >= acc(dense), in pp")
+    device: str = opt("auto", "auto (cuda when available, else cpu), cpu or cuda[:N]", execution=True)
+    threads: Optional[int] = opt(None, "CPU threads of torch; None: torch's default", execution=True)
+    jobs: int = opt(1, "trials running at once on this machine (JOBS=N sets it): CO2 per process, no wall-time "
+                       "ratios", execution=True)
+    profile_name: str = opt("paper", "the profile's name (set by the profile group)")
 
 
 def register() -> None:
     ConfigStore.instance().store(name="trial_schema", node=TrialConfig)
+
+
+def schema_fields(cls=TrialConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Every leaf field of the schema as (dotted path, field)."""
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):  # a group of fields
+            yield from schema_fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def help_of(path: str) -> str:
+    """The help of a dotted config path (empty when it has none)."""
+    return next((f.metadata.get("help", "") for p, f in schema_fields() if p == path), "")
+
+
+def execution_paths() -> tuple[str, ...]:
+    """The dotted paths of every execution setting: they never change a trial's results."""
+    return tuple(p for p, f in schema_fields() if f.metadata.get("execution"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,121 +235,3 @@ def epoch_of(point, epochs: int) -> int:
 def rewind_epochs(train: TrainConfig) -> list[int]:
     """The epochs whose weights the dense run keeps (theta_0 always among them)."""
     return sorted({0, *(epoch_of(float(f), train.epochs) if f < 1 else int(f) for f in train.rewind_points)})
-
-
-# --------------------------------------------------------------------------------------------
-# Validation: every mistake a user can make, said in one line, before any work
-
-
-def _choice(kind: str, name: str, valid) -> None:
-    if name not in valid:
-        raise LotteryError(f"unknown {kind} '{name}'; choose one of: {', '.join(sorted(valid))}")
-
-
-def validate(cfg) -> None:
-    """Raise ``LotteryError`` for the first problem found in a composed trial config."""
-    from lottery.criteria import CRITERIA, filter_criteria
-    from lottery.data import SOURCES
-    from lottery.pruning import STRUCTURES
-    from lottery.models import resnet_plan
-    from lottery.modes import MODES
-
-    _choice("criterion", cfg.criterion.name, CRITERIA)
-    _choice("mode", cfg.mode.name, MODES)
-    _choice("data set", cfg.data.name, SOURCES)
-
-    try:
-        plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value)
-    except ValueError as e:
-        raise LotteryError(f"model.depth={cfg.model.depth}: {e}") from None
-
-    t = cfg.train
-    if cfg.jobs < 1:
-        raise LotteryError(f"jobs={cfg.jobs}: at least one trial runs")
-    if t.epochs < 1:
-        raise LotteryError(f"train.epochs={t.epochs}: train for at least one epoch")
-    if t.batch_size < 1 or t.eval_batch_size < 1:
-        raise LotteryError("train.batch_size and train.eval_batch_size must be positive")
-    bad = [m for m in t.milestones if not 0 < m < t.epochs]
-    if bad:
-        raise LotteryError(f"train.milestones {bad} lie outside the schedule (1..{t.epochs - 1})")
-    if list(t.milestones) != sorted(set(t.milestones)):
-        raise LotteryError(f"train.milestones {list(t.milestones)} must be strictly increasing")
-    for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
-                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]")):
-        if not ok:
-            raise LotteryError(f"train.{key}={getattr(t, key)}: must be {rule}")
-
-    mode = MODES[cfg.mode.name]
-    if mode.prunes:
-        d = cfg.density
-        if isinstance(d, float) and not d.is_integer() and not 0 < d < 1:
-            raise LotteryError(f"density={d}: give a block count (int) or a fraction in (0, 1)")
-        count = blocks_to_remove(d, len(plan.removable))
-        if count < 1:
-            raise LotteryError(f"density={d}: remove at least one block (use mode=dense for none)")
-        if count > plan.max_removable:
-            raise LotteryError(
-                f"density={d} is above resnet{cfg.model.depth}'s maximum of {plan.max_removable} "
-                f"blocks ({len(plan.removable)} removable, every stage keeps one)"
-            )
-    if mode.rewinds:
-        r = cfg.rewind_epoch
-        i = epoch_of(r, t.epochs)
-        if isinstance(r, float) and not r.is_integer() and not 0 <= r < 1:
-            raise LotteryError(f"rewind_epoch={r}: give an epoch (int) or a fraction in [0, 1)")
-        if not 0 <= i < t.epochs:
-            raise LotteryError(f"rewind_epoch={r} lies outside the schedule [0, {t.epochs})")
-
-    for key in ("train_size", "test_size", "val_size"):
-        size = getattr(cfg.data, key)
-        if size is not None and size < cfg.data.num_classes:
-            raise LotteryError(f"data.{key}={size}: need at least one image per class")
-
-    _choice("structure", cfg.structure, STRUCTURES)
-    _choice("scope", cfg.scope, ("global", "layerwise"))
-    crit = CRITERIA[cfg.criterion.name]
-    if mode.prunes and cfg.structure == "filter" and crit.filters is None:
-        raise LotteryError(f"structure=filter needs a criterion that scores filters: "
-                           f"{', '.join(filter_criteria())} (got {cfg.criterion.name})")
-    if mode.prunes and cfg.structure == "filter" and cfg.target_filters is not None:
-        from lottery.surgery import check_filter_target
-
-        check_filter_target(plan, cfg.target_filters, f"target_filters={cfg.target_filters}",
-                            f"resnet{cfg.model.depth}")
-    if mode.prunes and crit.needs_data:
-        n = cfg.criterion.scoring_size
-        if n < 1:
-            raise LotteryError(
-                f"criterion {cfg.criterion.name} needs scoring data: set criterion.scoring_size >= 1"
-            )
-        if cfg.data.train_size is not None and n > cfg.data.train_size:
-            raise LotteryError(
-                f"criterion.scoring_size={n} exceeds data.train_size={cfg.data.train_size}"
-            )
-
-    SOURCES[cfg.data.name].check(cfg.data)
-
-    from lottery.corruptions import CORRUPTIONS
-
-    r = cfg.robustness
-    for name in r.corruptions:
-        _choice("corruption", name, CORRUPTIONS)
-    if any(not 1 <= s <= 5 for s in r.severities):
-        raise LotteryError(f"robustness.severities={list(r.severities)}: severities run from 1 to 5")
-    for key in ("cifar10c_root", "cifar102_path"):
-        path = getattr(r, key)
-        if r.enabled and path and not Path(path).expanduser().exists():
-            raise LotteryError(f"robustness.{key}={path} does not exist")
-
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise LotteryError(f"device={cfg.device}: use auto, cpu or cuda[:N]")
-    if cfg.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise LotteryError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
-
-
-def resolve_path(p: str) -> Path:
-    return Path(p).expanduser().resolve()

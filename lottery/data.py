@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, bad_value, check_choice
+from lottery.files import atomic
 
 IMAGE_SIZE = 32
 PAD = 4
@@ -79,7 +81,7 @@ class Source:
 
 
 def _cifar10_root(cfg) -> Path:
-    return Path(cfg.root or ".lottery/data").expanduser()
+    return Path(cfg.root).expanduser()
 
 
 def _check_cifar10(cfg) -> None:
@@ -176,14 +178,13 @@ def _load_imagefolder(cfg) -> Arrays:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for split, files in listing.items():
             images = list(tqdm(pool.map(_decode, [f for _, f in files], chunksize=256),
-                               total=len(files), desc=f"decode {split}", unit="img", leave=False))
+                               total=len(files), desc=f"decode {split}", unit="img", leave=False,
+                               disable=not sys.stderr.isatty()))
             arrays[split] = (np.stack(images), np.array([index[c] for c, _ in files], np.int64))
     out = Arrays(*arrays["train"], *arrays["test"], classes, fingerprint)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, train_x=out.train_x, train_y=out.train_y, test_x=out.test_x,
-             test_y=out.test_y, classes=np.array(classes))
-    os.replace(tmp, cache)
+    with atomic(cache) as tmp:
+        np.savez(tmp, train_x=out.train_x, train_y=out.train_y, test_x=out.test_x,
+                 test_y=out.test_y, classes=np.array(classes))
     return out
 
 
@@ -223,6 +224,16 @@ def _synthetic_sizes(cfg) -> tuple[int, int, int]:
 
 def _load_synthetic(cfg) -> Arrays:
     return synthetic_arrays(*_synthetic_sizes(cfg))
+
+
+def check(cfg) -> None:
+    """A known source, subsets of at least one image per class, and the source's own checks."""
+    check_choice("data set", cfg.name, SOURCES)
+    for key in ("train_size", "test_size", "val_size"):
+        size = getattr(cfg, key)
+        if size is not None and size < cfg.num_classes:
+            raise bad_value(f"data.{key}", size, "need at least one image per class")
+    SOURCES[cfg.name].check(cfg)
 
 
 SOURCES: dict[str, Source] = {

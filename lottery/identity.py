@@ -1,8 +1,9 @@
 """What a trial *is*, as opposed to how and where it ran.
 
 A trial's identity is its resolved config less the settings that only say how or where it runs
-(threads, device choice, progress bars, store, cache and tracking paths, trials at once), with the
-data named by its content fingerprint instead of its folder. Two keys derive from it:
+(the schema marks them ``execution``: threads, device choice, progress bars, store, cache and
+tracking paths, trials at once), with the data named by its content fingerprint instead of its
+folder. Two keys derive from it:
 ``cell_key`` (identity without the seed: the runs of one table cell, one per seed) and
 ``config_key`` (identity, seed and the precision ``amp`` resolved to: a finished trial to skip).
 """
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from lottery.config import execution_paths
 from lottery.store import content_key
 
-# Dotted config paths that never change a trial's results.
-EXECUTION = ("tracking", "store", "threads", "device", "jobs", "train.progress", "data.root", "data.cache",
-             "data.download", "measure.carbon_dir")
+EXECUTION = execution_paths()  # dotted config paths that never change a trial's results
 
 
 def identity(cfg, data_fingerprint: str) -> dict:
@@ -28,6 +28,7 @@ def identity(cfg, data_fingerprint: str) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    spec = {k: v for k, v in spec.items() if v != {}}  # a group of execution settings alone leaves nothing
     spec["data"]["content"] = data_fingerprint
     return spec
 

@@ -104,7 +104,7 @@ class BasicBlock(nn.Module):
             else:
                 self.shortcut = ZeroPadShortcut(spec.in_ch, spec.out_ch, spec.stride)
         # When False the residual branch is skipped: y = relu(x) = x (x is post-ReLU), which is
-        # exactly what removing the block does. Used by the KL criterion and by tests.
+        # exactly what removing the block does. Tests use it to check surgery against masking.
         self.branch_enabled = True
 
     def residual(self, x):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lottery.config import blocks_to_remove, epoch_of
+from lottery.errors import bad_value
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -14,6 +17,31 @@ class Mode:
     resumes_schedule: bool  # trains epochs i..n with the dense LR schedule, else 0..n
     rewinds: bool  # reads rewind_epoch
     paper: str
+
+    def check(self, cfg, plan) -> None:
+        """The density a pruning mode removes and the rewind point a rewinding mode reads."""
+        if self.prunes:
+            _check_density(cfg.density, plan, cfg.model.depth)
+        if self.rewinds:
+            _check_rewind(cfg.rewind_epoch, cfg.train.epochs)
+
+
+def _check_density(d, plan, depth: int) -> None:
+    if isinstance(d, float) and not d.is_integer() and not 0 < d < 1:
+        raise bad_value("density", d, "give a block count (int) or a fraction in (0, 1)")
+    count = blocks_to_remove(d, len(plan.removable))
+    if count < 1:
+        raise bad_value("density", d, "remove at least one block (use mode=dense for none)")
+    if count > plan.max_removable:
+        raise bad_value("density", d, f" is above resnet{depth}'s maximum of {plan.max_removable} blocks "
+                                      f"({len(plan.removable)} removable, every stage keeps one)")
+
+
+def _check_rewind(r, epochs: int) -> None:
+    if isinstance(r, float) and not r.is_integer() and not 0 <= r < 1:
+        raise bad_value("rewind_epoch", r, "give an epoch (int) or a fraction in [0, 1)")
+    if not 0 <= epoch_of(r, epochs) < epochs:
+        raise bad_value("rewind_epoch", r, f" lies outside the schedule [0, {epochs})")
 
 
 MODES: dict[str, Mode] = {

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lottery.config import blocks_to_remove
-from lottery.criteria import ScoringSet, score_blocks, score_blocks_and_filters, score_filters
+from lottery.criteria import (CRITERIA, ScoringSet, filter_criteria, score_blocks, score_blocks_and_filters,
+                              score_filters)
+from lottery.errors import LotteryError
 from lottery.models import Plan, ResNet
-from lottery.surgery import (narrowed, plan_filters, remove_blocks, remove_filters, select_blocks,
-                             select_filters)
+from lottery.surgery import (check_filter_target, narrowed, plan_filters, remove_blocks, remove_filters,
+                             select_blocks, select_filters)
 
 
 @dataclass
@@ -63,4 +65,23 @@ def filters(cfg, plan: Plan, model: ResNet, scoring: ScoringSet | None) -> Pruni
                    "filters.json", summary)
 
 
-STRUCTURES: dict[str, Callable[..., Pruning]] = {"layer": layers, "filter": filters}
+def check_filters(cfg, plan: Plan) -> None:
+    """Filter tickets need a criterion that scores filters, and a reachable filter count."""
+    crit = CRITERIA[cfg.criterion.name]
+    if crit.filters is None:
+        raise LotteryError(f"structure=filter needs a criterion that scores filters: "
+                           f"{', '.join(filter_criteria())} (got {cfg.criterion.name})")
+    if cfg.target_filters is not None:
+        check_filter_target(plan, cfg.target_filters, f"target_filters={cfg.target_filters}",
+                            f"resnet{cfg.model.depth}")
+
+
+@dataclass(frozen=True)
+class Structure:
+    prune: Callable[..., Pruning]  # (cfg, plan, scored model, scoring set) -> Pruning
+    check: Callable[..., None]  # (cfg, plan) -> None, raises LotteryError before any work
+
+
+STRUCTURES: dict[str, Structure] = {"layer": Structure(layers, lambda cfg, plan: None),
+                                    "filter": Structure(filters, check_filters)}
+SCOPES = ("global", "layerwise")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import torch
 
 from lottery.corruptions import CORRUPTIONS, corrupt
 from lottery.data import SUBSET_SEED, Dataset, Split, balanced_indices, subset
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, bad_value, check_choice
+from lottery.files import atomic
 from lottery.train import evaluate
 
 log = logging.getLogger("lottery")
@@ -40,6 +40,18 @@ class ShiftedSets:
         return {"cifar10c_source": self.cifar10c_source, "cifar10c_sets": str(len(self.cifar10c)),
                 "cifar10c_skipped": ",".join(self.skipped) or "none",
                 "cifar102": "given" if self.cifar102 is not None else "absent"}
+
+
+def check(cfg) -> None:
+    """Known corruptions, severities 1..5, and the given files present."""
+    for name in cfg.corruptions:
+        check_choice("corruption", name, CORRUPTIONS)
+    if any(not 1 <= s <= 5 for s in cfg.severities):
+        raise bad_value("robustness.severities", list(cfg.severities), "severities run from 1 to 5")
+    for key in ("cifar10c_root", "cifar102_path"):
+        path = getattr(cfg, key)
+        if cfg.enabled and path and not Path(path).expanduser().exists():
+            raise LotteryError(f"robustness.{key}={path} does not exist")
 
 
 def _split(x: np.ndarray, y: np.ndarray, device) -> Split:
@@ -82,10 +94,8 @@ def regenerated_cifar10c(data: Dataset, names, severities, images: int | None, c
                 x = np.load(path, allow_pickle=False)
             else:
                 x = corrupt(clean, name, s, seed)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-                np.save(tmp, x)
-                os.replace(tmp, path)
+                with atomic(path) as tmp:
+                    np.save(tmp, x)
             sets.append((name, s, _split(x, labels, device)))
     return sets
 

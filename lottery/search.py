@@ -13,7 +13,6 @@ under one ``role=study`` run; the Pareto front is printed and plotted.
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import List, Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 
+from lottery import cli
 from lottery.config import TrialConfig, register
 from lottery.errors import LotteryError
 
@@ -33,7 +33,7 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 class SearchConfig:
     trials: int = 20  # completed trials the study ends with
     study: Optional[str] = None  # default: search-<profile>
-    storage: str = "sqlite:///.lottery/optuna.db"
+    storage: str = "sqlite:///${paths.root}/optuna.db"
     objectives: List[str] = field(default_factory=lambda: ["val_delta_pp:maximize", "flops_reduction_pct:maximize"])
     criteria: List[str] = field(default_factory=lambda: ["random", "l1", "hrank", "expectabs", "pls", "kl",
                                                          "snip", "grasp", "synflow"])
@@ -118,15 +118,51 @@ def pareto_report(study, names: list[str], out: Path) -> tuple[str, Path]:
     return "\n".join(lines), out
 
 
+def open_study(s: SearchConfig, name: str, directions: list[str]):
+    """The study in its storage, created or resumed, with a sampler that samples new points."""
+    import optuna
+
+    storage = s.storage
+    if s.storage.startswith(("sqlite", "postgresql", "mysql")):
+        # Heartbeats let a resumed study mark the trial a killed process left RUNNING as failed.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(s.storage, heartbeat_interval=30, grace_period=90)
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+    # Seeded by the number of trials so far: a resumed study samples new points, not the first ones again.
+    study.sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed + len(study.trials))
+    return study
+
+
+def objective(cfg, compose_trial, names: list[str], study_name: str, parent: str):
+    """One Optuna trial: a lottery trial of the sampled choices, valued on the validation split."""
+    from lottery import trial
+    from lottery.models import resnet_plan
+
+    max_density = resnet_plan(cfg.model.depth).max_removable
+
+    def run(t):
+        chosen = sample(t, cfg.search, max_density)
+        overrides = [f"{k}={v}" for k, v in chosen.items()]
+        out = trial.run(compose_trial(overrides), overrides=overrides,
+                        tags={"study": study_name, "optuna_trial": t.number, "mlflow.parentRunId": parent})
+        t.set_user_attr("mlflow_run_id", out["run_id"])
+        t.set_user_attr("test_delta_pp", out.get("delta_pp"))  # reported beside the front, never optimised
+        values = [out.get(n) for n in names]
+        if any(v is None for v in values):
+            raise LotteryError(f"trial {t.number} did not measure {names}")
+        return tuple(values)
+
+    return run
+
+
 def search(cfg, compose_trial) -> str:
     """Run (or resume) the study until it has ``cfg.search.trials`` completed trials."""
     import mlflow
-    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from lottery import tracking, trial
-    from lottery.models import resnet_plan
+    from lottery import tracking
 
     s = cfg.search
     names, directions = _objectives(s.objectives)
@@ -136,39 +172,15 @@ def search(cfg, compose_trial) -> str:
         raise LotteryError("the search chooses on a validation split held out of the training images: "
                            "set data.val_size (e.g. data.val_size=5000)")
     name = s.study or f"search-{cfg.profile_name}"
-    experiment = tracking.start(cfg.tracking)
-    parent = study_run(experiment, name)
-    Path(".lottery").mkdir(exist_ok=True)
-    # Heartbeats let a resumed study mark the trial a killed process left RUNNING as failed.
-    storage = s.storage
-    if s.storage.startswith(("sqlite", "postgresql", "mysql")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(s.storage, heartbeat_interval=30, grace_period=90)
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
-    # Seeded by the number of trials so far: a resumed study samples new points, not the first ones again.
-    study.sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed + len(study.trials))
-    max_density = resnet_plan(cfg.model.depth).max_removable
-
-    def objective(t):
-        chosen = sample(t, s, max_density)
-        overrides = [f"{k}={v}" for k, v in chosen.items()]
-        out = trial.run(compose_trial(overrides), overrides=overrides,
-                        tags={"study": name, "optuna_trial": t.number, "mlflow.parentRunId": parent})
-        t.set_user_attr("mlflow_run_id", out["run_id"])
-        t.set_user_attr("test_delta_pp", out.get("delta_pp"))  # reported beside the front, never optimised
-        values = [out.get(n) for n in names]
-        if any(v is None for v in values):
-            raise LotteryError(f"trial {t.number} did not measure {names}")
-        return tuple(values)
-
+    parent = study_run(tracking.start(cfg.tracking, cfg.paths.root), name)
+    study = open_study(s, name, directions)
     completed = len(study.get_trials(states=(TrialState.COMPLETE,)))
     if completed:
         log.info("resuming study %s: %d of %d trials already completed", name, completed, s.trials)
     if completed < s.trials:
-        study.optimize(objective, catch=(Exception,),
+        study.optimize(objective(cfg, compose_trial, names, name, parent), catch=(Exception,),
                        callbacks=[MaxTrialsCallback(s.trials, states=(TrialState.COMPLETE,))])
-    report, png = pareto_report(study, names, Path(f".lottery/search/{name}.png"))
+    report, png = pareto_report(study, names, Path(cfg.paths.root) / "search" / f"{name}.png")
     with mlflow.start_run(run_id=parent):
         mlflow.log_artifact(str(png))
         mlflow.log_text(report, "pareto.md")
@@ -184,21 +196,14 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="search")
-def _main(cfg) -> None:
+@cli.task
+def _main(cfg, overrides: list[str]) -> None:
     from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
 
-    base = list(HydraConfig.get().overrides.task)
+    def compose_trial(chosen: list[str]):
+        return compose(config_name="search", overrides=[*overrides, *chosen])
 
-    def compose_trial(overrides: list[str]):
-        c = compose(config_name="search", overrides=[*base, *overrides])
-        return c
-
-    try:
-        search(cfg, compose_trial)
-    except LotteryError as e:
-        print(f"lottery: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    search(cfg, compose_trial)
 
 
 if __name__ == "__main__":

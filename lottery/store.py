@@ -24,6 +24,7 @@ import torch
 from filelock import FileLock
 
 from lottery.errors import LotteryError
+from lottery.files import write_json
 
 log = logging.getLogger("lottery")
 FORMAT = 1
@@ -136,7 +137,7 @@ class DenseStore:
             meta = json.loads((entry.path / "meta.json").read_text())
             meta["metrics"].update(metrics)
             meta.update(fields)
-            _write_json_atomic(entry.path / "meta.json", meta)
+            write_json(entry.path / "meta.json", meta)
             entry.meta = meta
         return entry
 
@@ -153,18 +154,9 @@ class DenseStore:
         meta = {**result.extra, "format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
                 "checkpoints": sorted(str(e) for e in result.checkpoints), "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write_json_atomic(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta)
         final = self.path(key)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         return Entry(key, final, meta)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

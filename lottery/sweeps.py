@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from lottery.errors import LotteryError
+from lottery.cli import entry
+from lottery.errors import LotteryError, unknown
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -68,7 +69,7 @@ def available() -> list[str]:
 def load(name: str) -> Sweep:
     path = SWEEPS / f"{name}.yaml"
     if not path.exists():
-        raise LotteryError(f"unknown sweep '{name}'; choose one of: {', '.join(available())}")
+        raise unknown("sweep", name, available())
     raw = yaml.safe_load(path.read_text())
     raw["paper"] = {str(r): {str(c): v for c, v in cols.items()} for r, cols in (raw.get("paper") or {}).items()}
     raw["labels"] = {k: {str(a): b for a, b in v.items()} for k, v in (raw.get("labels") or {}).items()}
@@ -146,6 +147,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
 
 
+@entry
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lottery.sweeps", description="Run a paper table's sweep.")
     add_sweep_arguments(p)
@@ -154,19 +156,14 @@ def main(argv=None) -> int:
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_intermixed_args(argv)
-    try:
-        sweep = load(args.name)
-    except LotteryError as e:
-        print(f"lottery: error: {e}", file=sys.stderr)
-        return 2
+    sweep = load(args.name)
+    status = 0
     for cmd in commands(sweep, args.profile, args.data, args.data_root, args.seeds, args.extra, args.jobs,
                         args.launcher):
         print("+", " ".join(cmd[1:]), flush=True)
         if not args.dry_run:
-            rc = subprocess.call(cmd)
-            if rc:
-                return rc
-    return 0
+            status = max(status, subprocess.call(cmd))  # a grid with a failed trial does not stop the next
+    return status
 
 
 if __name__ == "__main__":

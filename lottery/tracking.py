@@ -1,7 +1,8 @@
 """MLflow logging: one run per dense reference (logged once) and one per ticket.
 
-The default store is a SQLite file in ``.lottery/`` with artifacts beside it, so nothing needs
-a server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere (e.g. ``make server``).
+The default store is a SQLite file under ``paths.root`` (``.lottery/``) with artifacts beside it,
+so nothing needs a server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point elsewhere (e.g.
+``make server``).
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 log = logging.getLogger("lottery")
-LOCAL_ROOT = Path(".lottery")
 
 
-def tracking_uri(cfg) -> str:
+def tracking_uri(cfg, root: str) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded store under ``root``."""
     if cfg.uri:
         return cfg.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    LOCAL_ROOT.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(LOCAL_ROOT / 'mlflow.db').resolve()}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
 
 
-def start(cfg) -> str:
+def local_artifacts(root: str) -> str:
+    """Where the embedded store keeps artifacts (beside its database)."""
+    return (Path(root) / "mlartifacts").resolve().as_uri()
+
+
+def start(cfg, root: str) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id.
 
     Concurrent trials on one SQLite store would race to create its tables and the experiment;
@@ -37,7 +43,7 @@ def start(cfg) -> str:
 
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    uri = tracking_uri(cfg)
+    uri = tracking_uri(cfg, root)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
@@ -45,17 +51,17 @@ def start(cfg) -> str:
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(db) + ".lock"):
-            return _experiment(mlflow, uri, cfg)
-    return _experiment(mlflow, uri, cfg)
+            return _experiment(mlflow, uri, cfg, root)
+    return _experiment(mlflow, uri, cfg, root)
 
 
-def _experiment(mlflow, uri: str, cfg) -> str:
+def _experiment(mlflow, uri: str, cfg, root: str) -> str:
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI") and not cfg.uri:
-        location = (LOCAL_ROOT / "mlartifacts").resolve().as_uri()
+        location = local_artifacts(root)
     try:
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
     except Exception:  # created meanwhile by a concurrent trial

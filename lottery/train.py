@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,45 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery.data import Dataset, eval_batches, num_batches, train_batches
-from lottery.errors import LotteryError
+from lottery.config import choice
+from lottery.files import atomic
+from lottery.errors import LotteryError, bad_value
 
 log = logging.getLogger("lottery")
+
+
+def check_recipe(t) -> None:
+    """The recipe's values, each against its rule, before any work."""
+    if t.epochs < 1:
+        raise bad_value("train.epochs", t.epochs, "train for at least one epoch")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(t, key) < 1:
+            raise bad_value(f"train.{key}", getattr(t, key), "must be positive")
+    bad = [m for m in t.milestones if not 0 < m < t.epochs]
+    if bad:
+        raise bad_value("train.milestones", list(t.milestones), f"{bad} lie outside the schedule (1..{t.epochs - 1})")
+    if list(t.milestones) != sorted(set(t.milestones)):
+        raise bad_value("train.milestones", list(t.milestones), "must be strictly increasing")
+    for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]")):
+        if not ok:
+            raise bad_value(f"train.{key}", getattr(t, key), f"must be {rule}")
+
+
+def check_device(name: str) -> None:
+    if name not in ("auto", "cpu") and not name.startswith("cuda"):
+        raise bad_value("device", name, "use auto, cpu or cuda[:N]")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LotteryError(f"device={name} but no CUDA device is available; use device=cpu")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def lr_at(epoch: int, t) -> float:
@@ -44,7 +81,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def precision(device: torch.device, amp) -> str:
     """The dtype training computes in on this device: ``bf16`` or ``fp32`` (``amp=auto`` resolved)."""
-    amp = getattr(amp, "value", amp)
+    amp = choice(amp)
     if amp == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return "bf16" if amp == "bf16" else "fp32"
@@ -70,10 +107,8 @@ def synchronize(device: torch.device) -> None:
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, what: str) -> dict:
@@ -94,6 +129,57 @@ class Trained:
     resumed_from: int | None = None
 
 
+def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, epoch: int, desc: str) -> int:
+    """Continue from the state a killed run left after its last completed epoch, if any."""
+    if state_path is None or not state_path.exists():
+        return epoch
+    state = load_checkpoint(state_path, "training state")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    result.seconds, result.resumed_from = state["seconds"], state["epoch"]
+    result.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
+    log.info("%s: resuming from the state saved after epoch %d (%s)", desc, state["epoch"], state_path)
+    return state["epoch"]
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+
+
+def _epoch(step_model, opt, data: Dataset, t, seed: int, epoch: int, device, bar) -> EpochStats:
+    """One epoch of SGD steps; loss and accuracy accumulate on the device (no sync per step)."""
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    synchronize(device)
+    began = time.perf_counter()
+    for x, y in train_batches(data, t.batch_size, seed, epoch, t.augment, t.channels_last):
+        with autocast(device, t.amp):
+            out = step_model(x)
+            loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update()
+    synchronize(device)
+    return EpochStats(loss_sum.item() / seen, 100 * correct.item() / seen, time.perf_counter() - began, seen)
+
+
+def _bar(t, steps: int, desc: str, epoch: int):
+    """A progress bar on a terminal; nothing where stderr is a log file (one line per epoch there)."""
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="step", leave=False,
+                disable=not (t.progress and sys.stderr.isatty()))
+
+
 def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device,
           start_epoch: int = 0, keep: set[int] = frozenset(), state_path: Path | None = None,
           desc: str = "train") -> Trained:
@@ -103,19 +189,9 @@ def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device
     ``state_path``: where the resumable state is written after every epoch; if it exists, the run
     continues from it. It is deleted by the caller once the result is safely stored.
     """
-    from tqdm import tqdm
-
     opt = make_optimizer(model, t)
     result = Trained(0.0)
-    epoch = start_epoch
-    if state_path is not None and state_path.exists():
-        state = load_checkpoint(state_path, "training state")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        epoch, result.seconds = state["epoch"], state["seconds"]
-        result.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
-        result.resumed_from = epoch
-        log.info("%s: resuming from the state saved after epoch %d (%s)", desc, epoch, state_path)
+    epoch = _resume(state_path, model, opt, result, start_epoch, desc)
     step_model = compiled(model, device) if t.compile else model
     steps = num_batches(len(data.train), t.batch_size)
     while epoch < t.epochs:
@@ -124,30 +200,14 @@ def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, t)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        synchronize(device)
-        began = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="step",
-                   leave=False, disable=not t.progress)
-        for x, y in train_batches(data, t.batch_size, seed, epoch, t.augment, t.channels_last):
-            with autocast(device, t.amp):
-                out = step_model(x)
-                loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(y)  # accumulated on the device: no sync per step
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-            bar.update()
-        synchronize(device)
-        result.seconds += time.perf_counter() - began
-        if not torch.isfinite(loss_sum):
-            raise LotteryError(f"{desc}: loss became {loss_sum.item()} in epoch {epoch + 1}; lower train.lr")
-        bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
-        bar.close()
+        with _bar(t, steps, desc, epoch) as bar:
+            stats = _epoch(step_model, opt, data, t, seed, epoch, device, bar)
+        result.seconds += stats.seconds
+        if not math.isfinite(stats.loss):
+            raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower train.lr")
+        if t.progress:
+            log.info("%s epoch %d/%d: loss %.3f, accuracy %.1f%%, %.0f img/s, %.0f s in all", desc, epoch + 1,
+                     t.epochs, stats.loss, stats.accuracy, stats.images / stats.seconds, result.seconds)
         epoch += 1
         if state_path is not None:
             save_atomic({"model": cpu_state(model), "optimizer": opt.state_dict(), "epoch": epoch,

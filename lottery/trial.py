@@ -11,31 +11,25 @@ import torch
 from omegaconf import OmegaConf
 
 from lottery import carbon, costs, measure, tracking
-from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
+from lottery.checks import validate
+from lottery.config import blocks_to_remove, epoch_of, rewind_epochs
 from lottery.criteria import ScoringSet
 from lottery.data import Dataset, fingerprint, load_dataset, scoring_set
 from lottery.identity import cell_key, config_key
+from lottery.metrics import Phase, compare, console, dense_side
 from lottery.models import Plan, ResNet, build, count_filters, count_params, resnet_plan
 from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
 from lottery.pruning import STRUCTURES, Pruning
 from lottery.robustness import load_shifted
 from lottery.stats import mcnemar_p
 from lottery.store import DenseResult, DenseStore, Entry, content_key
-from lottery.train import Trained, accuracy, conditions, cpu_state, evaluate, precision, predict, prepare, train
+from lottery.train import (Trained, accuracy, conditions, cpu_state, evaluate, pick_device, precision, predict,
+                           prepare, train)
 
 log = logging.getLogger("lottery")
 
 RECIPE_KEYS = ("epochs", "milestones", "gamma", "lr", "momentum", "nesterov", "weight_decay",
                "batch_size", "augment")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return device
 
 
 def dense_spec(cfg, data: Dataset, device) -> dict:
@@ -124,7 +118,7 @@ def _log_dense(cfg, entry: Entry, experiment: str) -> str:
                if isinstance(v, (int, float)) and ("@" not in k or k.endswith(suffix))}
     words = {k: v for k, v in entry.metrics.items() if isinstance(v, str)}
     name = f"dense-resnet{cfg.model.depth}-s{cfg.seed}"
-    params = tracking.flatten(OmegaConf.masked_copy(cfg, ["model", "data", "train", "seed"]))
+    params = {k: v for k, v in tracking.flatten(cfg).items() if k.split(".")[0] in ("model", "data", "train", "seed")}
     meta = {k: v for k, v in entry.meta.items() if k != "predictions"}
     return tracking.log_run(experiment, name, {"role": "dense", "dense_key": entry.key,
                                                "profile": cfg.profile_name, "amp": entry.meta["spec"]["train"]["amp"],
@@ -142,7 +136,7 @@ def prune(cfg, mode: Mode, plan: Plan, dense: Entry, data: Dataset, device) -> P
     """Score the network at the weights the mode scores on and choose what to remove."""
     scored = model_at(plan, dense, 0 if mode.score_on == "init" else "final", device, cfg.train.channels_last)
     scoring = ScoringSet(*scoring_set(data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
-    pruning = STRUCTURES[cfg.structure](cfg, plan, scored, scoring)
+    pruning = STRUCTURES[cfg.structure].prune(cfg, plan, scored, scoring)
     log.info("%s: %s", cfg.criterion.name, pruning.summary)
     return pruning
 
@@ -193,19 +187,21 @@ def finished(experiment: str, key: str) -> dict | None:
     return {**done[0].data.metrics, "run_id": done[0].info.run_id, "skipped": True}
 
 
-def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
-    """Run one trial; returns its metrics (also logged to MLflow).
+def identity_keys(cfg, device) -> dict:
+    """The trial's cell and config keys (``lottery.identity``), tagged on its run."""
+    data_id = fingerprint(cfg.data)
+    return {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, precision(device, cfg.train.amp))}
 
-    A trial whose identity and seed already finished in the experiment is skipped (seconds), so
-    re-running a sweep completes exactly the missing trials. ``overrides`` (the command line's)
-    are tagged on the run; ``tags`` are added as given.
-    """
+
+def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
+    """Run one trial and return its metrics (also logged to MLflow, with ``overrides`` and ``tags``
+    as tags). A trial whose identity and seed already finished in the experiment is skipped, so
+    re-running a sweep completes exactly the missing trials."""
     validate(cfg)
     mode = MODES[cfg.mode.name]
-    experiment = tracking.start(cfg.tracking)
+    experiment = tracking.start(cfg.tracking, cfg.paths.root)
     device = pick_device(cfg.device)
-    data_id = fingerprint(cfg.data)
-    keys = {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, precision(device, cfg.train.amp))}
+    keys = identity_keys(cfg, device)
     if mode.prunes and (done := finished(experiment, keys["config_key"])):
         return done
     if cfg.threads:
@@ -216,38 +212,42 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     shifted = load_shifted(cfg.robustness, data, cfg.data.cache, device)
 
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else None
-    dense = dense_reference(cfg, plan, data, device, store, rewind)
-    dense = measured_dense(cfg, plan, dense, data, shifted, device, store)
+    dense = measured_dense(cfg, plan, dense_reference(cfg, plan, data, device, store, rewind), data, shifted,
+                           device, store)
     dense_run = log_dense(cfg, dense, experiment, store)
     if not mode.prunes:
         return {"accuracy": dense.metrics["accuracy"], "run_id": dense_run}
     if rewind is not None:
         dense.weights(rewind)  # fail now, not after scoring, if theta_i was never kept
-    rewind = rewind or 0
 
     pruning = prune(cfg, mode, plan, dense, data, device)
-    ticket = make_ticket(cfg, mode, plan, pruning, dense, rewind, device)
+    ticket = make_ticket(cfg, mode, plan, pruning, dense, rewind or 0, device)
     trial_key = content_key({"dense": dense.key, "mode": mode.name, "pruned": pruning.record,
-                             "rewind": rewind, "seed": cfg.seed})
+                             "rewind": rewind or 0, "seed": cfg.seed})
     trained = train_ticket(cfg, ticket, data, device, store.root / "trials" / f"{trial_key}.state.pt")
     metrics, measured_tags = ticket_metrics(cfg, ticket, trained, pruning, dense, plan, data, shifted, device)
-
-    name = run_name(cfg, mode, pruning)
-    tags = {"role": "ticket", "dense_key": dense.key, "dense_run_id": dense_run, "mode": mode.name,
-            "criterion": cfg.criterion.name, "structure": cfg.structure, "profile": cfg.profile_name,
-            "trial_key": trial_key, **keys, "seed": cfg.seed, "device": str(device),
+    tags = {"dense_key": dense.key, "dense_run_id": dense_run, "trial_key": trial_key, **keys, "device": str(device),
             "amp": precision(device, cfg.train.amp), **override_tags(overrides), **(tags or {}), **shifted.tags(),
             "dense_power_source": dense.metrics.get("power_source", "unavailable"), **measured_tags}
+    out = log_ticket(cfg, experiment, run_name(cfg, mode, pruning), tags, metrics, pruning, plan, rewind or 0)
+    trained.state.unlink(missing_ok=True)
+    return out
+
+
+def log_ticket(cfg, experiment: str, name: str, tags: dict, metrics: dict, pruning: Pruning, plan: Plan,
+               rewind: int) -> dict:
+    """The ticket's MLflow run, written in one go, and its line on the console."""
+    tags = {"role": "ticket", "mode": cfg.mode.name, "criterion": cfg.criterion.name, "structure": cfg.structure,
+            "profile": cfg.profile_name, "seed": cfg.seed, **tags}
     params = {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, len(plan.removable)),
               "rewind_epoch": rewind}
     run_id = tracking.log_run(experiment, name, tags, params, metrics,
                               {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record})
-    trained.state.unlink(missing_ok=True)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
              "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
              metrics["delta_pp"], "wins" if metrics["winning"] else "loses", metrics["mcnemar_p"],
              metrics["dense_filters"], metrics["filters"], metrics["dense_params"], metrics["params"],
-             _costs_line(metrics), run_id)
+             console(metrics), run_id)
     return {**metrics, "run_id": run_id, "name": name}
 
 
@@ -256,14 +256,10 @@ def accuracy_metrics(cfg, ticket: Ticket, trained: TrainedTicket, dense: Entry, 
     held-out validation accuracy when there is a validation split."""
     dm = dense.metrics
     acc = accuracy(trained.predictions, data.test)
-    out = {"accuracy": acc, "delta_pp": acc - dm["accuracy"],
-           "winning": float(acc + cfg.xi >= dm["accuracy"]),
+    out = {"accuracy": acc, "winning": float(acc + cfg.xi >= dm["accuracy"]),
            "mcnemar_p": mcnemar_p(trained.predictions, torch.tensor(dense.meta["predictions"]), data.test.y.cpu()),
            "train_images": len(data.train), "test_images": len(data.test)}
-    if data.val is not None:
-        val = held_out_accuracy(ticket.model, data, cfg.train, device)["val_accuracy"]
-        out.update(val_accuracy=val, dense_val_accuracy=dm["val_accuracy"], val_delta_pp=val - dm["val_accuracy"])
-    return out
+    return {**out, **held_out_accuracy(ticket.model, data, cfg.train, device)}
 
 
 def ticket_metrics(cfg, ticket: Ticket, trained: TrainedTicket, pruning: Pruning, dense: Entry, plan: Plan,
@@ -272,7 +268,7 @@ def ticket_metrics(cfg, ticket: Ticket, trained: TrainedTicket, pruning: Pruning
     tags that say where they came from or why a comparison is absent."""
     measured = {**costs.network_costs(ticket.model, cfg, data, shifted, device),
                 **footprint_metrics(trained.footprint, trained.done.resumed_from)}
-    side = costs.dense_side(dense.metrics, cfg)
+    side = dense_side(dense.metrics, f"@{costs.robustness_key(cfg)}")
     epochs = cfg.train.epochs - ticket.start_epoch
     metrics = {
         **accuracy_metrics(cfg, ticket, trained, dense, data, device), **pruning.metrics,
@@ -288,9 +284,9 @@ def ticket_metrics(cfg, ticket: Ticket, trained: TrainedTicket, pruning: Pruning
         metrics["dense_throughput_img_s"] = measure.throughput(dense_model, cfg.train, device, m.throughput_steps,
                                                                m.warmup_steps)
         metrics["cka"] = costs.cka_to_dense(ticket.model, dense_model, data, cfg)
-    phase = costs.Phase(trained.done.seconds, epochs, metrics.get("co2_kg"), metrics.get("energy_kwh"),
-                        conditions(device, cfg.train, cfg.jobs), trained.done.resumed_from is not None)
-    compared, tags = costs.compare(metrics, side, phase, costs.Phase.of(dense.metrics))
+    phase = Phase(trained.done.seconds, epochs, metrics.get("co2_kg"), metrics.get("energy_kwh"),
+                  conditions(device, cfg.train, cfg.jobs), trained.done.resumed_from is not None)
+    compared, tags = compare(metrics, phase, Phase.of(dense.metrics))
     metrics.update(compared)
     return metrics, {**tags, **{k: v for k, v in measured.items() if isinstance(v, str)}}
 
@@ -299,14 +295,3 @@ def override_tags(overrides) -> dict[str, str]:
     """``override.<key>`` tags from command-line overrides such as ``density=2``."""
     pairs = (o.split("=", 1) for o in overrides if "=" in o)
     return {f"override.{k.lstrip('+~')}": v for k, v in pairs}
-
-
-def _costs_line(m: dict) -> str:
-    parts = []
-    for key, fmt in (("flops_reduction_pct", "FLOPs -{:.1f}%"), ("memory_reduction_pct", "memory -{:.1f}%"),
-                     ("speedup", "speed-up {:.2f}x"), ("co2_reduction_pct", "CO2 per epoch -{:.1f}%"),
-                     ("cifar10c_delta_pp", "CIFAR-10-C {:+.2f} pp"), ("cifar102_delta_pp", "CIFAR-10.2 {:+.2f} pp"),
-                     ("cka", "CKA {:.3f}")):
-        if m.get(key) is not None:
-            parts.append(fmt.format(m[key]))
-    return ", ".join(parts) or "costs not measured"

@@ -7,7 +7,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from lottery.config import blocks_to_remove, epoch_of, rewind_epochs, validate
+from lottery.checks import validate
+from lottery.config import blocks_to_remove, epoch_of, rewind_epochs
 from lottery.errors import LotteryError
 from tests.conftest import REPO, compose_cfg
 
@@ -42,10 +43,10 @@ def test_density_and_rewind_conversions():
         (["criterion.scoring_size=0"], "criterion grasp needs scoring data"),
         (["criterion.scoring_size=10000"], "exceeds data.train_size=512"),
         (["model.depth=33"], "depth must be 6n+2"),
-        (["train.milestones=[2,9]"], "milestones [9] lie outside"),
+        (["train.milestones=[2,9]"], "[9] lie outside the schedule (1..3)"),
         (["data.train_size=5"], "at least one image per class"),
         (["device=tpu"], "use auto, cpu or cuda"),
-        (["train.lr=-1"], "train.lr=-1.0: must be > 0"),
+        (["train.lr=-1"], "train.lr=-1.0: must be > 0 (train.lr: SGD learning rate at epoch 0, > 0)"),
         (["train.lr=0"], "train.lr=0.0: must be > 0"),
         (["train.momentum=1"], "train.momentum=1.0: must be in [0, 1)"),
         (["train.weight_decay=-0.1"], "train.weight_decay=-0.1: must be >= 0"),
@@ -114,3 +115,37 @@ def test_cifar10_missing_offline_names_the_imagefolder_alternative(tmp_path):
     cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.download=false")
     with pytest.raises(LotteryError, match="CIFAR-10 is not under .* use data=imagefolder data.root=DIR"):
         load_dataset(cfg.data, "cpu")
+
+
+def test_help_lists_groups_from_the_registries_and_every_key_with_its_help():
+    r = run_cli("--help", cwd=REPO)
+    assert r.returncode == 0 and "powered by Hydra" not in r.stdout
+    assert "GraSP gradient-flow score theta * Hg" in r.stdout  # the criterion registry's own doc
+    assert "Algorithm 2 (tickets at initialization)" in r.stdout  # the mode table's
+    assert "train.lr = 0.1: SGD learning rate at epoch 0, > 0" in r.stdout
+    assert " +paths.root = .lottery:" in r.stdout  # an execution setting, marked
+
+
+def test_a_failing_trial_never_stops_a_multirun_and_the_summary_names_it(tmp_path):
+    r = run_cli("-m", "profile=smoke", "data=synthetic", "model=resnet20", "density=99,1", f"paths.root={tmp_path}",
+                "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false", cwd=REPO)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("2 trials: 1 finished, 0 skipped, 1 failed: density=99: density=99 is above")
+    assert "init-grasp-p1-resnet20-s0: ticket" in r.stdout  # the second trial ran after the first failed
+    assert list(tmp_path.glob("hydra/multirun/*/*/0/lottery.log"))  # Hydra's job is named lottery
+
+
+def test_every_schema_field_has_help_and_execution_settings_leave_the_identity():
+    from lottery.config import schema_fields
+    from lottery.identity import cell_key
+
+    assert all(f.metadata["help"] for _, f in schema_fields())
+    base = compose_cfg("profile=smoke", "data=synthetic")
+    for override in ("threads=1", "jobs=2", "device=cpu", "paths.root=/x", "store.root=/y", "data.cache=/z",
+                     "tracking.experiment=e", "train.progress=true", "measure.carbon_dir=/c"):
+        assert cell_key(compose_cfg("profile=smoke", "data=synthetic", override), "d") == cell_key(base, "d"), override
+    for override in ("train.lr=0.05", "seed=1", "density=2", "train.amp=off", "measure.cka_images=10"):
+        same = cell_key(compose_cfg("profile=smoke", "data=synthetic", override), "d") == cell_key(base, "d")
+        assert same == (override == "seed=1"), override  # the seed is in the config key, not the cell's

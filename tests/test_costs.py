@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import carbon, costs, measure, robustness
+from lottery import carbon, measure, robustness
 from lottery.config import MeasureConfig, RobustnessConfig, TrainConfig
 from lottery.corruptions import CORRUPTIONS, corrupt
 from lottery.models import build, resnet_plan
@@ -193,22 +193,36 @@ def test_gpu_memory_ignores_tensors_resident_on_the_device():
 
 
 def test_like_for_like_comparisons_say_why_they_are_absent():
-    ticket = {"throughput_img_s": 300.0, "dense_throughput_img_s": 200.0, "flops": 90, "memory_bytes": 50}
-    dense = {"dense_flops": 100, "dense_memory_bytes": 100}
+    from lottery.metrics import Phase, compare
+
+    both = {"throughput_img_s": 300.0, "dense_throughput_img_s": 200.0, "flops": 90, "dense_flops": 100,
+            "memory_bytes": 50, "dense_memory_bytes": 100, "train_seconds": 40.0, "dense_train_seconds": 100.0,
+            "co2_kg": 0.4, "dense_co2_kg": 1.0, "energy_kwh": 0.8, "dense_energy_kwh": 2.0,
+            "accuracy": 91.0, "dense_accuracy": 90.5}
     alone = "device=cpu:x threads=2 amp=bf16 channels_last=True compile=False jobs=1"
-    d = costs.Phase(100.0, 10, 1.0, 2.0, alone, False)
-    t = costs.Phase(40.0, 5, 0.4, 0.8, alone, False)
-    m, tags = costs.compare(ticket, dense, t, d)
+    d = Phase(100.0, 10, 1.0, 2.0, alone, False)
+    t = Phase(40.0, 5, 0.4, 0.8, alone, False)
+    m, tags = compare(both, t, d)
     assert m["speedup"] == pytest.approx(1.5)  # throughput ratio, not the wall times
     assert m["speedup_wall"] == pytest.approx(10.0 / 8.0)  # per epoch: 10 s vs 8 s
     assert m["co2_reduction_pct"] == pytest.approx(20.0)  # per epoch: 0.1 vs 0.08 kg
     assert m["energy_reduction_pct"] == pytest.approx(20.0) and m["flops_reduction_pct"] == pytest.approx(10.0)
+    assert m["memory_reduction_pct"] == pytest.approx(50.0) and m["delta_pp"] == pytest.approx(0.5)
     assert not tags
-    other = costs.Phase(40.0, 5, 0.4, 0.8, alone.replace("threads=2", "threads=1"), True)
-    m, tags = costs.compare(ticket, dense, other, d)
+    other = Phase(40.0, 5, 0.4, 0.8, alone.replace("threads=2", "threads=1"), True)
+    m, tags = compare(both, other, d)
     assert "speedup_wall" not in m and "co2_reduction_pct" not in m and m["speedup"] == pytest.approx(1.5)
     assert "threads=1" in tags["speedup_wall_absent"] and "resumed" in tags["co2_reduction_absent"]
     crowded = alone.replace("jobs=1", "jobs=2")
-    m, tags = costs.compare(ticket, dense, costs.Phase(40.0, 5, 0.4, 0.8, crowded, False),
-                            costs.Phase(100.0, 10, 1.0, 2.0, crowded, False))
+    m, tags = compare(both, Phase(40.0, 5, 0.4, 0.8, crowded, False), Phase(100.0, 10, 1.0, 2.0, crowded, False))
     assert tags["speedup_wall_absent"] == "trained beside other trials"
+
+
+def test_every_compared_metric_has_its_dense_counterpart_and_one_row():
+    from lottery.metrics import METRICS, STORED, dense_side
+
+    names = [m.name for m in METRICS]
+    assert len(names) == len(set(names))
+    side = dense_side({"latency_ms_b128": 3.0, "cifar10c_accuracy@k": 40.0, "cifar10c_accuracy@other": 1.0}, "@k")
+    assert side["dense_latency_ms_b128"] == 3.0 and side["dense_cifar10c_accuracy"] == 40.0
+    assert set(side) == {f"dense_{m.name}" for m in METRICS if m.dense == STORED}

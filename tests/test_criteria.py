@@ -108,3 +108,32 @@ def test_nan_or_infinite_scores_are_a_clear_error_and_remove_nothing(monkeypatch
     bad[1] = float("inf")
     with pytest.raises(LotteryError, match="nothing was removed"):
         score_blocks("broken", model, None, CriterionConfig(name="broken"), 0)
+
+
+def test_synflow_takes_the_absolute_value_of_the_whole_state_like_its_reference():
+    from torch.func import functional_call as call
+
+    torch.manual_seed(3)
+    model = tiny()
+    g = torch.Generator().manual_seed(4)
+    for m in model.modules():  # trained-looking BatchNorm: negative means, varied variances
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 3 + 0.1)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+
+    def independent(abs_buffers: bool):
+        state = {k: (v.double().abs() if (abs_buffers or k in dict(model.named_parameters())) and v.is_floating_point()
+                     else v.double() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+        weights = {k: state[k].clone().requires_grad_() for k in scored_parameters(model, "conv")}
+        ref = type(model)(model.plan).double().eval()
+        out = call(ref, {**state, **weights}, (torch.ones(1, 3, 32, 32, dtype=torch.float64),))
+        grads = dict(zip(weights, torch.autograd.grad(out.sum(), list(weights.values()))))
+        per_block = []
+        for i in model.plan.removable:
+            per_block.append(sum((weights[k] * grads[k]).abs().sum() for k in weights if k.startswith(f"blocks.{i}.")))
+        return torch.stack(per_block).detach()
+
+    ours = score_blocks("synflow", model, None, CriterionConfig(name="synflow"), 0)
+    torch.testing.assert_close(ours, independent(abs_buffers=True), rtol=1e-9, atol=0)
+    assert not torch.allclose(ours, independent(abs_buffers=False), rtol=1e-6)  # the buffers matter here

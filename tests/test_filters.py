@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lottery import pruning
-from lottery.config import validate
+from lottery.checks import validate
 from lottery.criteria import ScoringSet
 from lottery.errors import LotteryError
 from lottery.models import build, count_filters, resnet_plan

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from lottery import sweeps, tables
-from lottery.config import validate
+from lottery.checks import validate
 from tests.conftest import compose_cfg
 
 
@@ -178,6 +178,6 @@ def test_builder_cli_reads_mlflow_and_logs_a_table_run(tmp_path, tracking_uri, c
     out = capsys.readouterr().out
     assert ("| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 [-1.67, +0.87] (n=2, n.s.) | "
             "(-) -0.11 ✓ |") in out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.md", "table3.tex"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.tex"]
     table_runs = mlflow.search_runs([exp], filter_string="tags.role = 'table'", output_format="list")
     assert len(table_runs) == 1

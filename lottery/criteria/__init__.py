@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from lottery.criteria.weights import per_block, per_filter
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, bad_value, check_choice
 from lottery.models import ResNet
 
 
@@ -147,6 +147,17 @@ def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | Non
     weights = _run(crit.per_weight, name, model, scoring, seed, cfg)
     return (_block_scores(name, model, per_block(model, weights, cfg.aggregate)),
             _filter_scores(name, per_filter(model, weights, cfg.aggregate)))
+
+
+def check(cfg, data_cfg, prunes: bool) -> None:
+    """A known criterion; one that reads data gets a scoring set the training split can fill."""
+    check_choice("criterion", cfg.name, CRITERIA)
+    if not prunes or not CRITERIA[cfg.name].needs_data:
+        return
+    if cfg.scoring_size < 1:
+        raise LotteryError(f"criterion {cfg.name} needs scoring data: set criterion.scoring_size >= 1")
+    if data_cfg.train_size is not None and cfg.scoring_size > data_cfg.train_size:
+        raise bad_value("criterion.scoring_size", cfg.scoring_size, f"exceeds data.train_size={data_cfg.train_size}")
 
 
 def filter_criteria() -> list[str]:

@@ -47,13 +47,22 @@ def feature_map_rank(maps: torch.Tensor) -> torch.Tensor:
 
 @register("hrank")
 def hrank(model, scoring, cfg, seed):
-    """HRank (Lin et al. 2020): average rank of the block's output feature maps."""
+    """HRank (Lin et al. 2020): average rank of the block's output feature maps.
+
+    Follows lmbxmu/HRank (rank_generation.py): the matrix rank of each channel's H x W map,
+    averaged over images; here at the block output, averaged over channels and divided by
+    min(H, W) so stages of different resolution compare (SPEC §3). Higher is kept.
+    """
     return per_chunk_mean(model, scoring, feature_map_rank)
 
 
 @register("expectabs")
 def expectabs(model, scoring, cfg, seed):
-    """expectABS (Tan & Motani 2020, DropNet): mean absolute activation of the block's output."""
+    """expectABS (Tan & Motani 2020, DropNet): mean absolute activation of the block's output.
+
+    The paper's expected absolute activation, taken over the scoring set and every output unit
+    of the block, in eval mode; no normalisation. Higher is kept.
+    """
     return per_chunk_mean(model, scoring, lambda y: y.abs().flatten(1).mean(1))
 
 
@@ -71,7 +80,12 @@ def vip(x: np.ndarray, y: np.ndarray, components: int) -> np.ndarray:
 
 @register("pls")
 def pls(model, scoring, cfg, seed):
-    """PLS-VIP (Jordao et al. 2020): one PLS on every block's pooled output; mean VIP per block."""
+    """PLS-VIP (Jordao et al. 2020): one PLS on every block's pooled output; mean VIP per block.
+
+    Follows the paper's definition: global-average-pooled block outputs, concatenated, one PLS
+    regression (scikit-learn, scaled) to one-hot labels, VIP per feature; a block's score is the
+    mean VIP of its features (mean VIP^2 over all features is 1). Higher is kept.
+    """
     model.eval()
     removable = model.plan.removable
     pooled = {i: [] for i in removable}
@@ -91,7 +105,10 @@ def pls(model, scoring, cfg, seed):
 def kl(model, scoring, cfg, seed):
     """KL (Luo & Wu 2020): KL(full || without the block's residual branch), mean over images.
 
-    The network is run once; for each block the tail after it is re-run from its cached input
+    Follows the paper's definition (no public reference code): KL divergence of the network's
+    softmax output with the block removed from the full network's, from logits with log_softmax
+    in float64, averaged over the scoring set; a block whose removal changes the output least
+    scores lowest. The network is run once; for each block the tail after it is re-run from its cached input
     (a removable block's shortcut is the identity, so skipping its branch passes the input on).
     """
     model.eval()

@@ -6,5 +6,8 @@ from lottery.criteria.weights import scored_parameters
 
 @register_per_weight("l1", needs_data=False)
 def l1(model, scoring, cfg, seed):
-    """Absolute weight; averaged per block it grows with stage (Figure 3)."""
+    """l1: absolute weight; averaged per block it grows with stage (the paper's Figure 3).
+
+    Follows the paper's Appendix A.2; no normalisation, so later, wider stages score higher.
+    """
     return {k: p.detach().abs() for k, p in scored_parameters(model, cfg.weights).items()}

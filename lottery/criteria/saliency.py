@@ -39,7 +39,12 @@ def hessian_gradient_product(model, params: list[torch.Tensor], scoring, tempera
 
 @register_per_weight("snip")
 def snip(model, scoring, cfg, seed):
-    """SNIP connection sensitivity |theta * dL/dtheta| per weight."""
+    """SNIP connection sensitivity |theta * dL/dtheta| per weight (Lee et al. 2019).
+
+    Follows namhoonlee/snip-public (snip/prune.py): the gradient of the mean cross-entropy over
+    the scoring set, in training mode; sign: none (absolute value); the reference divides by the
+    sum of all scores, which leaves the ranking unchanged and is omitted.
+    """
     model.train()
     named = scored_parameters(model, cfg.weights)
     grads = loss_gradient(model, list(named.values()), scoring)
@@ -48,7 +53,13 @@ def snip(model, scoring, cfg, seed):
 
 @register_per_weight("grasp")
 def grasp(model, scoring, cfg, seed):
-    """GraSP gradient-flow score theta * Hg per weight; like GraSP, the lowest go first."""
+    """GraSP gradient-flow score theta * Hg per weight (Wang et al. 2020); the lowest go first.
+
+    Follows alecwangcq/GraSP (pruner/GraSP.py): logits divided by the temperature (200), g and
+    Hg by double backprop over the same batches. Sign: the reference scores -theta * Hg and
+    removes the largest, i.e. the weights whose theta * Hg is lowest, which is what removing the
+    lowest of theta * Hg here does; its normalisation by |sum| leaves the ranking unchanged.
+    """
     model.train()
     named = scored_parameters(model, cfg.weights)
     hg = hessian_gradient_product(model, list(named.values()), scoring, cfg.temperature)
@@ -57,12 +68,16 @@ def grasp(model, scoring, cfg, seed):
 
 @register_per_weight("synflow", needs_data=False)
 def synflow(model, scoring, cfg, seed):
-    """SynFlow (Tanaka et al. 2020): data-free |theta * dR/dtheta|, R = sum of the output of the
-    network with |theta| on an all-ones input, in float64 (eval-mode BN)."""
+    """SynFlow (Tanaka et al. 2020): data-free |theta * dR/dtheta|, R = sum of the output.
+
+    Follows ganguli-lab/Synaptic-Flow (Pruners/pruners.py, SynFlow): the absolute value of the
+    whole state, BatchNorm's running statistics included, in float64, eval mode, one all-ones
+    input; sign: none (absolute value); no normalisation.
+    """
     model.double().eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.abs_()
+        for value in model.state_dict().values():  # parameters and buffers, like the reference
+            value.abs_()
     named = scored_parameters(model, cfg.weights)
     x = torch.ones(1, 3, 32, 32, dtype=torch.float64, device=next(model.parameters()).device)
     grads = torch.autograd.grad(model(x).sum(), list(named.values()))

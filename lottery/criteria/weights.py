@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lottery.config import choice
 from lottery.models import ResNet
 
 
 def scored_parameters(model: ResNet, weight_set) -> dict[str, nn.Parameter]:
     """Convolution and linear weights (the set SNIP and GraSP score), plus BN affine if asked."""
-    with_bn = getattr(weight_set, "value", weight_set) == "conv_bn"
+    with_bn = choice(weight_set) == "conv_bn"
     out = {}
     for mod_name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -23,7 +24,7 @@ def scored_parameters(model: ResNet, weight_set) -> dict[str, nn.Parameter]:
 
 def per_block(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> torch.Tensor:
     """One number per removable block from per-weight scores keyed by parameter name."""
-    how = getattr(aggregate, "value", aggregate)
+    how = choice(aggregate)
     scores = []
     for i in model.plan.removable:
         prefix = f"blocks.{i}."
@@ -36,7 +37,7 @@ def per_block(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> 
 def per_filter(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> list[torch.Tensor]:
     """For every block, one number per output channel of its first convolution (that filter's
     own weights: the channels that couple only to its BN and the second convolution's input)."""
-    how = getattr(aggregate, "value", aggregate)
+    how = choice(aggregate)
     out = []
     for i in range(len(model.plan.blocks)):
         s = per_weight[f"blocks.{i}.conv1.weight"].flatten(1)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from lottery.cli import entry
 from lottery.errors import LotteryError
 from lottery.sweeps import Sweep, add_sweep_arguments, cell_keys, load
-from lottery.tables.cells import build
+from lottery.tables.cells import budget, build
 from lottery.tables.plots import plot_curves, plot_figure3
 from lottery.tables.render import FORMATS
 
@@ -40,16 +40,19 @@ def fetch_runs(sweep: Sweep, with_blocks: bool = False) -> list[dict]:
     return out
 
 
-def publish(sweep: Sweep, files: list[Path], profile: str) -> str:
+def publish(sweep: Sweep, files: list[Path], profile: str, root: str, cells) -> str:
+    """One ``role=table`` run holding the files, tagged with what the report reads first."""
     import mlflow
 
-    from lottery.tracking import LOCAL_ROOT
+    from lottery.tracking import local_artifacts
 
     exp = mlflow.get_experiment_by_name(sweep.experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-        sweep.experiment, artifact_location=(LOCAL_ROOT / "mlartifacts").resolve().as_uri())
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(sweep.experiment,
+                                                                    artifact_location=local_artifacts(root))
+    measured = sum(c.ours is not None for c in cells)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{sweep.name}-table-{profile}") as run:
-        mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile})
+        mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile, "budget": budget(cells),
+                         "cells_measured": measured, "cells_missing": len(cells) - measured})
         for f in files:
             mlflow.log_artifact(str(f))
         return run.info.run_id
@@ -68,35 +71,33 @@ def write(sweep: Sweep, cells, out: Path) -> list[Path]:
     return files + ([png] if png else [])
 
 
+@entry
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lottery.tables", description=__doc__.split("\n\n")[0])
     add_sweep_arguments(p)
     p.add_argument("--format", choices=sorted(FORMATS), default="md", help="what to print")
-    p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default .lottery/tables/PROFILE)")
+    p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default ROOT/tables/PROFILE)")
+    p.add_argument("--root", default=".lottery", help="paths.root of the runs: the embedded MLflow store, tables")
     p.add_argument("--xi", default="0", help="Eq. 1 margin in pp, or 'std' (std of dense accuracy over seeds)")
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_intermixed_args(argv)
-    try:
-        import mlflow
+    import mlflow
 
-        from lottery.config import TrackingConfig
-        from lottery.tracking import tracking_uri
+    from lottery.config import TrackingConfig
+    from lottery.tracking import tracking_uri
 
-        if args.xi != "std":
-            try:
-                float(args.xi)
-            except ValueError:
-                raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
-        sweep = load(args.name)
-        keys = cell_keys(sweep, args.profile, args.data, args.data_root, args.extra)
-        mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri)))
-        runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
-    except LotteryError as e:
-        print(f"lottery: error: {e}", file=sys.stderr)
-        return 2
+    if args.xi != "std":
+        try:
+            float(args.xi)
+        except ValueError:
+            raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
+    sweep = load(args.name)
+    keys = cell_keys(sweep, args.profile, args.data, args.data_root, args.extra)
+    mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, runs, keys, args.xi)
-    files = write(sweep, cells, Path(args.out or f".lottery/tables/{args.profile}"))
-    run_id = publish(sweep, files, args.profile)
+    files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
+    run_id = publish(sweep, files, args.profile, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))
     print(f"written: {', '.join(str(f) for f in files)} (MLflow run {run_id})")
     return 0

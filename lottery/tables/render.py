@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from lottery.sweeps import Sweep
 from lottery.tables.cells import ALPHA, Cell, budget
@@ -149,4 +150,27 @@ def latex(sweep: Sweep, cells: list[Cell]) -> str:
     return "\n".join(lines) + "\n"
 
 
-FORMATS = {"md": (markdown, "md"), "csv": (csv_text, "csv"), "latex": (latex, "tex")}
+# Per seed, what the report needs beyond the cell's own metric: CKA (claim C8), costs, and the
+# training time and CO2 it totals.
+SEED_KEYS = ("delta_pp", "accuracy", "dense_accuracy", "cka", "train_seconds", "dense_train_seconds", "co2_kg",
+             "dense_co2_kg", "mcnemar_p")
+
+
+def json_text(sweep: Sweep, cells: list[Cell]) -> str:
+    """Every cell with its statistics and its runs' values per seed: what ``lottery.report`` reads."""
+    out = []
+    for c in cells:
+        s = c.ours
+        seeds = {r["tags"].get("seed", "0"): {**{k: r["metrics"].get(k) for k in (*SEED_KEYS, c.metric)},
+                                              "dense_key": r["tags"].get("dense_key"), "blocks": r.get("blocks")}
+                 for r in c.runs}
+        out.append({"row": list(c.row), "column": c.column, "metric": c.metric, "paper": c.paper,
+                    "mean": s and s.mean, "std": s and s.std, "n": s.n if s else 0, "ci_low": s and s.ci_low,
+                    "ci_high": s and s.ci_high, "p_value": c.p_value, "winning": c.winning,
+                    "significant": c.significant, "sign_agrees": c.sign_agrees, "replaced": c.replaced,
+                    "seeds": seeds})
+    return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "signed": sweep.signed,
+                       "budget": budget(cells), "cells": out}, indent=1, default=float)
+
+
+FORMATS = {"md": (markdown, "md"), "csv": (csv_text, "csv"), "latex": (latex, "tex"), "json": (json_text, "json")}
