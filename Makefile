@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 5000
 PYTEST_ARGS ?=
-STORE_URI ?= sqlite:///$(CURDIR)/.lottery/mlflow.db
+# paths.root: every store, cache, database, table and log lives below it
+ROOT ?= .lottery
+STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
 # Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [SEEDS=3] [XI=0|std]
 PROFILE ?= paper
 DATA ?= $(if $(filter smoke,$(PROFILE)),synthetic,cifar10)
@@ -17,10 +19,10 @@ JOBS ?= 1
 LAUNCHER ?=
 TRIALS ?= 20
 AMP_SEEDS ?= 3
-BACKEND_URI ?= sqlite:///$(CURDIR)/.lottery/server/mlflow.db
+BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 
-.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean tables $(TABLES)
+.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean tables report $(TABLES)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,37 +44,40 @@ demo: install  ## one smoke trial (GraSP ticket at init, 2 blocks removed) into 
 	$(PY) -m lottery profile=smoke data=synthetic mode=init criterion=grasp density=2
 
 ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...)
-	mkdir -p .lottery
+	mkdir -p $(ROOT)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
 
 $(TABLES): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(OVERRIDES)
+		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) paths.root=$(ROOT) $(OVERRIDES)
 	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--xi $(XI) $(OVERRIDES)
+		--root $(ROOT) --xi $(XI) $(OVERRIDES)
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 
+report: install  ## one page (HTML + md) of every paper claim with our verdict, every table and plot (PROFILE=...)
+	$(PY) -m lottery.report --profile $(PROFILE) --root $(ROOT)
+
 search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
 	$(PY) -m lottery.search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
-		search.trials=$(TRIALS) $(OVERRIDES)
+		search.trials=$(TRIALS) paths.root=$(ROOT) $(OVERRIDES)
 
 server: install  ## MLflow tracking server on 127.0.0.1:$(PORT) (BACKEND_URI=postgresql://... for PostgreSQL)
-	mkdir -p .lottery/server
-	$(VENV)/bin/mlflow server --backend-store-uri $(BACKEND_URI) --artifacts-destination $(CURDIR)/.lottery/server/artifacts \
+	mkdir -p $(ROOT)/server
+	$(VENV)/bin/mlflow server --backend-store-uri $(BACKEND_URI) --artifacts-destination $(abspath $(ROOT))/server/artifacts \
 		--host $(or $(HOST),127.0.0.1) --port $(PORT)
 
 bench: install  ## trainer (default amp and fp32) vs a plain fp32 loop, FLOP/s vs peak, criteria, tracking (JSON=PATH)
-	$(PY) benchmarks/bench.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
+	$(PY) benchmarks/bench.py --root $(ROOT) $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
 bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off vs amp=auto, AMP_SEEDS (3) each
 	$(PY) benchmarks/amp.py --seeds $(AMP_SEEDS) $(if $(JSON),--json $(JSON)) \
-		data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) $(OVERRIDES)
+		data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) paths.root=$(ROOT) $(OVERRIDES)
 
 bench-gpu: install  ## one GPU: img/s eager/compiled x fp32/bf16, 1/2/4 trials at once, paper tables' GPU-hours
 	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
-clean:  ## delete the local store, MLflow runs and caches (.lottery/)
-	rm -rf .lottery
+clean:  ## delete the local store, MLflow runs and caches (ROOT, default .lottery/)
+	rm -rf $(ROOT)

@@ -1,0 +1,215 @@
+"""``python -m lottery.report [--profile P]`` (``make report``): the reproduction on one page.
+
+Built from MLflow alone: the newest ``role=table`` run of every paper table of the profile (its
+``cells.json``, markdown and plot) gives the tables, and ``lottery.claims`` judges the paper's
+claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html`` (standing alone: plots
+inlined, no JavaScript) and ``report.md``, and attaches both to one ``role=report`` run, replaced
+on a rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from lottery.claims import judge
+from lottery.cli import entry
+from lottery.sweeps import available, load
+
+EXPERIMENT = "report"
+
+
+def fetch_tables(profile: str) -> dict[str, dict]:
+    """The newest table run of each paper table for the profile: its cells, markdown, plot, status."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    out = {}
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.role = 'table' and tags.profile = '{profile}'")
+    for run in runs:
+        name = run.data.tags.get("table")
+        if name in out or name not in available():
+            continue
+        files = {p.path: p for p in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        if f"{name}.json" not in files:
+            continue  # a table built before cells.json existed
+        get = lambda f: Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f))  # noqa: E731
+        out[name] = {**json.loads(get(f"{name}.json").read_text()), "md": get(f"{name}.md").read_text(),
+                     "png": get(f"{name}.png").read_bytes() if f"{name}.png" in files else None,
+                     "failed": _failed(run.info.experiment_id, profile)}
+    return out
+
+
+def _failed(experiment_id: str, profile: str) -> int:
+    import mlflow
+
+    return len(mlflow.search_runs([experiment_id], output_format="list", filter_string=(
+        f"tags.role = 'ticket' and tags.profile = '{profile}' and attributes.status != 'FINISHED'")))
+
+
+def trials(table: dict) -> dict[str, int]:
+    """Finished runs (one per seed of each measured cell), cells missing, runs failed."""
+    first = table["cells"][0]["metric"] if table["cells"] else None
+    cells = [c for c in table["cells"] if c["metric"] == first]
+    return {"finished": sum(c["n"] for c in cells), "missing cells": sum(not c["n"] for c in cells),
+            "failed": table["failed"]}
+
+
+def environment(tables: dict) -> dict[str, str]:
+    """Versions, commit, date, and the training time and CO2 of every run the tables include."""
+    import importlib.metadata
+
+    import torch
+
+    seconds = co2 = 0.0
+    dense: dict[str, tuple[float, float]] = {}
+    for t in tables.values():
+        for c in t["cells"]:
+            for s in c["seeds"].values():
+                seconds += s.get("train_seconds") or 0.0
+                co2 += s.get("co2_kg") or 0.0
+                dense[s.get("dense_key")] = (s.get("dense_train_seconds") or 0.0, s.get("dense_co2_kg") or 0.0)
+    seconds += sum(v[0] for v in dense.values())
+    co2 += sum(v[1] for v in dense.values())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+            "lottery": importlib.metadata.version("lottery"), "commit": commit,
+            "training time of every run included": f"{seconds / 3600:.2f} h (dense networks counted once: {len(dense)})",
+            "CO2 of every run included": f"{co2:.4f} kg (codecarbon; see each run's power_source)"}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def claims_md(claims: list[dict]) -> str:
+    lines = ["| claim | verdict | agree / disagree / inconclusive (of cells) | rests on |", "|---|---|---|---|"]
+    for c in claims:
+        counts = f"{c['agree']} / {c['disagree']} / {c['inconclusive']} (of {c['cells']})" if c["cells"] else "—"
+        lines.append(f"| {c['id']}: {c['claim']} | **{c['verdict']}** | {counts} | {c['table']} |")
+    return "\n".join(lines)
+
+
+def markdown(profile: str, claims: list[dict], tables: dict, env: dict) -> str:
+    parts = [f"# lottery: the reproduction at a glance ({profile} profile)", "", claims_md(claims), ""]
+    for name in sorted(available(), key=lambda n: (n.startswith("figure"), n)):  # the paper's order
+        t = tables.get(name)
+        if t is None:
+            parts += [f"### {load(name).title}", "", f"not run: `make {name} PROFILE={profile}`", ""]
+            continue
+        counts = ", ".join(f"{v} {k}" for k, v in trials(t).items())
+        parts += [t["md"], f"Trials: {counts}.", ""] + ([f"![{name}]({name}.png)", ""] if t["png"] else [])
+    parts += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text).replace("&lt;u&gt;", "<u>").replace("&lt;/u&gt;", "</u>")
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
+def md_to_html(md: str) -> str:
+    """The subset of markdown the report writes: headings, pipe tables, images, lists, paragraphs."""
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, *body = [r for r in rows if not set(r) <= set("|-: ")]
+            cell = lambda r, tag: "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in r.strip("|").split("|"))  # noqa: E731
+            out.append("<table><tr>" + cell(head, "th") + "</tr>" + "".join(f"<tr>{cell(r, 'td')}</tr>" for r in body)
+                       + "</table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush()
+        if m := re.match(r"(#+) (.*)", line):
+            out.append(f"<h{len(m[1])}>{_inline(m[2])}</h{len(m[1])}>")
+        elif m := re.match(r"!\[(.*)\]\((.*)\)", line):
+            out.append(f'<img alt="{html.escape(m[1])}" src="{m[2]}">')
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:90%}"
+         "th{background:#f3f3f3}img{max-width:100%}")
+
+
+def page(md: str, tables: dict) -> str:
+    body = md_to_html(md)
+    for name, t in tables.items():
+        if t["png"]:
+            body = body.replace(f'src="{name}.png"', f'src="data:image/png;base64,{base64.b64encode(t["png"]).decode()}"')
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>lottery report</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def publish(profile: str, files: list[Path], root: str) -> str:
+    """The profile's one ``role=report`` run, its artifacts replaced on every rebuild."""
+    import mlflow
+
+    from lottery import tracking
+    from lottery.config import TrackingConfig
+
+    experiment = tracking.start(TrackingConfig(experiment=EXPERIMENT), root)
+    found = tracking.find_runs(experiment, role="report", profile=profile)
+    with mlflow.start_run(run_id=found[0].info.run_id) if found else mlflow.start_run(
+            experiment_id=experiment, run_name=f"report-{profile}", tags={"role": "report", "profile": profile}) as run:
+        for f in files:
+            mlflow.log_artifact(str(f))
+        return run.info.run_id
+
+
+@entry
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store; report goes below it")
+    p.add_argument("--tracking-uri", default=None)
+    args = p.parse_args(argv)
+    import mlflow
+
+    from lottery.config import TrackingConfig
+    from lottery.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    tables = fetch_tables(args.profile)
+    claims = judge(tables)
+    md = markdown(args.profile, claims, tables, environment(tables))
+    if not tables:
+        md = md.replace("\n\n", f"\n\nNo table of the {args.profile} profile in MLflow yet: run "
+                                f"`make tables PROFILE={args.profile}` (add `DATA=imagefolder DATA_ROOT=DIR` offline), "
+                                "then `make report` again.\n\n", 1)
+    out = Path(args.root) / "report" / args.profile
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md)
+    (out / "index.html").write_text(page(md, tables))
+    run_id = publish(args.profile, [out / "index.html", out / "report.md"], args.root)
+    print(claims_md(claims))
+    print(f"written: {out / 'index.html'}, {out / 'report.md'} (MLflow run {run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The report: every verdict rule of SPEC §8.1 on constructed cells, and a page built from MLflow."""
+
+from html.parser import HTMLParser
+
+import mlflow
+import pytest
+
+from lottery import claims, report, sweeps, tables
+
+
+def cell(row, column, mean, ci=None, n=3, p=None, seeds=None, metric="delta_pp"):
+    lo, hi = ci if ci else (None, None)
+    return {"row": list(row), "column": column, "metric": metric, "mean": mean, "n": n, "ci_low": lo,
+            "ci_high": hi, "p_value": p, "seeds": seeds or {}}
+
+
+def table2(grasp, snip=None):
+    """Table 2's cells: ``grasp``/``snip`` map p to a cell (or None for a missing one)."""
+    snip = snip or {}
+    cells = []
+    for p in "12345":
+        cells.append(snip.get(p) or cell([p], "snip", 0.0, n=0))
+        cells.append(grasp.get(p) or cell([p], "grasp", 0.0, n=0))
+    return {"rows": ["density"], "cells": cells}
+
+
+def verdict_of(tables_, cid):
+    return next(c for c in claims.judge(tables_) if c["id"] == cid)
+
+
+def test_all_claims_supported_contradicted_inconclusive_and_not_run():
+    wins = {p: cell([p], "grasp", 0.5, (0.2, 0.8)) for p in "12345"}
+    assert verdict_of({"table2": table2(wins)}, "C3")["verdict"] == "supported"
+    one_loses = {**wins, "3": cell(["3"], "grasp", -0.5, (-0.8, -0.2))}
+    c3 = verdict_of({"table2": table2(one_loses)}, "C3")
+    assert c3["verdict"] == "contradicted" and (c3["agree"], c3["disagree"]) == (4, 1)
+    noisy = {**wins, "3": cell(["3"], "grasp", 0.1, (-0.3, 0.5))}
+    assert verdict_of({"table2": table2(noisy)}, "C3")["verdict"] == "inconclusive"
+    missing = {p: c for p, c in wins.items() if p != "5"}
+    assert verdict_of({"table2": table2(missing)}, "C3")["verdict"] == "not run"
+    assert verdict_of({}, "C3")["verdict"] == "not run"
+
+
+def test_a_claim_about_most_cells_and_single_seed_cells_decided_by_mcnemar():
+    def table1(sides):
+        cells = [cell([crit], r, {"a": 0.5, "d": -0.5, "i": 0.1}[s], {"a": (0.1, 0.9), "d": (-0.9, -0.1),
+                                                                        "i": (-0.3, 0.5)}[s])
+                 for (crit, r), s in zip(((c, r) for c in "abcde" for r in ("0", "0.125", "0.25", "0.375")), sides)]
+        return {"table1": {"rows": ["criterion"], "cells": cells}}
+
+    assert verdict_of(table1("a" * 11 + "d" * 9), "C1")["verdict"] == "supported"
+    assert verdict_of(table1("a" * 10 + "i" * 10), "C1")["verdict"] == "inconclusive"  # 10 of 20 is not most
+    assert verdict_of(table1("d" * 11 + "i" * 9), "C1")["verdict"] == "contradicted"
+    assert claims.side(cell(["1"], "snip", -0.4, n=1, p=0.01), -1) == claims.AGREE
+    assert claims.side(cell(["1"], "snip", 0.4, n=1, p=0.01), -1) == claims.DISAGREE
+    assert claims.side(cell(["1"], "snip", -0.4, n=1, p=0.2), -1) == claims.INCONCLUSIVE
+
+
+def test_paired_claims_and_claims_on_means():
+    seeds = lambda *d: {str(i): {"delta_pp": v, "cka": v} for i, v in enumerate(d)}  # noqa: E731
+    t3 = {"rows": ["structure"], "cells": [
+        cell(["layer"], "snip", 0.3, seeds=seeds(0.3, 0.4, 0.5)), cell(["filter"], "snip", -0.6, seeds=seeds(-0.7, -0.6, -0.5)),
+        cell(["layer"], "grasp", 0.3, seeds=seeds(0.3, 0.4, 0.5)), cell(["filter"], "grasp", 0.3, seeds=seeds(0.5, 0.2, 0.5))]}
+    c5 = verdict_of({"table3": t3}, "C5")
+    assert (c5["agree"], c5["inconclusive"], c5["verdict"]) == (1, 1, "inconclusive")  # GraSP: -0.2, 0.2, 0: spans 0
+    rows = [("resnet32", p) for p in ("1", "3", "4")] + [("resnet56", p) for p in ("3", "4", "5", "12")]
+    metrics = ("flops_reduction_pct", "memory_reduction_pct", "co2_reduction_pct", "speedup")
+    rising = {"rows": ["model", "density"], "cells": [cell(r, m, float(r[1]), n=1, metric=m) for r in rows for m in metrics]}
+    assert verdict_of({"table4": rising}, "C6")["verdict"] == "supported"
+    rising["cells"][0]["mean"] = 99.0  # ResNet32 FLOPs no longer rise with p
+    c6 = verdict_of({"table4": rising}, "C6")
+    assert c6["verdict"] == "contradicted" and c6["disagree"] == 1
+    fig = {"rows": ["criterion"], "cells": [cell(["l1"], "delta_pp", 0.0, n=1, seeds={"0": {
+        "blocks": {"stage": [0, 0, 1, 1, 2], "scores": [0.1, 0.2, 0.3, 0.4, 0.2]}}})]}
+    assert verdict_of({"figure3": fig}, "C9")["verdict"] == "contradicted"  # stage 3 (0.2) below stage 2 (0.35)
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, tracking_uri, capsys):
+    mlflow.set_tracking_uri(tracking_uri)
+    sweep = sweeps.load("table2")
+    exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
+    for c, key in zip(sweep.cells(), sweeps.cell_keys(sweep, "smoke", None, None, [])):
+        for seed, d in enumerate((0.4, 0.6, 0.5) if c["criterion"] == "grasp" else (-0.1, 0.2, 0.0)):
+            with mlflow.start_run(experiment_id=exp):
+                mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})
+                mlflow.log_metrics({"delta_pp": d, "cka": 0.9 if c["criterion"] == "grasp" else 0.8 + d,
+                                    "train_seconds": 10.0, "dense_train_seconds": 20.0})
+    args = ["--profile", "smoke", "--root", str(tmp_path), "--tracking-uri", tracking_uri]
+    assert tables.main(["table2", *args]) == 0
+    assert report.main(args) == 0
+    out = tmp_path / "report" / "smoke"
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    text = " ".join(page.text)
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert "Table 2: tickets at initialization" in text and "Table 4" in text
+    assert "not run:" in text and "make table4 PROFILE=smoke" in text  # a missing sweep says what to run, never 0
+    md = (out / "report.md").read_text()
+    assert "| C3: GraSP tickets at initialization win at every p = 1..5 | **supported** | 5 / 0 / 0 (of 5) |" in md
+    assert "| C4: SNIP tickets at initialization lose from p = 3 on | **inconclusive** | 0 / 0 / 3 (of 3) |" in md
+    assert "C1: " in md and "**not run**" in md
+    assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
+    assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
+    runs = mlflow.search_runs(experiment_names=["report"], output_format="list")
+    assert len(runs) == 1
+
+
+def test_a_report_without_runs_says_what_to_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert report.main(["--profile", "quick", "--root", str(tmp_path), "--tracking-uri", uri]) == 0
+    md = (tmp_path / "report" / "quick" / "report.md").read_text()
+    assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
+    assert md.count("**not run**") == 9
