@@ -3,7 +3,6 @@
 from html.parser import HTMLParser
 
 import mlflow
-import pytest
 
 from lottery import claims, report, sweeps, tables
 
