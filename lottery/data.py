@@ -321,6 +321,7 @@ def subset_fingerprint(source: str, cfg) -> str:
 
 def fingerprint(cfg) -> str:
     """The content identity of a data config's splits, without decoding any image."""
+    check(cfg)  # a missing folder is a clear error here too (the table builder asks before any trial)
     return subset_fingerprint(SOURCES[cfg.name].fingerprint(cfg), cfg)
 
 

@@ -181,3 +181,10 @@ def test_builder_cli_reads_mlflow_and_logs_a_table_run(tmp_path, tracking_uri, c
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.tex"]
     table_runs = mlflow.search_runs([exp], filter_string="tags.role = 'table'", output_format="list")
     assert len(table_runs) == 1
+
+
+def test_the_builder_names_a_missing_data_folder_in_one_line(tmp_path, capsys):
+    assert tables.main(["table2", "--profile", "quick", "--data", "imagefolder", "--data-root",
+                        str(tmp_path / "nope"), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lottery: error: data.root=") and "does not exist" in err and "\n" not in err
