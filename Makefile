@@ -47,11 +47,13 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 	mkdir -p $(ROOT)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
 
+# A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.
 $(TABLES): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) paths.root=$(ROOT) $(OVERRIDES)
+		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) paths.root=$(ROOT) $(OVERRIDES); \
+	status=$$?; \
 	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--root $(ROOT) --xi $(XI) $(OVERRIDES)
+		--root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
 
