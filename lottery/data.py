@@ -60,14 +60,14 @@ class Dataset:
 
 @dataclass
 class Arrays:
-    """What a source returns: NHWC uint8 images, labels, class names, content fingerprint."""
+    """What a source returns: NHWC uint8 images, labels and class names (its content identity is
+    ``Source.fingerprint``, known without loading)."""
 
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     classes: list[str]
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _load_cifar10(cfg) -> Arrays:
         ) from None
     return Arrays(
         train.data, np.asarray(train.targets, np.int64), test.data,
-        np.asarray(test.targets, np.int64), list(train.classes), _cifar10_fingerprint(cfg),
+        np.asarray(test.targets, np.int64), list(train.classes),
     )
 
 
@@ -174,7 +174,7 @@ def _load_imagefolder(cfg) -> Arrays:
     if cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                return Arrays(z["train_x"], z["train_y"], z["test_x"], z["test_y"], list(z["classes"]), fingerprint)
+                return Arrays(z["train_x"], z["train_y"], z["test_x"], z["test_y"], list(z["classes"]))
         except Exception as e:
             print(f"lottery: ignoring unreadable data cache {cache} ({e}); decoding again")
     from tqdm import tqdm
@@ -187,7 +187,7 @@ def _load_imagefolder(cfg) -> Arrays:
                                total=len(files), desc=f"decode {split}", unit="img", leave=False,
                                disable=not sys.stderr.isatty()))
             arrays[split] = (np.stack(images), np.array([index[c] for c, _ in files], np.int64))
-    out = Arrays(*arrays["train"], *arrays["test"], classes, fingerprint)
+    out = Arrays(*arrays["train"], *arrays["test"], classes)
     with atomic(cache) as tmp:
         np.savez(tmp, train_x=out.train_x, train_y=out.train_y, test_x=out.test_x,
                  test_y=out.test_y, classes=np.array(classes))
@@ -215,8 +215,7 @@ def synthetic_arrays(train_size: int, test_size: int, num_classes: int) -> Array
 
     tx, ty = split(train_size)
     vx, vy = split(test_size)
-    return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)],
-                  _synthetic_id(train_size, test_size, num_classes))
+    return Arrays(tx, ty, vx, vy, [f"class{i}" for i in range(num_classes)])
 
 
 def _synthetic_id(train_size: int, test_size: int, num_classes: int) -> str:
@@ -317,18 +316,21 @@ def load_dataset(cfg, device: torch.device) -> Dataset:
     mean = sums / count
     std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
     return Dataset(train, test, arrays.classes, mean.float().view(1, 3, 1, 1),
-                   std.float().view(1, 3, 1, 1), subset_fingerprint(arrays.fingerprint, cfg), val)
-
-
-def subset_fingerprint(source: str, cfg) -> str:
-    """The content identity of the splits a data config yields from a source's content."""
-    return f"{source}/subsets-{SUBSET_RULE}/train={cfg.train_size}/test={cfg.test_size}/val={cfg.val_size}"
+                   std.float().view(1, 3, 1, 1), _content_id(cfg), val)
 
 
 def fingerprint(cfg) -> str:
-    """The content identity of a data config's splits, without decoding any image."""
-    check(cfg)  # a missing folder is a clear error here too (the table builder asks before any trial)
-    return subset_fingerprint(SOURCES[cfg.name].fingerprint(cfg), cfg)
+    """The content identity of a data config's splits (source content and subsets), without
+    decoding any image: the dense store keys on it, and so does a trial's identity. The config is
+    checked first, so a missing folder is a clear error here too (the table builder asks before
+    any trial has validated it)."""
+    check(cfg)
+    return _content_id(cfg)
+
+
+def _content_id(cfg) -> str:
+    source = SOURCES[cfg.name].fingerprint(cfg)
+    return f"{source}/subsets-{SUBSET_RULE}/train={cfg.train_size}/test={cfg.test_size}/val={cfg.val_size}"
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

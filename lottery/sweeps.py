@@ -123,17 +123,13 @@ def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | Non
     from lottery.identity import cell_key
 
     register()
-    fingerprints: dict[str, str] = {}
     keys = []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for cell in sweep.cells():
             cfg = compose(config_name="config", overrides=[
                 *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *_common(profile, data, data_root),
                 *(o for o in extra if not o.lstrip("+~").startswith("hydra"))])
-            data_yaml = str(cfg.data)
-            if data_yaml not in fingerprints:
-                fingerprints[data_yaml] = fingerprint(cfg.data)
-            keys.append(cell_key(cfg, fingerprints[data_yaml]))
+            keys.append(cell_key(cfg, fingerprint(cfg.data)))  # a folder is listed once per process
     return keys
 
 
