@@ -2,8 +2,9 @@
 
 FLOPs come from ``torch.utils.flop_counter``; training memory is, on a GPU, the network's
 parameters and optimizer state plus the allocator's peak during one step above what was allocated
-before it (so data and other networks resident on the device never count) and, on a CPU, the bytes of parameters, gradients, optimizer state and tensors saved for
-backward (counted through ``saved_tensors_hooks``); times use CUDA synchronisation on a GPU.
+before it (so data and other networks resident on the device never count) and, on a CPU, the bytes
+of parameters, gradients, optimizer state and tensors saved for backward (counted through
+``saved_tensors_hooks``); times use CUDA synchronisation on a GPU.
 Every measurement works on a copy, so the measured network is left as it was.
 """
 

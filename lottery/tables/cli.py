@@ -40,17 +40,16 @@ def fetch_runs(sweep: Sweep, with_blocks: bool = False) -> list[dict]:
     return out
 
 
-def publish(sweep: Sweep, files: list[Path], profile: str, root: str, cells) -> str:
+def publish(sweep: Sweep, files: list[Path], profile: str, tracking_uri: str | None, root: str, cells) -> str:
     """One ``role=table`` run holding the files, tagged with what the report reads first."""
     import mlflow
 
-    from lottery.tracking import local_artifacts
+    from lottery import tracking
+    from lottery.config import TrackingConfig
 
-    exp = mlflow.get_experiment_by_name(sweep.experiment)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(sweep.experiment,
-                                                                    artifact_location=local_artifacts(root))
+    experiment = tracking.start(TrackingConfig(uri=tracking_uri, experiment=sweep.experiment), root)
     measured = sum(c.ours is not None for c in cells)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{sweep.name}-table-{profile}") as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{sweep.name}-table-{profile}") as run:
         mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile, "budget": budget(cells),
                          "cells_measured": measured, "cells_missing": len(cells) - measured})
         for f in files:
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
     runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, runs, keys, args.xi)
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
-    run_id = publish(sweep, files, args.profile, args.root, cells)
+    run_id = publish(sweep, files, args.profile, args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))
     print(f"written: {', '.join(str(f) for f in files)} (MLflow run {run_id})")
     return 0
