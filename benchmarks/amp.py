@@ -26,7 +26,7 @@ from lottery.data import load_dataset  # noqa: E402
 from lottery.models import resnet_plan  # noqa: E402
 from lottery.train import evaluate, precision, train  # noqa: E402
 from lottery.train import pick_device  # noqa: E402
-from lottery.trial import fresh_model  # noqa: E402
+from lottery.dense import fresh_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

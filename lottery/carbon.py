@@ -25,6 +25,12 @@ class Footprint:
     power: str = "unavailable"  # measured | estimated | unavailable
     hardware: str = ""
 
+    def metrics(self, resumed_from: int | None) -> dict:
+        """As logged: a resumed phase's footprint covers only the epochs after the resumption."""
+        return {"co2_kg": self.co2_kg, "energy_kwh": self.energy_kwh, "power_source": self.power,
+                "power_hardware": self.hardware,
+                "co2_covers": "all" if resumed_from is None else f"epochs after {resumed_from} (resumed)"}
+
 
 def _start(cfg, label: str, jobs: int):
     """A started offline tracker, or None (with a warning) when codecarbon cannot start."""

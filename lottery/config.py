@@ -98,8 +98,8 @@ class TrainConfig:
     batch_size: int = opt(128, "training batch size")
     augment: bool = opt(True, "4-pixel pad, random 32x32 crop, horizontal flip")
     rewind_points: List[float] = opt(help="fractions of the schedule (or epochs) at which the dense run keeps "
-                                          "theta_i (paper: 0, 25, 50, 75 of 200)",
-                                     factory=lambda: [0.0, 0.125, 0.25, 0.375])
+                                          "theta_i up front (paper: 0, 25, 50, 75 of 200); others are replayed "
+                                          "on demand", factory=lambda: [0.0, 0.125, 0.25, 0.375], execution=True)
     eval_batch_size: int = opt(1000, "evaluation batch size")
     amp: Amp = opt(Amp.auto, "precision: auto = bf16 where the device has it natively, off = fp32, bf16")
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions)")
@@ -134,6 +134,8 @@ class TrackingConfig:
     uri: Optional[str] = opt(None, "MLflow tracking URI (None: $MLFLOW_TRACKING_URI, else "
                                    "sqlite:///PATHS/mlflow.db)", execution=True)
     experiment: str = opt("lottery", "MLflow experiment", execution=True)
+    parent: Optional[str] = opt(None, "run id of the parent run the trial's runs sit under (set by "
+                                      "lottery.sweeps: one role=sweep run per sweep and profile)", execution=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from lottery.errors import LotteryError, bad_value, check_choice
 from lottery.files import atomic
+from lottery.store import content_key
 
 IMAGE_SIZE = 32
 PAD = 4
@@ -75,6 +76,7 @@ class Source:
     check: Callable  # cfg -> None, raises LotteryError early (before any work)
     load: Callable  # cfg -> Arrays
     fingerprint: Callable  # cfg -> str: the source's content identity, without decoding images
+    train_images: Callable  # cfg -> int: images in the whole training split, without decoding them
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,10 +244,17 @@ def check(cfg) -> None:
 
 
 SOURCES: dict[str, Source] = {
-    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint),
-    "imagefolder": Source(_check_imagefolder, _load_imagefolder, lambda cfg: _folder_listing(cfg)[1]),
-    "synthetic": Source(_check_synthetic, _load_synthetic, lambda cfg: _synthetic_id(*_synthetic_sizes(cfg))),
+    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint, lambda cfg: 50_000),
+    "imagefolder": Source(_check_imagefolder, _load_imagefolder, lambda cfg: _folder_listing(cfg)[1],
+                          lambda cfg: len(_folder_listing(cfg)[0]["train"])),
+    "synthetic": Source(_check_synthetic, _load_synthetic, lambda cfg: _synthetic_id(*_synthetic_sizes(cfg)),
+                        lambda cfg: _synthetic_sizes(cfg)[0]),
 }
+
+
+def train_images(cfg) -> int:
+    """How many images a trial trains on (its subset, else the split less the validation images)."""
+    return cfg.train_size or SOURCES[cfg.name].train_images(cfg) - (cfg.val_size or 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +340,16 @@ def fingerprint(cfg) -> str:
 def _content_id(cfg) -> str:
     source = SOURCES[cfg.name].fingerprint(cfg)
     return f"{source}/subsets-{SUBSET_RULE}/train={cfg.train_size}/test={cfg.test_size}/val={cfg.val_size}"
+
+
+def describe(cfg, data: Dataset) -> dict:
+    """What MLflow records as a run's dataset input: name, content digest, source, sizes."""
+    name = cfg.name + (f":{Path(cfg.root).name}" if cfg.root else "")
+    return {"name": name, "digest": content_key({"data": data.fingerprint}),
+            "source": {"type": cfg.name, "root": str(Path(cfg.root).resolve()) if cfg.root else None,
+                       "fingerprint": data.fingerprint},
+            "profile": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
+                        "classes": data.num_classes}}
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

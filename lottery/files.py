@@ -27,3 +27,11 @@ def write_json(path: Path, obj) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=str)
         f.flush()
         os.fsync(f.fileno())
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename."""
+    import torch
+
+    with atomic(path) as tmp:
+        torch.save(obj, tmp)

@@ -5,7 +5,8 @@ A trial's identity is its resolved config less the settings that only say how or
 tracking paths, trials at once), with the data named by its content fingerprint instead of its
 folder. Two keys derive from it:
 ``cell_key`` (identity without the seed: the runs of one table cell, one per seed) and
-``config_key`` (identity, seed and the precision ``amp`` resolved to: a finished trial to skip).
+``config_key`` (identity, seed and the precision ``amp`` resolved to: a finished trial to skip), and
+``dense_spec`` (the part of the identity a dense run reads, seed and precision: its store key).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lottery.config import execution_paths
 from lottery.store import content_key
 
 EXECUTION = execution_paths()  # dotted config paths that never change a trial's results
+DENSE_READS = ("model", "data", "train")  # the config groups a dense run's training depends on
 
 
 def identity(cfg, data_fingerprint: str) -> dict:
@@ -41,3 +43,12 @@ def cell_key(cfg, data_fingerprint: str) -> str:
 def config_key(cfg, data_fingerprint: str, precision: str) -> str:
     """One trial's outcome: a finished run with this key need not run again."""
     return content_key({"cell": cell_key(cfg, data_fingerprint), "seed": cfg.seed, "precision": precision})
+
+
+def dense_spec(cfg, data_fingerprint: str, precision: str) -> dict:
+    """What defines the dense run a trial prunes (its store key's content): the identity's model,
+    data and recipe, the seed, and the precision ``amp`` resolves to (bf16 on one machine, fp32 on
+    another), so a stored fp32 network never stands in for a bf16 one."""
+    spec = identity(cfg, data_fingerprint)
+    spec["train"].pop("amp")  # the choice (auto, bf16) matters only through the precision it resolves to
+    return {**{k: spec[k] for k in DENSE_READS}, "seed": cfg.seed, "precision": precision}

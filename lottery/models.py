@@ -56,6 +56,15 @@ class Plan:
             total += removable - (1 if removable == len(stage) else 0)
         return total
 
+    def record(self) -> dict:
+        """Plain data (ints and strings): saved beside a ticket's weights, loadable with weights_only."""
+        return {"blocks": [dict(vars(b)) for b in self.blocks], "shortcut": self.shortcut,
+                "num_classes": self.num_classes, "stem_ch": self.stem_ch}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "Plan":
+        return cls(tuple(BlockSpec(**b) for b in r["blocks"]), r["shortcut"], r["num_classes"], r["stem_ch"])
+
     def without(self, indices) -> "Plan":
         drop = set(indices)
         return replace(self, blocks=tuple(b for i, b in enumerate(self.blocks) if i not in drop))

@@ -1,8 +1,9 @@
 """Content-addressed store of dense runs: get-or-train, once, atomically.
 
-An entry lives in ``<root>/dense/<key>/``: ``meta.json`` (what defines it, its metrics, the
-SHA-256 of every file) and one weights file per kept epoch (``theta_<e>.pt``, and
-``theta_final.pt``). It is built in a temporary folder and renamed into place only when
+An entry lives in ``<root>/dense/<key>/``: ``meta.json`` (what defines it, its metrics, its
+per-epoch history, the SHA-256 of every file), one weights file per kept epoch (``theta_<e>.pt``,
+and ``theta_final.pt``) and the optimizer's state at each kept epoch (``optim_<e>.pt``), from
+which a rewind point the entry lacks is replayed and added later (``add_checkpoint``). It is built in a temporary folder and renamed into place only when
 complete, under a file lock, so concurrent trials train it once and a killed process never
 leaves an entry that looks finished. An entry that fails its integrity check is set aside and
 retrained, never used. Training state for resumption sits in ``<key>.partial/`` meanwhile.
@@ -24,7 +25,7 @@ import torch
 from filelock import FileLock
 
 from lottery.errors import LotteryError
-from lottery.files import write_json
+from lottery.files import save_atomic, write_json
 
 log = logging.getLogger("lottery")
 FORMAT = 1
@@ -63,12 +64,25 @@ class Entry:
         """theta_e as a CPU state dict; ``"final"`` for theta_n."""
         name = "final" if epoch == "final" else str(int(epoch))
         if name != "final" and name not in self.meta["checkpoints"]:
-            raise LotteryError(
-                f"dense entry {self.key} holds theta at epochs {self.epochs}, not theta_{name}; "
-                f"add the point to train.rewind_points and pass store.retrain=true to retrain it"
-            )
-        path = self.path / f"theta_{name}.pt"
-        return torch.load(path, map_location="cpu", weights_only=True)
+            raise LotteryError(f"dense entry {self.key} holds theta at epochs {self.epochs}, not theta_{name}")
+        return self._load(f"theta_{name}.pt")
+
+    def optimizer(self, epoch: int) -> dict | None:
+        """The optimizer's state when theta_e was kept (None at epoch 0 of an entry without it:
+        SGD starts with no state, so a fresh optimizer is exact there)."""
+        name = f"optim_{int(epoch)}.pt"
+        if name in self.meta["files"]:
+            return self._load(name)
+        if int(epoch) == 0:
+            return None
+        raise LotteryError(f"dense entry {self.key} keeps no optimizer state at epoch {epoch}")
+
+    def replay_start(self, epoch: int) -> int:
+        """The latest kept epoch j <= ``epoch`` a replay can start from (weights and optimizer state)."""
+        return max(e for e in self.epochs if e <= epoch and (e == 0 or f"optim_{e}.pt" in self.meta["files"]))
+
+    def _load(self, name: str) -> dict:
+        return torch.load(self.path / name, map_location="cpu", weights_only=True)
 
 
 @dataclass
@@ -78,7 +92,8 @@ class DenseResult:
     checkpoints: dict[int, dict]
     final: dict
     metrics: dict
-    extra: dict = field(default_factory=dict)  # further meta.json fields (e.g. test predictions)
+    optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state at theta_e
+    extra: dict = field(default_factory=dict)  # further meta.json fields (test predictions, history)
 
 
 class DenseStore:
@@ -95,7 +110,7 @@ class DenseStore:
 
     def lock(self, key: str) -> FileLock:
         self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.dir / f"{key}.lock"))
+        return FileLock(str(self.dir / f"{key}.lock"), is_singleton=True)  # reentrant within a process
 
     def load(self, key: str) -> Entry | None:
         """The entry if it exists and passes its integrity check; a failing one is set aside."""
@@ -141,18 +156,32 @@ class DenseStore:
             entry.meta = meta
         return entry
 
+    def add_checkpoint(self, entry: Entry, epoch: int, weights: dict, optimizer: dict) -> Entry:
+        """Add theta_e and the optimizer state there to a stored entry (files first, then meta.json,
+        each written atomically under the lock: a reader sees the entry before or after, never between)."""
+        with self.lock(entry.key):
+            meta = json.loads((entry.path / "meta.json").read_text())
+            for name, state in ((f"theta_{epoch}.pt", weights), (f"optim_{epoch}.pt", optimizer)):
+                save_atomic(state, entry.path / name)
+                meta["files"][name] = sha256_file(entry.path / name)
+            meta["checkpoints"] = sorted({*meta["checkpoints"], str(epoch)}, key=int)
+            write_json(entry.path / "meta.json", meta)
+            entry.meta = meta
+        return entry
+
     def _publish(self, key: str, spec: dict, result: DenseResult) -> Entry:
         tmp = self.dir / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         files = {}
-        states = {**{str(e): s for e, s in result.checkpoints.items()}, "final": result.final}
+        states = {**{f"theta_{e}": s for e, s in result.checkpoints.items()}, "theta_final": result.final,
+                  **{f"optim_{e}": s for e, s in result.optimizers.items()}}
         for name, state in states.items():
-            fname = f"theta_{name}.pt"
+            fname = f"{name}.pt"
             torch.save(state, tmp / fname)
             files[fname] = sha256_file(tmp / fname)
         meta = {**result.extra, "format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
-                "checkpoints": sorted(str(e) for e in result.checkpoints), "files": files,
+                "checkpoints": [str(e) for e in sorted(result.checkpoints)], "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(tmp / "meta.json", meta)
         final = self.path(key)

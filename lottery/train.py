@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import nn
 
 from lottery.data import Dataset, eval_batches, num_batches, train_batches
 from lottery.config import choice
-from lottery.files import atomic
+from lottery.files import save_atomic
 from lottery.errors import LotteryError, bad_value
 
 log = logging.getLogger("lottery")
@@ -105,12 +106,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a reader never sees half a file."""
-    with atomic(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def load_checkpoint(path: Path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -122,11 +117,31 @@ def cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def cpu_tree(obj):
+    """A CPU copy of every tensor in nested dicts and lists (an optimizer's state dict)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_tree(v) for v in obj)
+    return obj
+
+
 @dataclass
 class Trained:
     seconds: float  # wall time of the training epochs (not evaluation), across resumptions
+    started: float = field(default_factory=time.time)  # wall clock when the first epoch began
     checkpoints: dict[int, dict] = field(default_factory=dict)  # epoch -> state dict (CPU)
+    optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
+    history: list[dict] = field(default_factory=list)  # one record per trained epoch (``Trained.record``)
     resumed_from: int | None = None
+
+    def state(self, model: nn.Module, opt, epoch: int) -> dict:
+        """Everything a killed run needs to go on after ``epoch`` epochs."""
+        return {"model": cpu_state(model), "optimizer": cpu_tree(opt.state_dict()), "epoch": epoch,
+                "seconds": self.seconds, "started": self.started, "checkpoints": self.checkpoints,
+                "optimizers": self.optimizers, "history": self.history}
 
 
 def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, epoch: int, desc: str) -> int:
@@ -137,7 +152,9 @@ def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, epo
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     result.seconds, result.resumed_from = state["seconds"], state["epoch"]
+    result.started, result.history = state.get("started", result.started), state.get("history", [])
     result.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
+    result.optimizers = {int(k): v for k, v in state.get("optimizers", {}).items()}
     log.info("%s: resuming from the state saved after epoch %d (%s)", desc, state["epoch"], state_path)
     return state["epoch"]
 
@@ -180,39 +197,61 @@ def _bar(t, steps: int, desc: str, epoch: int):
                 disable=not (t.progress and sys.stderr.isatty()))
 
 
-def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device,
-          start_epoch: int = 0, keep: set[int] = frozenset(), state_path: Path | None = None,
-          desc: str = "train") -> Trained:
-    """Train epochs ``start_epoch .. t.epochs - 1`` in place.
+def _report(stats: EpochStats, t, desc: str, epoch: int, seconds: float) -> None:
+    """Stop on a diverged loss; else one log line per epoch (where bars are not shown)."""
+    if not math.isfinite(stats.loss):
+        raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower train.lr")
+    if t.progress:
+        log.info("%s epoch %d/%d: loss %.3f, accuracy %.1f%%, %.0f img/s, %.0f s in all", desc, epoch + 1,
+                 t.epochs, stats.loss, stats.accuracy, stats.images / stats.seconds, seconds)
 
-    ``keep``: epochs whose starting weights (theta_e, before epoch e) are returned.
-    ``state_path``: where the resumable state is written after every epoch; if it exists, the run
-    continues from it. It is deleted by the caller once the result is safely stored.
+
+def record(epoch: int, lr: float, stats: EpochStats) -> dict:
+    """One epoch's line of the training history (MLflow metrics at step ``epoch``, 1-based)."""
+    return {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr,
+            "epoch_seconds": stats.seconds}
+
+
+def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device,
+          start_epoch: int = 0, stop_epoch: int | None = None, optimizer_state: dict | None = None,
+          keep: set[int] = frozenset(), state_path: Path | None = None, desc: str = "train",
+          on_epoch: Callable[[dict], None] | None = None) -> Trained:
+    """Train epochs ``start_epoch .. stop_epoch - 1`` (default: to the schedule's end) in place.
+
+    ``optimizer_state``: the optimizer's state at ``start_epoch`` (momentum), when replaying part
+    of a run. ``keep``: epochs whose starting weights (theta_e, before epoch e) and optimizer state
+    are returned. ``state_path``: where the resumable state is written after every epoch; if it
+    exists, the run continues from it (the caller deletes it once the result is safely stored).
+    ``on_epoch`` receives each epoch's history record, those of a resumed run's earlier epochs first.
     """
     opt = make_optimizer(model, t)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
     result = Trained(0.0)
     epoch = _resume(state_path, model, opt, result, start_epoch, desc)
+    for line in result.history if on_epoch else ():
+        on_epoch(line)
     step_model = compiled(model, device) if t.compile else model
     steps = num_batches(len(data.train), t.batch_size)
-    while epoch < t.epochs:
+    stop = t.epochs if stop_epoch is None else stop_epoch
+    while True:
         if epoch in keep:
-            result.checkpoints[epoch] = cpu_state(model)
+            result.checkpoints[epoch], result.optimizers[epoch] = cpu_state(model), cpu_tree(opt.state_dict())
+        if epoch >= stop:
+            return result
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, t)
         model.train()
         with _bar(t, steps, desc, epoch) as bar:
             stats = _epoch(step_model, opt, data, t, seed, epoch, device, bar)
         result.seconds += stats.seconds
-        if not math.isfinite(stats.loss):
-            raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower train.lr")
-        if t.progress:
-            log.info("%s epoch %d/%d: loss %.3f, accuracy %.1f%%, %.0f img/s, %.0f s in all", desc, epoch + 1,
-                     t.epochs, stats.loss, stats.accuracy, stats.images / stats.seconds, result.seconds)
+        _report(stats, t, desc, epoch, result.seconds)
         epoch += 1
+        result.history.append(record(epoch, lr_at(epoch - 1, t), stats))
+        if on_epoch:
+            on_epoch(result.history[-1])
         if state_path is not None:
-            save_atomic({"model": cpu_state(model), "optimizer": opt.state_dict(), "epoch": epoch,
-                         "seconds": result.seconds, "checkpoints": result.checkpoints}, state_path)
-    return result
+            save_atomic(result.state(model, opt, epoch), state_path)
 
 
 @torch.no_grad()
@@ -231,6 +270,11 @@ def predict(model: nn.Module, data: Dataset, t, device: torch.device, split=None
 def accuracy(predictions: torch.Tensor, split) -> float:
     """Top-1 accuracy (%) of predictions against a split's labels."""
     return 100.0 * (predictions == split.y.cpu()).sum().item() / len(split)
+
+
+def held_out_accuracy(model: nn.Module, data: Dataset, t, device: torch.device) -> dict:
+    """Accuracy on the validation split held out of the training images, when there is one."""
+    return {} if data.val is None else {"val_accuracy": evaluate(model, data, t, device, data.val)}
 
 
 def evaluate(model: nn.Module, data: Dataset, t, device: torch.device, split=None) -> float:

@@ -139,13 +139,22 @@ def test_a_failing_trial_never_stops_a_multirun_and_the_summary_names_it(tmp_pat
 
 def test_every_schema_field_has_help_and_execution_settings_leave_the_identity():
     from lottery.config import schema_fields
-    from lottery.identity import cell_key
+    from lottery.identity import cell_key, config_key, dense_spec
 
     assert all(f.metadata["help"] for _, f in schema_fields())
-    base = compose_cfg("profile=smoke", "data=synthetic")
+
+    def keys(*overrides):
+        cfg = compose_cfg("profile=smoke", "data=synthetic", *overrides)
+        return cell_key(cfg, "d"), config_key(cfg, "d", "bf16"), dense_spec(cfg, "d", "bf16")
+
+    base = keys()
     for override in ("threads=1", "jobs=2", "device=cpu", "paths.root=/x", "store.root=/y", "data.cache=/z",
-                     "tracking.experiment=e", "train.progress=true", "measure.carbon_dir=/c"):
-        assert cell_key(compose_cfg("profile=smoke", "data=synthetic", override), "d") == cell_key(base, "d"), override
-    for override in ("train.lr=0.05", "seed=1", "density=2", "train.amp=off", "measure.cka_images=10"):
-        same = cell_key(compose_cfg("profile=smoke", "data=synthetic", override), "d") == cell_key(base, "d")
-        assert same == (override == "seed=1"), override  # the seed is in the config key, not the cell's
+                     "tracking.experiment=e", "tracking.parent=abc", "train.progress=true", "measure.carbon_dir=/c",
+                     "train.rewind_points=[0.5]", "data.download=false", "store.retrain=true"):
+        assert keys(override) == base, override
+    # the seed is in the config key, not the cell's; the dense run reads only model, data, recipe, seed
+    for override, changed in (("train.lr=0.05", (1, 1, 1)), ("seed=1", (0, 1, 1)), ("density=2", (1, 1, 0)),
+                              ("train.amp=off", (1, 1, 0)), ("measure.cka_images=10", (1, 1, 0)),
+                              ("data.train_size=300", (1, 1, 1)), ("model.depth=14", (1, 1, 1))):
+        assert tuple(int(a != b) for a, b in zip(keys(override), base)) == changed, override
+    assert dense_spec(compose_cfg("profile=smoke", "data=synthetic"), "d", "fp32") != base[2]  # the precision is in

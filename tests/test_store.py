@@ -40,8 +40,22 @@ def test_entry_is_reused_and_holds_its_checkpoints(tmp_path):
     assert not trained and marker.read_text().count("\n") == 1
     assert torch.equal(entry.weights(2)["w"], torch.ones(4))
     assert torch.equal(entry.weights("final")["w"], torch.arange(4.0))
-    with pytest.raises(LotteryError, match="store.retrain=true"):
+    with pytest.raises(LotteryError, match=r"holds theta at epochs \[0, 2\], not theta_1"):
         entry.weights(1)
+
+
+def test_an_added_checkpoint_passes_the_integrity_check_and_sets_where_replays_start(tmp_path):
+    store = DenseStore(tmp_path)
+    entry, _ = store.get_or_train("k3", {"x": 1}, fake_training())
+    assert entry.replay_start(1) == 0 and entry.optimizer(0) is None  # SGD starts without state
+    with pytest.raises(LotteryError, match="no optimizer state at epoch 2"):
+        entry.optimizer(2)  # kept by an entry written without it: no replay may start there
+    assert entry.replay_start(3) == 0
+    store.add_checkpoint(entry, 3, {"w": torch.full((4,), 3.0)}, {"state": {0: {"m": torch.ones(2)}}})
+    again = store.load("k3")  # every file, the new ones included, is checked against its SHA-256
+    assert again.epochs == [0, 2, 3] and again.replay_start(5) == 3
+    assert torch.equal(again.weights(3)["w"], torch.full((4,), 3.0))
+    assert torch.equal(again.optimizer(3)["state"][0]["m"], torch.ones(2))
 
 
 def test_concurrent_requests_train_once(tmp_path):

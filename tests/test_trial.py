@@ -9,11 +9,11 @@ import mlflow
 import pytest
 import torch
 
-from lottery import trial
+from lottery import dense, trial
 from lottery.errors import LotteryError
 from lottery.models import resnet_plan
 from lottery.pruning import Pruning
-from lottery.store import DenseStore
+from lottery.store import DenseStore, content_key
 from lottery.surgery import remove_blocks
 from tests.conftest import compose_cfg
 
@@ -40,15 +40,15 @@ def runs(cfg, role):
 def test_init_trial_logs_dense_and_ticket_then_reuses_the_dense(shared, monkeypatch):
     cfg = shared("mode=init", "criterion=grasp", "density=2")
     out = trial.run(cfg)
-    dense, tickets = runs(cfg, "dense"), runs(cfg, "ticket")
-    assert len(dense) == 1 and len(tickets) == 1
+    dense_runs, tickets = runs(cfg, "dense"), runs(cfg, "ticket")
+    assert len(dense_runs) == 1 and len(tickets) == 1
     m = tickets[0].data.metrics
     assert m["delta_pp"] == pytest.approx(m["accuracy"] - m["dense_accuracy"])
     assert m["blocks_removed"] == 2 and m["winning"] == float(m["delta_pp"] >= 0)
     assert m["params"] < m["dense_params"] and m["ticket_epochs"] == 4
     assert tickets[0].info.run_name == "init-grasp-p2-resnet20-s0" == out["name"]
-    assert tickets[0].data.tags["dense_run_id"] == dense[0].info.run_id
-    assert dense[0].data.metrics["accuracy"] > 50  # the synthetic task is learnable in smoke
+    assert tickets[0].data.tags["dense_run_id"] == dense_runs[0].info.run_id
+    assert dense_runs[0].data.metrics["accuracy"] > 50  # the synthetic task is learnable in smoke
 
     blocks = json.loads(open(mlflow.artifacts.download_artifacts(
         run_id=tickets[0].info.run_id, artifact_path="blocks.json")).read())
@@ -59,7 +59,7 @@ def test_init_trial_logs_dense_and_ticket_then_reuses_the_dense(shared, monkeypa
     def must_not_train(*a, **k):
         raise AssertionError("the dense reference was trained again")
 
-    monkeypatch.setattr(trial, "train_dense", must_not_train)
+    monkeypatch.setattr(dense, "train_dense", must_not_train)
     trial.run(shared("mode=init", "criterion=grasp", "density=1"))
     assert len(runs(cfg, "dense")) == 1 and len(runs(cfg, "ticket")) == 2
 
@@ -78,10 +78,38 @@ def test_trained_network_modes_complete(shared, overrides):
     assert out["blocks_removed"] == 2
 
 
-def test_rewind_point_the_stored_entry_lacks_is_a_clear_error(shared):
-    # smoke keeps theta_0 and theta_1 (the paper's points scaled to 4 epochs); theta_2 was never kept
-    with pytest.raises(LotteryError, match="not theta_2; add the point to train.rewind_points"):
-        trial.run(shared("mode=rewind", "rewind_epoch=2"))
+def test_a_rewind_point_the_entry_lacks_is_replayed_from_the_nearest_kept_one(smoke, tmp_path, monkeypatch):
+    """smoke keeps theta_0 and theta_1 (the paper's points scaled to 4 epochs); a trial asking for
+    theta_3 replays epochs 2-3 only, and gets exactly the theta_3 an uninterrupted run keeps."""
+    small = ("model.depth=14", "data.train_size=128", "measure.enabled=false", "robustness.enabled=false")
+    replays = []
+    real_train = dense.train
+
+    def counting(*a, **k):
+        replays.append((k["start_epoch"], k["stop_epoch"]))
+        return real_train(*a, **k)
+
+    cfg = smoke(*small, "mode=rewind", "rewind_epoch=3", "criterion=random")
+    trial.run(smoke(*small, "mode=dense"))
+    monkeypatch.setattr(dense, "train", counting)
+    out = trial.run(cfg)
+    assert replays == [(1, 3)] and out["ticket_epochs"] == 1
+    monkeypatch.setattr(dense, "train", real_train)
+    kept = smoke(*small, "mode=dense", "train.rewind_points=[0.25,0.75]", f"store.root={tmp_path / 'other'}")
+    trial.run(kept)
+    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    key = content_key(dense.spec(cfg, data, torch.device("cpu")))
+    replayed, uninterrupted = DenseStore(cfg.store.root).load(key), DenseStore(kept.store.root).load(key)
+    assert replayed.epochs == uninterrupted.epochs == [0, 1, 3]
+    for a, b in ((replayed.weights(3), uninterrupted.weights(3)), (replayed.optimizer(3)["state"],
+                                                                  uninterrupted.optimizer(3)["state"])):
+        assert a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def test_a_new_dense_entry_keeps_the_rewind_point_its_trial_asks_for(smoke):
@@ -94,7 +122,7 @@ def test_ticket_weights_follow_the_mode(shared):
     trial.run(shared("mode=dense"))
     data = trial.load_dataset(cfg.data, torch.device("cpu"))
     plan = resnet_plan(20)
-    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data, torch.device("cpu"))))
+    entry = DenseStore(cfg.store.root).load(content_key(dense.spec(cfg, data, torch.device("cpu"))))
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
@@ -175,9 +203,67 @@ def test_a_trial_logs_mcnemar_against_the_dense_predictions_and_its_validation_a
     assert 0 <= out["mcnemar_p"] <= 1 and out["test_images"] == 200 and out["train_images"] == 512
     assert out["val_delta_pp"] == pytest.approx(out["val_accuracy"] - out["dense_val_accuracy"])
     data = trial.load_dataset(cfg.data, torch.device("cpu"))
-    entry = DenseStore(cfg.store.root).load(trial.content_key(trial.dense_spec(cfg, data, torch.device("cpu"))))
+    entry = DenseStore(cfg.store.root).load(content_key(dense.spec(cfg, data, torch.device("cpu"))))
     predictions = torch.tensor(entry.meta["predictions"])
     assert len(predictions) == 200
     assert 100 * (predictions == data.test.y).float().mean().item() == pytest.approx(entry.metrics["accuracy"])
     ticket = runs(cfg, "ticket")[0]
     assert ticket.data.tags["seed"] == "0" and ticket.data.tags["cell_key"] and ticket.data.tags["amp"]
+
+
+def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(smoke, monkeypatch):
+    """A stale RUNNING run of the trial becomes KILLED at the next start; a trial that fails
+    after starting ends FAILED with its one-line error; the next one FINISHED, with per-epoch
+    history, real times, a dataset input, and weights that ``load_ticket`` restores exactly."""
+    from mlflow import MlflowClient
+
+    from lottery import load_ticket, tracking
+    from lottery.train import lr_at, predict, prepare
+
+    cfg = smoke("model.depth=14", "criterion=random", "density=1", "measure.enabled=false",
+                "robustness.enabled=false")
+    experiment = tracking.start(cfg.tracking, cfg.paths.root)
+    key = trial.identity_keys(cfg, torch.device("cpu"))["config_key"]
+    stale = tracking.LiveRun(experiment, "killed-earlier", {"role": "ticket", "config_key": key}, {})
+    client = MlflowClient()
+    client.set_tag(stale.run_id, "pid", "999999999")  # a process that is gone
+
+    def scoring_fails(*a, **k):
+        raise LotteryError("scoring failed")
+
+    monkeypatch.setattr(trial, "prune", scoring_fails)
+    with pytest.raises(LotteryError):
+        trial.run(cfg)
+    monkeypatch.undo()
+    out = trial.run(cfg)
+    by_status = {r.info.status: r for r in runs(cfg, "ticket")}
+    assert set(by_status) == {"KILLED", "FAILED", "FINISHED"}
+    assert by_status["FAILED"].data.tags["error"] == "LotteryError: scoring failed"
+    done = by_status["FINISHED"]
+    assert done.info.run_id == out["run_id"] and done.info.run_name == out["name"]
+    loss = client.get_metric_history(done.info.run_id, "train_loss")
+    lrs = client.get_metric_history(done.info.run_id, "lr")
+    assert [m.step for m in loss] == [1, 2, 3, 4] == list(range(1, out["ticket_epochs"] + 1))
+    assert [m.value for m in sorted(lrs, key=lambda m: m.step)] == [lr_at(e, cfg.train) for e in range(4)]
+    assert done.info.end_time - done.info.start_time >= 1000 * out["train_seconds"]
+    dataset = done.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "synthetic" and json.loads(dataset.profile)["train"] == 512
+    dense_run = runs(cfg, "dense")[0]
+    assert len(client.get_metric_history(dense_run.info.run_id, "train_accuracy")) == cfg.train.epochs
+    assert dense_run.inputs.dataset_inputs[0].dataset.digest == dataset.digest
+
+    model = prepare(load_ticket(out["run_id"], uri=cfg.tracking.uri), torch.device("cpu"), cfg.train.channels_last)
+    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    assert trial.accuracy(predict(model, data, cfg.train, torch.device("cpu")), data.test) == out["accuracy"]
+    with pytest.raises(LotteryError, match="has no ticket.pt"):
+        load_ticket(dense_run.info.run_id, uri=cfg.tracking.uri)
+
+
+def test_a_rerun_with_jobs_2_after_a_serial_run_skips_every_trial(shared):
+    from lottery.sweeps import launcher_overrides
+
+    cfg = shared("mode=init", "criterion=grasp", "density=2")
+    trial.run(cfg)  # finished serially (or already, by the first test of this module)
+    parallel = [o for o in launcher_overrides(2, None) if not o.startswith("hydra")]
+    assert "jobs=2" in parallel and any(o.startswith("threads=") for o in parallel)
+    assert trial.run(shared("mode=init", "criterion=grasp", "density=2", *parallel))["skipped"]
