@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # paths.root: every store, cache, database, table and log lives below it
 ROOT ?= .lottery
 STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
-# Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [SEEDS=3] [XI=0|std]
+# Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [SEEDS=3] [XI=0|std] [DRY_RUN=1]
 PROFILE ?= paper
 DATA ?= $(if $(filter smoke,$(PROFILE)),synthetic,cifar10)
 DATA_ROOT ?=
@@ -17,6 +17,7 @@ XI ?= 0
 OVERRIDES ?=
 JOBS ?= 1
 LAUNCHER ?=
+DRY_RUN ?=
 TRIALS ?= 20
 AMP_SEEDS ?= 3
 BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
@@ -48,10 +49,12 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
 
 # A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.
+# DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
 $(TABLES): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) paths.root=$(ROOT) $(OVERRIDES); \
-	status=$$?; \
+		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
+		paths.root=$(ROOT) $(OVERRIDES); \
+	status=$$?; $(if $(DRY_RUN),exit $$status;) \
 	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		--root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
 

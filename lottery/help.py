@@ -14,7 +14,8 @@ EXAMPLES = """\
   python -m lottery profile=smoke data=synthetic mode=init criterion=grasp density=2
   python -m lottery data=imagefolder data.root=DIR profile=quick criterion=snip density=1
   python -m lottery mode=rewind rewind_epoch=0.125 criterion=kl density=1
-  python -m lottery -m profile=smoke data=synthetic criterion=snip,grasp density=1,2,3"""
+  python -m lottery -m profile=smoke data=synthetic criterion=snip,grasp density=1,2,3
+  python -m lottery.sweeps table2 --profile quick --seeds 3 --dry-run   (what a paper table still needs)"""
 
 
 def _yaml_doc(path: Path) -> str:

@@ -1,8 +1,8 @@
 """``python -m lottery.report [--profile P]`` (``make report``): the reproduction on one page.
 
-Built from MLflow alone: the newest ``role=table`` run of every paper table of the profile (its
-``cells.json``, markdown and plot) gives the tables, and ``lottery.claims`` judges the paper's
-claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html`` (standing alone: plots
+Built from MLflow alone: the newest table attached to each paper table's ``role=sweep`` run of
+the profile (its ``cells.json``, markdown and plot) gives the tables, and ``lottery.claims``
+judges the paper's claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html`` (standing alone: plots
 inlined, no JavaScript) and ``report.md``, and attaches both to one ``role=report`` run, replaced
 on a rebuild.
 """
@@ -28,14 +28,15 @@ EXPERIMENT = "report"
 
 
 def fetch_tables(profile: str) -> dict[str, dict]:
-    """The newest table run of each paper table for the profile: its cells, markdown, plot, status."""
+    """The newest table of each paper table for the profile (attached to its sweep's run): its
+    cells, markdown, plot, status."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     out = {}
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.role = 'table' and tags.profile = '{profile}'")
-    for run in runs:
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.role = 'sweep' and tags.profile = '{profile}'")
+    for run in sorted(runs, key=lambda r: r.data.tags.get("table_built", ""), reverse=True):
         name = run.data.tags.get("table")
         if name in out or name not in available():
             continue

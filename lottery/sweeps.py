@@ -8,6 +8,7 @@ out beside the paper's numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -19,6 +20,7 @@ import yaml
 
 from lottery.cli import entry
 from lottery.errors import LotteryError, unknown
+from lottery.store import content_key
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -73,6 +75,11 @@ def load(name: str) -> Sweep:
     raw = yaml.safe_load(path.read_text())
     raw["paper"] = {str(r): {str(c): v for c, v in cols.items()} for r, cols in (raw.get("paper") or {}).items()}
     raw["labels"] = {k: {str(a): b for a, b in v.items()} for k, v in (raw.get("labels") or {}).items()}
+    fields = {f.name for f in dataclasses.fields(Sweep)} - {"name"}
+    required = {f.name for f in dataclasses.fields(Sweep) if f.default is f.default_factory is dataclasses.MISSING}
+    if set(raw) - fields or required - {"name"} - set(raw):
+        raise LotteryError(f"sweeps/{name}.yaml: unknown keys {sorted(set(raw) - fields)}, missing keys "
+                           f"{sorted(required - {'name'} - set(raw))}; a sweep file has {sorted(fields)}")
     sweep = Sweep(name=name, **raw)
     if any(list(g) != sweep.keys for g in sweep.grids):
         raise LotteryError(f"sweeps/{name}.yaml: every grid must sweep the same keys {sweep.keys}")
@@ -113,24 +120,46 @@ def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None
     return out
 
 
-def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | None, extra: list[str]) -> list[str]:
-    """The identity (``cell_key``) of the trial the sweep launches for each of its cells, composed
-    exactly as the sweep composes it: the tables accept a run into a cell only on this key."""
+def compose_cells(sweep: Sweep, profile: str, data: str | None, data_root: str | None,
+                  extra: list[str]) -> list[tuple[dict, object]]:
+    """Each cell of the sweep with the config of its trial (seed 0), composed exactly as the
+    sweep's multirun composes it."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from lottery.config import register
+
+    register()
+    GlobalHydra.instance().clear()
+    out = []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for cell in sweep.cells():
+            out.append((cell, compose(config_name="config", overrides=[
+                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *_common(profile, data, data_root),
+                f"tracking.experiment={sweep.experiment}",
+                *(o for o in extra if not o.lstrip("+~").startswith("hydra"))])))
+    return out
+
+
+def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | None, extra: list[str]) -> list[str]:
+    """The identity (``cell_key``) of the trial the sweep launches for each of its cells: the
+    tables accept a run into a cell only on this key."""
     from lottery.data import fingerprint
     from lottery.identity import cell_key
 
-    register()
-    keys = []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for cell in sweep.cells():
-            cfg = compose(config_name="config", overrides=[
-                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *_common(profile, data, data_root),
-                *(o for o in extra if not o.lstrip("+~").startswith("hydra"))])
-            keys.append(cell_key(cfg, fingerprint(cfg.data)))  # a folder is listed once per process
-    return keys
+    return [cell_key(cfg, fingerprint(cfg.data)) for _, cfg in compose_cells(sweep, profile, data, data_root, extra)]
+
+
+def parent(sweep: Sweep, profile: str, cfg, experiment: str, create: bool = True) -> str | None:
+    """The run id of the sweep's one ``role=sweep`` run for this profile and data, found again by
+    its tags on every invocation (created when missing, unless ``create`` is False): the trials sit
+    under it, and the table builder attaches the table to it."""
+    from lottery import tracking
+    from lottery.data import fingerprint
+
+    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile,
+            "data": content_key({"data": fingerprint(cfg.data)})}
+    return tracking.find_or_create(experiment, f"{sweep.name}-{profile}", tags, create)
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -150,16 +179,46 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (joblib launcher)")
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
-    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--dry-run", action="store_true", help="list every trial as finished / failed / missing with "
+                                                          "the estimated time of the rest, and run nothing")
     args = p.parse_intermixed_args(argv)
     sweep = load(args.name)
+    cells = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
+    from lottery import tracking
+
+    cfg = cells[0][1]
+    experiment = tracking.start(cfg.tracking, cfg.paths.root)
+    run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
+    print(survey(sweep, args, cells, experiment), flush=True)
+    cmds = commands(sweep, args.profile, args.data, args.data_root, args.seeds,
+                    [*args.extra, f"tracking.parent={run or '<the sweep run>'}"], args.jobs, args.launcher)
+    if args.dry_run:
+        print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
+        return 0
+    tracking.reopen(run)
     status = 0
-    for cmd in commands(sweep, args.profile, args.data, args.data_root, args.seeds, args.extra, args.jobs,
-                        args.launcher):
-        print("+", " ".join(cmd[1:]), flush=True)
-        if not args.dry_run:
+    try:
+        for cmd in cmds:
+            print("+", " ".join(cmd[1:]), flush=True)
             status = max(status, subprocess.call(cmd))  # a grid with a failed trial does not stop the next
+    finally:
+        tracking.close(run, "FINISHED" if status == 0 else "FAILED")
     return status
+
+
+def survey(sweep: Sweep, args, cells, experiment: str) -> str:
+    """The sweep's trials (finished / failed / running / missing) and the estimated time of the rest."""
+    from lottery import estimate
+    from lottery.train import pick_device, precision
+
+    states = estimate.survey(cells, args.seeds, experiment)
+    cfg = cells[0][1]
+    speed, dense = None, 0
+    if any(s.status != "finished" for s in states):
+        speed = (estimate.measured_speed(experiment, precision(pick_device(cfg.device), cfg.train.amp))
+                 or estimate.timed_speed(cfg))
+        dense = estimate.estimate(states, cells, speed)
+    return estimate.render(sweep.name, args.profile, states, speed, dense, args.jobs)
 
 
 if __name__ == "__main__":

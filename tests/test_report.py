@@ -87,7 +87,8 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, tracking_uri, capsys):
+def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, capsys):
+    tracking_uri = f"sqlite:///{tmp_path / 'own.db'}"  # no other test's tables
     mlflow.set_tracking_uri(tracking_uri)
     sweep = sweeps.load("table2")
     exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())

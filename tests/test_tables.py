@@ -163,7 +163,7 @@ def test_cell_keys_are_the_identity_of_the_trials_the_sweep_runs():
     assert sweeps.cell_keys(sweep, "quick", "synthetic", None, [])[0] != keys[0]
 
 
-def test_builder_cli_reads_mlflow_and_logs_a_table_run(tmp_path, tracking_uri, capsys):
+def test_builder_cli_reads_mlflow_and_attaches_the_table_to_the_sweep_run(tmp_path, tracking_uri, capsys):
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.create_experiment("table3", artifact_location=(tmp_path / "art").as_uri())
     keys = dict(zip((tuple(c.values()) for c in sweeps.load("table3").cells()),
@@ -179,8 +179,12 @@ def test_builder_cli_reads_mlflow_and_logs_a_table_run(tmp_path, tracking_uri, c
     assert ("| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 [-1.67, +0.87] (n=2, n.s.) | "
             "(-) -0.11 ✓ |") in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.tex"]
-    table_runs = mlflow.search_runs([exp], filter_string="tags.role = 'table'", output_format="list")
-    assert len(table_runs) == 1
+    args = ["table3", "--profile", "smoke", "--out", str(tmp_path / "out"), "--tracking-uri", tracking_uri]
+    assert tables.main(args) == 0  # rebuilt: attached again to the same sweep run, no new run
+    table_runs = mlflow.search_runs([exp], filter_string="tags.role = 'sweep'", output_format="list")
+    assert len(table_runs) == 1 and table_runs[0].data.tags["cells_measured"] == "1"
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(table_runs[0].info.run_id)}
+    assert files == {"table3.csv", "table3.json", "table3.md", "table3.tex"}
 
 
 def test_the_builder_names_a_missing_data_folder_in_one_line(tmp_path, capsys):

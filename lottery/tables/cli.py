@@ -3,19 +3,22 @@
 
 It takes the same arguments as the sweep that ran the table (``lottery.sweeps``), so it knows the
 exact identity of every cell's trials; it writes md, csv and tex (plus plots) to DIR, prints the
-chosen format, and logs the same files as artifacts of one ``role=table`` run. A cell without runs
-shows as missing, never as 0.
+chosen format, and attaches the same files to the sweep's ``role=sweep`` run (replacing the
+previous version). A cell without runs shows as missing, never as 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from lottery.cli import entry
 from lottery.errors import LotteryError
-from lottery.sweeps import Sweep, add_sweep_arguments, cell_keys, load
+from lottery.data import fingerprint
+from lottery.identity import cell_key
+from lottery.sweeps import Sweep, add_sweep_arguments, compose_cells, load
 from lottery.tables.cells import budget, build
 from lottery.tables.plots import plot_curves, plot_figure3
 from lottery.tables.render import FORMATS
@@ -40,21 +43,20 @@ def fetch_runs(sweep: Sweep, with_blocks: bool = False) -> list[dict]:
     return out
 
 
-def publish(sweep: Sweep, files: list[Path], profile: str, tracking_uri: str | None, root: str, cells) -> str:
-    """One ``role=table`` run holding the files, tagged with what the report reads first."""
-    import mlflow
-
+def publish(sweep: Sweep, files: list[Path], profile: str, cfg, tracking_uri: str | None, root: str, cells) -> str:
+    """Attach the files to the sweep's ``role=sweep`` run (replacing the previous version), with
+    the tags the report reads first."""
     from lottery import tracking
     from lottery.config import TrackingConfig
+    from lottery.sweeps import parent
 
     experiment = tracking.start(TrackingConfig(uri=tracking_uri, experiment=sweep.experiment), root)
+    run_id = parent(sweep, profile, cfg, experiment)
     measured = sum(c.ours is not None for c in cells)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{sweep.name}-table-{profile}") as run:
-        mlflow.set_tags({"role": "table", "table": sweep.name, "profile": profile, "budget": budget(cells),
-                         "cells_measured": measured, "cells_missing": len(cells) - measured})
-        for f in files:
-            mlflow.log_artifact(str(f))
-        return run.info.run_id
+    tracking.attach(run_id, files, {"table": sweep.name, "budget": budget(cells), "cells_measured": measured,
+                                    "cells_missing": len(cells) - measured,
+                                    "table_built": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return run_id
 
 
 def write(sweep: Sweep, cells, out: Path) -> list[Path]:
@@ -91,12 +93,13 @@ def main(argv=None) -> int:
         except ValueError:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
     sweep = load(args.name)
-    keys = cell_keys(sweep, args.profile, args.data, args.data_root, args.extra)
+    composed = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
+    keys = [cell_key(cfg, fingerprint(cfg.data)) for _, cfg in composed]
     mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, runs, keys, args.xi)
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
-    run_id = publish(sweep, files, args.profile, args.tracking_uri, args.root, cells)
+    run_id = publish(sweep, files, args.profile, composed[0][1], args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))
     print(f"written: {', '.join(str(f) for f in files)} (MLflow run {run_id})")
     return 0

@@ -1,0 +1,158 @@
+"""Where a sweep stands and what the rest will cost (``--dry-run``, and before every sweep).
+
+Each trial is finished, failed, running or missing according to the MLflow runs carrying its
+config key. A missing trial's cost is its training work (forward FLOPs per image x images x
+epochs, the dense network's too when the store lacks it) divided by the training speed this
+machine reached in finished runs of the experiment at the same precision, else in a few timed
+steps; plus the median time finished tickets spent besides training (data, scoring, measuring).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from dataclasses import dataclass
+
+from lottery import tracking
+from lottery.data import fingerprint, train_images
+from lottery.identity import config_key, dense_spec
+from lottery.modes import MODES
+from lottery.store import DenseStore, content_key
+from lottery.train import pick_device, precision
+
+
+@dataclass
+class TrialState:
+    cell: dict[str, str]
+    seed: int
+    status: str  # finished | failed | running | missing
+    note: str = ""  # the run id, or the failure's one-line error
+    seconds: float | None = None  # estimated, for a missing trial
+
+
+@dataclass
+class Speed:
+    flop_s: float  # forward FLOPs x images trained per second
+    overhead_s: float | None  # per ticket, besides training
+    source: str
+
+
+def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str) -> list[TrialState]:
+    """Every trial of the sweep (cell x seed) with its state in the experiment."""
+    out = []
+    for cell, cfg in cells:
+        for seed in range(seeds):
+            c = with_seed(cfg, seed)
+            key = config_key(c, fingerprint(c.data), precision(pick_device(c.device), c.train.amp))
+            runs = sorted(tracking.find_runs(experiment, role="ticket", config_key=key),
+                          key=lambda r: r.info.start_time, reverse=True)
+            by = {r.info.status: r for r in reversed(runs)}  # the newest run of each status
+            if "FINISHED" in by:
+                out.append(TrialState(cell, seed, "finished", by["FINISHED"].info.run_id))
+            elif "RUNNING" in by and tracking.alive(by["RUNNING"].data.tags):
+                out.append(TrialState(cell, seed, "running", by["RUNNING"].info.run_id))
+            elif "RUNNING" in by:
+                out.append(TrialState(cell, seed, "failed", "killed: left RUNNING by a process that is gone"))
+            elif runs:
+                out.append(TrialState(cell, seed, "failed", runs[0].data.tags.get("error", runs[0].info.status)))
+            else:
+                out.append(TrialState(cell, seed, "missing"))
+    return out
+
+
+def with_seed(cfg, seed: int):
+    c = cfg.copy()
+    c.seed = seed
+    return c
+
+
+def measured_speed(experiment: str, amp: str) -> Speed | None:
+    """The median training speed and time besides training of the experiment's finished tickets."""
+    rates, overheads = [], []
+    for r in tracking.find_runs(experiment, role="ticket", amp=amp):
+        m, p = r.data.metrics, r.data.params
+        if r.info.status != "FINISHED" or not all(m.get(k) for k in ("train_images", "ticket_epochs", "train_seconds")):
+            continue
+        flops = m.get("flops") or network_flops(int(p["model.depth"]), p["model.shortcut"],
+                                                int(p["data.num_classes"]), int(p["blocks_to_remove"]))
+        rates.append(flops * m["train_images"] * m["ticket_epochs"] / m["train_seconds"])
+        wall = (r.info.end_time - r.info.start_time) / 1000
+        if wall >= m["train_seconds"]:  # runs logged before they were live have no real duration
+            overheads.append(wall - m["train_seconds"])
+    if not rates:
+        return None
+    return Speed(statistics.median(rates), statistics.median(overheads) if overheads else None,
+                 f"median of {len(rates)} finished runs")
+
+
+def timed_speed(cfg) -> Speed:
+    """A few timed training steps of the dense network on this machine."""
+    from lottery.measure import throughput
+
+    device = pick_device(cfg.device)
+    model = _network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0).to(device)
+    img_s = throughput(model, cfg.train, device, steps=3, warmup=1)
+    return Speed(network_flops(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0) * img_s, None,
+                 "3 timed training steps (no finished run yet)")
+
+
+def _network(depth: int, shortcut: str, classes: int, removed: int):
+    from lottery.models import build, resnet_plan
+
+    plan = resnet_plan(depth, shortcut, classes)
+    return build(plan.without(plan.removable[:removed]))
+
+
+@functools.lru_cache(maxsize=64)
+def network_flops(depth: int, shortcut: str, classes: int, removed: int) -> int:
+    """Forward FLOPs per image with ``removed`` blocks gone (every removable block of a CIFAR
+    ResNet costs the same, so which ones does not matter)."""
+    from lottery.measure import flops
+
+    return flops(_network(depth, shortcut, classes, removed))
+
+
+def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: Speed) -> int:
+    """Fill in the seconds of each missing trial; returns how many dense networks they must train."""
+    from lottery.config import blocks_to_remove, epoch_of
+    from lottery.models import resnet_plan
+
+    cfgs = {tuple(cell.items()): cfg for cell, cfg in cells}
+    dense_needed = set()
+    for s in (s for s in states if s.status != "finished"):
+        cfg = with_seed(cfgs[tuple(s.cell.items())], s.seed)
+        m, mode, images = cfg.model, MODES[cfg.mode.name], train_images(cfg.data)
+        removed = blocks_to_remove(cfg.density, len(resnet_plan(m.depth, m.shortcut.value).removable))
+        start = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.resumes_schedule else 0
+        work = network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, removed) * images * (cfg.train.epochs - start)
+        key = content_key(dense_spec(cfg, fingerprint(cfg.data), precision(pick_device(cfg.device), cfg.train.amp)))
+        if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():
+            dense_needed.add(key)
+            work += network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, 0) * images * cfg.train.epochs
+        s.seconds = work / speed.flop_s + (speed.overhead_s or 0)
+    return len(dense_needed)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def render(name: str, profile: str, states: list[TrialState], speed: Speed | None, dense: int, jobs: int) -> str:
+    """The sweep's trials one per line, the counts, and the estimate of what is missing."""
+    counts = {k: sum(s.status == k for s in states) for k in ("finished", "failed", "running", "missing")}
+    lines = [f"{name} ({profile}): {len(states)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
+    for s in states:
+        what = " ".join(f"{k}={v}" for k, v in s.cell.items())
+        cost = f"~{duration(s.seconds)}" if s.seconds is not None and s.status != "running" else ""
+        lines.append(f"  {what} seed={s.seed}: {s.status:<8} {cost:<9} {s.note}".rstrip())
+    todo = [s for s in states if s.seconds is not None and s.status != "running"]
+    if todo and speed is not None:
+        besides = (f"{duration(speed.overhead_s)} per ticket besides training" if speed.overhead_s is not None
+                   else "time besides training unknown until a ticket finishes")
+        lines.append(f"estimated time of the {len(todo)} trials to run, one at a time on this machine: "
+                     f"{duration(sum(s.seconds for s in todo))} ({dense} dense network(s) to train first; speed "
+                     f"{speed.flop_s / 1e12:.3f} TFLOP/s of forward work from the {speed.source}; {besides})"
+                     + (f"; {jobs} at once share this machine" if jobs > 1 else ""))
+    return "\n".join(lines)
