@@ -58,7 +58,8 @@ def train_dense(cfg, plan: Plan, data: Dataset, device, partial, keep: set[int],
                      state_path=partial / "state.pt", desc="dense", on_epoch=run.epoch)
     predictions = predict(model, data, cfg.train, device)
     metrics = {"accuracy": accuracy(predictions, data.test), "train_seconds": done.seconds,
-               "epochs": cfg.train.epochs, "params": count_params(model), "filters": count_filters(model),
+               "epochs": cfg.train.epochs, "train_images": len(data.train), "params": count_params(model),
+               "filters": count_filters(model),
                "train_conditions": conditions(device, cfg.train, cfg.jobs),
                **footprint.metrics(done.resumed_from), **held_out_accuracy(model, data, cfg.train, device)}
     extra = {"predictions": predictions.tolist(), "history": done.history,
@@ -66,8 +67,22 @@ def train_dense(cfg, plan: Plan, data: Dataset, device, partial, keep: set[int],
     return DenseResult(done.checkpoints, cpu_state(model), metrics, done.optimizers, extra)
 
 
-def reference(cfg, plan: Plan, data: Dataset, device, store: DenseStore, experiment: str,
-              rewind: int | None) -> tuple[Entry, tracking.LiveRun | None]:
+def reference(cfg, plan: Plan, data: Dataset, shifted, device, store: DenseStore, experiment: str,
+              rewind: int | None) -> tuple[Entry, str]:
+    """The trial's dense reference, stored (trained first if missing), measured and logged: its
+    entry and its MLflow run id. A run that went live for training ends FAILED if a later step fails."""
+    entry, live = stored(cfg, plan, data, device, store, experiment, rewind)
+    try:
+        entry = measured(cfg, plan, entry, data, shifted, device, store)
+        return entry, log_run(cfg, entry, data, experiment, store, live)
+    except BaseException as e:
+        if live is not None:
+            live.end(e)
+        raise
+
+
+def stored(cfg, plan: Plan, data: Dataset, device, store: DenseStore, experiment: str,
+           rewind: int | None) -> tuple[Entry, tracking.LiveRun | None]:
     """The stored dense run, trained first if missing (its MLflow run live while it trains, left
     open for ``log_run`` to finish), keeping the configured rewind points and this trial's."""
     defined = spec(cfg, data, device)

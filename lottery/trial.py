@@ -141,19 +141,16 @@ class Context:
 def dense_trial(cfg, experiment: str, device) -> dict:
     """``mode=dense``: the reference alone, trained (or found), measured and logged."""
     c = Context.load(cfg, device)
-    entry, live = dense.reference(cfg, c.plan, c.data, device, c.store, experiment, None)
-    entry = dense.measured(cfg, c.plan, entry, c.data, c.shifted, device, c.store)
-    return {"accuracy": entry.metrics["accuracy"], "run_id": dense.log_run(cfg, entry, c.data, experiment, c.store, live)}
+    entry, run_id = dense.reference(cfg, c.plan, c.data, c.shifted, device, c.store, experiment, None)
+    return {"accuracy": entry.metrics["accuracy"], "run_id": run_id}
 
 
 def ticket_trial(cfg, mode: Mode, experiment: str, device, live: tracking.LiveRun) -> dict:
     c = Context.load(cfg, device)
     tracking.log_dataset(live.run_id, **describe(cfg.data, c.data))
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.rewinds else 0
-    entry, dense_live = dense.reference(cfg, c.plan, c.data, device, c.store, experiment,
-                                        rewind if mode.start_from == "rewind" else None)
-    entry = dense.measured(cfg, c.plan, entry, c.data, c.shifted, device, c.store)
-    dense_run = dense.log_run(cfg, entry, c.data, experiment, c.store, dense_live)
+    entry, dense_run = dense.reference(cfg, c.plan, c.data, c.shifted, device, c.store, experiment,
+                                       rewind if mode.start_from == "rewind" else None)
     if mode.start_from == "rewind":
         entry = dense.with_rewind_point(cfg, c.plan, c.data, device, c.store, entry, rewind)
 
