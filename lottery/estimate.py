@@ -10,8 +10,10 @@ steps; plus the median time finished tickets spent besides training (data, scori
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from lottery import tracking
 from lottery.data import fingerprint, train_images
@@ -66,9 +68,10 @@ def with_seed(cfg, seed: int):
     return c
 
 
-def measured_speed(experiment: str, amp: str) -> Speed | None:
-    """The median training speed and time besides training of the experiment's finished tickets."""
-    rates, overheads = [], []
+def measured_speed(experiment: str, store_root: str, amp: str) -> Speed | None:
+    """The median training speed of the experiment's finished tickets and the store's dense
+    networks at this precision, and the median time finished tickets spent besides training."""
+    rates, overheads = _dense_rates(store_root, amp), []
     for r in tracking.find_runs(experiment, role="ticket", amp=amp):
         m, p = r.data.metrics, r.data.params
         if r.info.status != "FINISHED" or not all(m.get(k) for k in ("train_images", "ticket_epochs", "train_seconds")):
@@ -82,7 +85,19 @@ def measured_speed(experiment: str, amp: str) -> Speed | None:
     if not rates:
         return None
     return Speed(statistics.median(rates), statistics.median(overheads) if overheads else None,
-                 f"median of {len(rates)} finished runs")
+                 f"median of {len(rates)} finished trainings (tickets in MLflow, dense networks in the store)")
+
+
+def _dense_rates(store_root: str, amp: str) -> list[float]:
+    rates = []
+    for path in (Path(store_root).expanduser() / "dense").glob("*/meta.json"):
+        meta = json.loads(path.read_text())
+        m, spec = meta["metrics"], meta["spec"]
+        if spec.get("precision") == amp and m.get("train_images") and m.get("train_seconds"):
+            model = spec["model"]
+            flops = m.get("flops") or network_flops(model["depth"], model["shortcut"], spec["data"]["num_classes"], 0)
+            rates.append(flops * m["train_images"] * m["epochs"] / m["train_seconds"])
+    return rates
 
 
 def timed_speed(cfg) -> Speed:
@@ -93,7 +108,7 @@ def timed_speed(cfg) -> Speed:
     model = _network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0).to(device)
     img_s = throughput(model, cfg.train, device, steps=3, warmup=1)
     return Speed(network_flops(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0) * img_s, None,
-                 "3 timed training steps (no finished run yet)")
+                 "3 timed training steps (no finished training yet)")
 
 
 def _network(depth: int, shortcut: str, classes: int, removed: int):

@@ -48,7 +48,7 @@ def test_a_sweep_runs_under_one_parent_and_its_dry_run_lists_what_is_left(tiny, 
     out = capsys.readouterr().out
     assert "4 trials: 2 finished, 0 failed, 0 running, 2 missing" in out
     assert "density=2 seed=0: finished" in out and "density=2 seed=1: missing  ~" in out
-    assert "from the median of 2 finished runs" in out and "0 dense network(s) to train first" not in out
+    assert "from the median of 3 finished trainings" in out  # 2 tickets, 1 dense network and "0 dense network(s) to train first" not in out
 
     args = ["tiny", "--profile", "smoke", "--root", str(tmp_path / "root"), *tiny[3:]]  # the sweep's overrides
     assert tables.main(args) == 0 and tables.main(args) == 0  # rebuilt: replaced on the same parent
