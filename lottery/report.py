@@ -168,18 +168,13 @@ def page(md: str, tables: dict) -> str:
 
 def publish(profile: str, files: list[Path], root: str) -> str:
     """The profile's one ``role=report`` run, its artifacts replaced on every rebuild."""
-    import mlflow
-
     from lottery import tracking
     from lottery.config import TrackingConfig
 
     experiment = tracking.start(TrackingConfig(experiment=EXPERIMENT), root)
-    found = tracking.find_runs(experiment, role="report", profile=profile)
-    with mlflow.start_run(run_id=found[0].info.run_id) if found else mlflow.start_run(
-            experiment_id=experiment, run_name=f"report-{profile}", tags={"role": "report", "profile": profile}) as run:
-        for f in files:
-            mlflow.log_artifact(str(f))
-        return run.info.run_id
+    run_id = tracking.find_or_create(experiment, f"report-{profile}", {"role": "report", "profile": profile})
+    tracking.attach(run_id, files, {})
+    return run_id
 
 
 @entry

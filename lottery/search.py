@@ -79,15 +79,9 @@ def sample(trial, s: SearchConfig, max_density: int) -> dict:
 
 def study_run(experiment: str, study_name: str) -> str:
     """The MLflow parent run of the study (found again when the study resumes)."""
-    from mlflow.tracking import MlflowClient
-
     from lottery import tracking
 
-    runs = tracking.find_runs(experiment, role="study", study=study_name)
-    if runs:
-        return runs[0].info.run_id
-    run = MlflowClient().create_run(experiment, run_name=study_name, tags={"role": "study", "study": study_name})
-    return run.info.run_id
+    return tracking.find_or_create(experiment, study_name, {"role": "study", "study": study_name})
 
 
 def pareto_report(study, names: list[str], out: Path) -> tuple[str, Path]:
@@ -144,8 +138,8 @@ def objective(cfg, compose_trial, names: list[str], study_name: str, parent: str
     def run(t):
         chosen = sample(t, cfg.search, max_density)
         overrides = [f"{k}={v}" for k, v in chosen.items()]
-        out = trial.run(compose_trial(overrides), overrides=overrides,
-                        tags={"study": study_name, "optuna_trial": t.number, "mlflow.parentRunId": parent})
+        out = trial.run(compose_trial([*overrides, f"tracking.parent={parent}"]), overrides=overrides,
+                        tags={"study": study_name, "optuna_trial": t.number})
         t.set_user_attr("mlflow_run_id", out["run_id"])
         t.set_user_attr("test_delta_pp", out.get("delta_pp"))  # reported beside the front, never optimised
         values = [out.get(n) for n in names]
