@@ -92,3 +92,20 @@ def test_the_search_needs_a_validation_split(tmp_path):
     cfg.data.val_size = None
     with pytest.raises(LotteryError, match="data.val_size"):
         search.search(cfg, lambda overrides: None)
+
+
+def test_the_slurm_launcher_requeues_a_preempted_or_timed_out_trial(monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    monkeypatch.delenv("LOTTERY_SLURM_REQUEUES", raising=False)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 3
+    assert launcher.signal_delay_s == 120 and launcher.timeout_min == 720
+    # submitit requeues only a checkpointable callable: the plugin resubmits the same trial, which
+    # resumes from the state its last epoch saved (tests/test_train.py kills and resumes one)
+    assert "checkpoint" in vars(SlurmLauncher.__mro__[1])
