@@ -4,6 +4,7 @@ epochs from the nearest earlier one it keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -123,6 +124,8 @@ def with_rewind_point(cfg, plan: Plan, data: Dataset, device, store: DenseStore,
                      optimizer_state=entry.optimizer(start), keep={epoch}, state_path=state, desc=f"replay theta_{epoch}")
         entry = store.add_checkpoint(entry, epoch, done.checkpoints[epoch], done.optimizers[epoch])
         state.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            state.parent.rmdir()  # unless another replay's state waits there
         return entry
 
 
