@@ -23,6 +23,9 @@ from lottery.store import DenseStore, content_key
 from lottery.train import pick_device, precision
 
 
+TIMED_STEPS = 5  # of the dense network, when no finished training tells the speed
+
+
 @dataclass
 class TrialState:
     cell: dict[str, str]
@@ -104,11 +107,14 @@ def timed_speed(cfg) -> Speed:
     """A few timed training steps of the dense network on this machine."""
     from lottery.measure import throughput
 
+    from lottery.train import prepare
+
     device = pick_device(cfg.device)
-    model = _network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0).to(device)
-    img_s = throughput(model, cfg.train, device, steps=3, warmup=1)
+    model = prepare(_network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0), device,
+                    cfg.train.channels_last)
+    img_s = throughput(model, cfg.train, device, steps=TIMED_STEPS, warmup=2)
     return Speed(network_flops(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0) * img_s, None,
-                 "3 timed training steps (no finished training yet)")
+                 f"{TIMED_STEPS} timed training steps (no finished training yet)")
 
 
 def _network(depth: int, shortcut: str, classes: int, removed: int):
@@ -137,6 +143,7 @@ def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: 
     for s in (s for s in states if s.status != "finished"):
         cfg = with_seed(cfgs[tuple(s.cell.items())], s.seed)
         m, mode, images = cfg.model, MODES[cfg.mode.name], train_images(cfg.data)
+        # a filter ticket keeps the layer ticket's filter count: costed as that layer ticket
         removed = blocks_to_remove(cfg.density, len(resnet_plan(m.depth, m.shortcut.value).removable))
         start = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.resumes_schedule else 0
         work = network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, removed) * images * (cfg.train.epochs - start)
