@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, one_line
 
 OUTCOMES = "LOTTERY_OUTCOMES"  # environment: the folder trials of one multirun report to
 
@@ -58,7 +58,7 @@ def task(fn):
                 sys.exit(status)
             return
         except Exception as e:
-            _report(hc, overrides, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            _report(hc, overrides, "failed", one_line(e))
             raise
         _report(hc, overrides, "skipped" if (out or {}).get("skipped") else "finished", "")
 

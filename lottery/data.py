@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lottery.errors import LotteryError, bad_value, check_choice
+from lottery.errors import LotteryError, bad_value, check_choice, one_line
 from lottery.files import atomic
 from lottery.store import content_key
 
@@ -100,8 +100,7 @@ def _load_cifar10(cfg) -> Arrays:
         test = CIFAR10(str(root), train=False, download=cfg.download)
     except Exception as e:  # missing files, no network, corrupt archive
         raise LotteryError(
-            f"CIFAR-10 is not under {root} and could not be downloaded ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else e!r}); offline, use data=imagefolder "
+            f"CIFAR-10 is not under {root} and could not be downloaded ({one_line(e)}); offline, use data=imagefolder "
             "data.root=DIR with DIR/train/<class>/* and DIR/test/<class>/*"
         ) from None
     return Arrays(

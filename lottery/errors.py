@@ -26,3 +26,9 @@ def bad_value(path: str, value, rule: str) -> LotteryError:
     about = help_of(path)
     rule = rule if rule.startswith(" ") else f": {rule}"  # " is above ..." reads on from the value
     return LotteryError(f"{path}={value}{rule}" + (f" ({path}: {about})" if about else ""))
+
+
+def one_line(e: BaseException) -> str:
+    """An unexpected exception as one line: its type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

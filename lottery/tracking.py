@@ -19,6 +19,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lottery.errors import one_line
+
 log = logging.getLogger("lottery")
 
 
@@ -142,11 +144,6 @@ def mark_killed(experiment_id: str, **tags) -> int:
     return n
 
 
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 class LiveRun:
     """An MLflow run that exists while its work runs: RUNNING from the start (real start time),
     per-epoch history as it trains, then FINISHED with its results, FAILED with the one-line
@@ -177,8 +174,7 @@ class LiveRun:
                files: dict[str, object] | None = None, end_ms: int | None = None) -> str:
         """Results, artifacts (``files``: name -> object written by torch.save), then FINISHED."""
         _write(self.client, self.run_id, {}, metrics, artifacts, files or {})
-        for k, v in (tags or {}).items():
-            self.client.set_tag(self.run_id, k, str(v))
+        _tag(self.client, self.run_id, tags or {})
         if name:
             self.client.update_run(self.run_id, name=name)
         self.client.set_terminated(self.run_id, "FINISHED", end_time=end_ms)
@@ -227,8 +223,13 @@ def attach(run_id: str, files: list[Path], tags: dict) -> None:
     client = _client()
     for f in files:
         client.log_artifact(run_id, str(f))
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v))
+    _tag(client, run_id, tags)
+
+
+def _tag(client, run_id: str, tags: dict) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_dataset(run_id: str, name: str, digest: str, source: dict, profile: dict) -> None:
@@ -240,14 +241,9 @@ def log_dataset(run_id: str, name: str, digest: str, source: dict, profile: dict
     _client().log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
-def log_run(experiment_id: str, name: str, tags: dict, params: dict, metrics: dict, artifacts: dict[str, object],
-            history: list[dict] = (), start_ms: int | None = None, end_ms: int | None = None,
-            parent: str | None = None) -> str:
-    """A finished run written after the fact (a dense network trained earlier), with its
-    history and the real start and end times of its training."""
-    run = LiveRun(experiment_id, name, tags, params, parent, start_ms)
-    run.history(list(history))
-    return run.finish(metrics, artifacts, end_ms=end_ms)
+def log_run(experiment_id: str, name: str, tags: dict, params: dict, metrics: dict, artifacts: dict[str, object]) -> str:
+    """A finished run in one go (what a trial writes, without its history: the tracking benchmark)."""
+    return LiveRun(experiment_id, name, tags, params).finish(metrics, artifacts)
 
 
 def _write(client, run_id: str, params: dict, metrics: dict, artifacts: dict[str, object],
