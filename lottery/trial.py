@@ -118,7 +118,8 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
 
 
 def params(cfg) -> dict:
-    n = len(resnet_plan(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes).removable)
+    """The run's params: the flattened config, and the block count and rewind epoch it resolves to."""
+    n = len(resnet_plan(cfg.model.depth).removable)  # the count of removable blocks depends on the depth alone
     rewind = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if MODES[cfg.mode.name].rewinds else 0
     return {**tracking.flatten(cfg), "blocks_to_remove": blocks_to_remove(cfg.density, n), "rewind_epoch": rewind}
 
