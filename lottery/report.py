@@ -51,10 +51,14 @@ def fetch_tables(profile: str) -> dict[str, dict]:
 
 
 def _failed(experiment_id: str, profile: str) -> int:
+    """Trials of the profile whose runs failed or were killed and that have not finished since."""
     import mlflow
 
-    return len(mlflow.search_runs([experiment_id], output_format="list", filter_string=(
-        f"tags.role = 'ticket' and tags.profile = '{profile}' and attributes.status != 'FINISHED'")))
+    runs = mlflow.search_runs([experiment_id], output_format="list",
+                              filter_string=f"tags.role = 'ticket' and tags.profile = '{profile}'")
+    done = {r.data.tags.get("config_key") for r in runs if r.info.status == "FINISHED"}
+    return len({r.data.tags.get("config_key") for r in runs
+                if r.info.status in ("FAILED", "KILLED") and r.data.tags.get("config_key") not in done})
 
 
 def trials(table: dict) -> dict[str, int]:

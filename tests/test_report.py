@@ -124,3 +124,18 @@ def test_a_report_without_runs_says_what_to_run(tmp_path):
     md = (tmp_path / "report" / "quick" / "report.md").read_text()
     assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
     assert md.count("**not run**") == 9
+
+
+def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path):
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'own.db'}")
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    client = MlflowClient()
+    for key, statuses in (("a", ("FAILED", "FINISHED")), ("b", ("KILLED",)), ("c", ("RUNNING",)),
+                          ("d", ("FINISHED",))):
+        for status in statuses:
+            run = client.create_run(exp, tags={"role": "ticket", "profile": "smoke", "config_key": key})
+            if status != "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+    assert report._failed(exp, "smoke") == 1  # b; a finished on its retry, c still runs
