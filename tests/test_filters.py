@@ -106,6 +106,11 @@ def test_filter_trial_logs_filters_at_its_target(smoke):
     assert out["filters"] == out["target_filters"] in (1200, 1168, 1104) and out["dense_filters"] == 1232
     assert out["blocks_removed"] == 0 and out["filters_removed"] == 1232 - out["target_filters"]
     assert out["name"] == "init-snip-p1-filter-resnet32-s0"
+    from lottery import load_ticket
+    from lottery.models import count_filters
+
+    narrowed = load_ticket(out["run_id"], uri=smoke().tracking.uri)  # the narrower blocks come back from the plan
+    assert count_filters(narrowed) == out["filters"]
 
 
 @pytest.mark.parametrize("criterion", ["snip", "grasp", "random"])
