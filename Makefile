@@ -46,6 +46,7 @@ demo: install  ## one smoke trial (GraSP ticket at init, 2 blocks removed) into 
 
 ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...)
 	mkdir -p $(ROOT)
+	@echo "open http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (MLflow 3: the 'Model training' view)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE_URI) --host 127.0.0.1 --port $(PORT)
 
 # A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.

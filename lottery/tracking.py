@@ -69,9 +69,7 @@ def _experiment(mlflow, uri: str, cfg, root: str) -> str:
     if uri.startswith("sqlite:///"):  # a local database keeps its artifacts beside it, not in ./mlruns
         location = local_artifacts(Path(uri[len("sqlite:///"):]).parent)
     try:
-        # the UI opens a model-training experiment on its runs, not on the GenAI trace overview
-        return mlflow.create_experiment(cfg.experiment, artifact_location=location,
-                                        tags={"mlflow.experimentKind": "custom_model_development"})
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
     except Exception:  # created meanwhile by a concurrent trial
         return mlflow.get_experiment_by_name(cfg.experiment).experiment_id
 
