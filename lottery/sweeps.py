@@ -182,10 +182,10 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list every trial as finished / failed / missing with "
                                                           "the estimated time of the rest, and run nothing")
     args = p.parse_intermixed_args(argv)
-    sweep = load(args.name)
-    cells = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
     from lottery import tracking
 
+    sweep = load(args.name)
+    cells = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
     cfg = cells[0][1]
     experiment = tracking.start(cfg.tracking, cfg.paths.root)
     run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
@@ -196,13 +196,14 @@ def main(argv=None) -> int:
         print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
         return 0
     tracking.reopen(run)
-    status = 0
+    status, outcome = 0, "KILLED"  # unless every command returns
     try:
         for cmd in cmds:
             print("+", " ".join(cmd[1:]), flush=True)
             status = max(status, subprocess.call(cmd))  # a grid with a failed trial does not stop the next
+        outcome = "FINISHED" if status == 0 else "FAILED"
     finally:
-        tracking.close(run, "FINISHED" if status == 0 else "FAILED")
+        tracking.close(run, outcome)
     return status
 
 
