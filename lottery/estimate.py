@@ -134,13 +134,14 @@ def network_flops(depth: int, shortcut: str, classes: int, removed: int) -> int:
 
 
 def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: Speed) -> int:
-    """Fill in the seconds of each missing trial; returns how many dense networks they must train."""
+    """Fill in the seconds of each trial a sweep would run (failed or missing); returns how many
+    dense networks they must train first."""
     from lottery.config import blocks_to_remove, epoch_of
     from lottery.models import resnet_plan
 
     cfgs = {tuple(cell.items()): cfg for cell, cfg in cells}
     dense_needed = set()
-    for s in (s for s in states if s.status != "finished"):
+    for s in (s for s in states if s.status in ("failed", "missing")):
         cfg = with_seed(cfgs[tuple(s.cell.items())], s.seed)
         m, mode, images = cfg.model, MODES[cfg.mode.name], train_images(cfg.data)
         # a filter ticket keeps the layer ticket's filter count: costed as that layer ticket
@@ -167,9 +168,9 @@ def render(name: str, profile: str, states: list[TrialState], speed: Speed | Non
     lines = [f"{name} ({profile}): {len(states)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     for s in states:
         what = " ".join(f"{k}={v}" for k, v in s.cell.items())
-        cost = f"~{duration(s.seconds)}" if s.seconds is not None and s.status != "running" else ""
+        cost = f"~{duration(s.seconds)}" if s.seconds is not None else ""
         lines.append(f"  {what} seed={s.seed}: {s.status:<8} {cost:<9} {s.note}".rstrip())
-    todo = [s for s in states if s.seconds is not None and s.status != "running"]
+    todo = [s for s in states if s.seconds is not None]
     if todo and speed is not None:
         besides = (f"{duration(speed.overhead_s)} per ticket besides training" if speed.overhead_s is not None
                    else "time besides training unknown until a ticket finishes")

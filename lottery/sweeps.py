@@ -215,7 +215,7 @@ def survey(sweep: Sweep, args, cells, experiment: str) -> str:
     states = estimate.survey(cells, args.seeds, experiment)
     cfg = cells[0][1]
     speed, dense = None, 0
-    if any(s.status != "finished" for s in states):
+    if any(s.status in ("failed", "missing") for s in states):
         speed = (estimate.measured_speed(experiment, cfg.store.root, precision(pick_device(cfg.device), cfg.train.amp))
                  or estimate.timed_speed(cfg))
         dense = estimate.estimate(states, cells, speed)
