@@ -341,10 +341,15 @@ def _content_id(cfg) -> str:
     return f"{source}/subsets-{SUBSET_RULE}/train={cfg.train_size}/test={cfg.test_size}/val={cfg.val_size}"
 
 
+def digest(fingerprint: str) -> str:
+    """A data fingerprint in 16 hex digits: the dataset input's digest and the sweep run's data tag."""
+    return content_key({"data": fingerprint})
+
+
 def describe(cfg, data: Dataset) -> dict:
     """What MLflow records as a run's dataset input: name, content digest, source, sizes."""
     name = cfg.name + (f":{Path(cfg.root).name}" if cfg.root else "")
-    return {"name": name, "digest": content_key({"data": data.fingerprint}),
+    return {"name": name, "digest": digest(data.fingerprint),
             "source": {"type": cfg.name, "root": str(Path(cfg.root).resolve()) if cfg.root else None,
                        "fingerprint": data.fingerprint},
             "profile": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,

@@ -13,10 +13,10 @@ import torch
 from lottery import carbon, costs, tracking
 from lottery.config import rewind_epochs
 from lottery.data import Dataset, describe
-from lottery.identity import dense_spec
+from lottery.identity import dense_spec_for
 from lottery.models import Plan, ResNet, build, count_filters, count_params
 from lottery.store import DenseResult, DenseStore, Entry, content_key
-from lottery.train import accuracy, conditions, cpu_state, held_out_accuracy, precision, predict, prepare, train
+from lottery.train import accuracy, conditions, cpu_state, held_out_accuracy, predict, prepare, train
 
 log = logging.getLogger("lottery")
 
@@ -31,11 +31,6 @@ def model_at(plan: Plan, entry: Entry, weights, device, channels_last: bool) -> 
     model = prepare(build(plan), device, channels_last)
     model.load_state_dict(entry.weights(weights))
     return model
-
-
-def spec(cfg, data: Dataset, device) -> dict:
-    """The store spec (and through ``content_key`` the key) of the dense run a trial prunes."""
-    return dense_spec(cfg, data.fingerprint, precision(device, cfg.train.amp))
 
 
 def run_tags(cfg, key: str, amp: str) -> dict:
@@ -86,7 +81,7 @@ def stored(cfg, plan: Plan, data: Dataset, device, store: DenseStore, experiment
            rewind: int | None) -> tuple[Entry, tracking.LiveRun | None]:
     """The stored dense run, trained first if missing (its MLflow run live while it trains, left
     open for ``log_run`` to finish), keeping the configured rewind points and this trial's."""
-    defined = spec(cfg, data, device)
+    defined = dense_spec_for(cfg, device)
     key, amp = content_key(defined), defined["precision"]
     keep = set(rewind_epochs(cfg.train)) | ({rewind} if rewind is not None else set())
     live = []

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lottery import tracking
-from lottery.data import fingerprint, train_images
-from lottery.identity import config_key, dense_spec
+from lottery.data import train_images
+from lottery.identity import dense_spec_for, trial_keys
 from lottery.modes import MODES
 from lottery.store import DenseStore, content_key
-from lottery.train import pick_device, precision
+from lottery.train import pick_device, prepare
 
 
 TIMED_STEPS = 5  # of the dense network, when no finished training tells the speed
@@ -48,7 +48,7 @@ def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str) -> lis
     for cell, cfg in cells:
         for seed in range(seeds):
             c = with_seed(cfg, seed)
-            key = config_key(c, fingerprint(c.data), precision(pick_device(c.device), c.train.amp))
+            key = trial_keys(c, pick_device(c.device))["config_key"]
             runs = sorted(tracking.find_runs(experiment, role="ticket", config_key=key),
                           key=lambda r: r.info.start_time, reverse=True)
             by = {r.info.status: r for r in reversed(runs)}  # the newest run of each status
@@ -107,8 +107,6 @@ def timed_speed(cfg) -> Speed:
     """A few timed training steps of the dense network on this machine."""
     from lottery.measure import throughput
 
-    from lottery.train import prepare
-
     device = pick_device(cfg.device)
     model = prepare(_network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0), device,
                     cfg.train.channels_last)
@@ -148,7 +146,7 @@ def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: 
         removed = blocks_to_remove(cfg.density, len(resnet_plan(m.depth, m.shortcut.value).removable))
         start = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.resumes_schedule else 0
         work = network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, removed) * images * (cfg.train.epochs - start)
-        key = content_key(dense_spec(cfg, fingerprint(cfg.data), precision(pick_device(cfg.device), cfg.train.amp)))
+        key = content_key(dense_spec_for(cfg, pick_device(cfg.device)))
         if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():
             dense_needed.add(key)
             work += network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, 0) * images * cfg.train.epochs

@@ -14,7 +14,9 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from lottery.config import execution_paths
+from lottery.data import fingerprint
 from lottery.store import content_key
+from lottery.train import precision
 
 EXECUTION = execution_paths()  # dotted config paths that never change a trial's results
 DENSE_READS = ("model", "data", "train")  # the config groups a dense run's training depends on
@@ -43,6 +45,23 @@ def cell_key(cfg, data_fingerprint: str) -> str:
 def config_key(cfg, data_fingerprint: str, precision: str) -> str:
     """One trial's outcome: a finished run with this key need not run again."""
     return content_key({"cell": cell_key(cfg, data_fingerprint), "seed": cfg.seed, "precision": precision})
+
+
+def resolved(cfg, device) -> tuple[str, str]:
+    """What a config leaves to its machine and data folder: the data's content fingerprint and the
+    precision ``amp`` resolves to on ``device``."""
+    return fingerprint(cfg.data), precision(device, cfg.train.amp)
+
+
+def trial_keys(cfg, device) -> dict:
+    """The trial's cell and config keys, as tagged on its run (and looked up to skip it)."""
+    data_id, amp = resolved(cfg, device)
+    return {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, amp)}
+
+
+def dense_spec_for(cfg, device) -> dict:
+    """``dense_spec`` of the dense run a trial on ``device`` prunes (its content is its store key)."""
+    return dense_spec(cfg, *resolved(cfg, device))
 
 
 def dense_spec(cfg, data_fingerprint: str, precision: str) -> dict:

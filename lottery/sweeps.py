@@ -20,7 +20,6 @@ import yaml
 
 from lottery.cli import entry
 from lottery.errors import LotteryError, unknown
-from lottery.store import content_key
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -144,10 +143,15 @@ def compose_cells(sweep: Sweep, profile: str, data: str | None, data_root: str |
 def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | None, extra: list[str]) -> list[str]:
     """The identity (``cell_key``) of the trial the sweep launches for each of its cells: the
     tables accept a run into a cell only on this key."""
+    return keys_of(compose_cells(sweep, profile, data, data_root, extra))
+
+
+def keys_of(cells: list[tuple[dict, object]]) -> list[str]:
+    """The ``cell_key`` of each composed cell."""
     from lottery.data import fingerprint
     from lottery.identity import cell_key
 
-    return [cell_key(cfg, fingerprint(cfg.data)) for _, cfg in compose_cells(sweep, profile, data, data_root, extra)]
+    return [cell_key(cfg, fingerprint(cfg.data)) for _, cfg in cells]
 
 
 def parent(sweep: Sweep, profile: str, cfg, experiment: str, create: bool = True) -> str | None:
@@ -155,10 +159,9 @@ def parent(sweep: Sweep, profile: str, cfg, experiment: str, create: bool = True
     its tags on every invocation (created when missing, unless ``create`` is False): the trials sit
     under it, and the table builder attaches the table to it."""
     from lottery import tracking
-    from lottery.data import fingerprint
+    from lottery.data import digest, fingerprint
 
-    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile,
-            "data": content_key({"data": fingerprint(cfg.data)})}
+    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile, "data": digest(fingerprint(cfg.data))}
     return tracking.find_or_create(experiment, f"{sweep.name}-{profile}", tags, create)
 
 

@@ -15,8 +15,8 @@ from lottery import carbon, costs, dense, measure, tracking
 from lottery.checks import validate
 from lottery.config import blocks_to_remove, epoch_of
 from lottery.criteria import ScoringSet
-from lottery.data import Dataset, describe, fingerprint, load_dataset, scoring_set
-from lottery.identity import cell_key, config_key
+from lottery.data import Dataset, describe, load_dataset, scoring_set
+from lottery.identity import trial_keys
 from lottery.metrics import Phase, compare, console, dense_side
 from lottery.models import Plan, ResNet, count_filters, count_params, resnet_plan
 from lottery.modes import MODES, REINIT_SEED_OFFSET, Mode
@@ -86,12 +86,6 @@ def finished(experiment: str, key: str) -> dict | None:
     return {**done[0].data.metrics, "run_id": done[0].info.run_id, "skipped": True}
 
 
-def identity_keys(cfg, device) -> dict:
-    """The trial's cell and config keys (``lottery.identity``), tagged on its run."""
-    data_id = fingerprint(cfg.data)
-    return {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, precision(device, cfg.train.amp))}
-
-
 def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     """Run one trial and return its metrics (also logged to MLflow, with ``overrides`` and ``tags``
     as tags). A trial whose identity and seed already finished in the experiment is skipped, so
@@ -101,7 +95,7 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     mode = MODES[cfg.mode.name]
     experiment = tracking.start(cfg.tracking, cfg.paths.root)
     device = pick_device(cfg.device)
-    keys = identity_keys(cfg, device)
+    keys = trial_keys(cfg, device)
     if mode.prunes and (done := finished(experiment, keys["config_key"])):
         return done
     if cfg.threads:

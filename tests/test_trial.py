@@ -13,6 +13,7 @@ from lottery import dense, trial
 from lottery.errors import LotteryError
 from lottery.models import resnet_plan
 from lottery.pruning import Pruning
+from lottery.identity import dense_spec_for, trial_keys
 from lottery.store import DenseStore, content_key
 from lottery.surgery import remove_blocks
 from tests.conftest import compose_cfg
@@ -97,8 +98,7 @@ def test_a_rewind_point_the_entry_lacks_is_replayed_from_the_nearest_kept_one(sm
     monkeypatch.setattr(dense, "train", real_train)
     kept = smoke(*small, "mode=dense", "train.rewind_points=[0.25,0.75]", f"store.root={tmp_path / 'other'}")
     trial.run(kept)
-    data = trial.load_dataset(cfg.data, torch.device("cpu"))
-    key = content_key(dense.spec(cfg, data, torch.device("cpu")))
+    key = content_key(dense_spec_for(cfg, torch.device("cpu")))
     replayed, uninterrupted = DenseStore(cfg.store.root).load(key), DenseStore(kept.store.root).load(key)
     assert replayed.epochs == uninterrupted.epochs == [0, 1, 3]
     for a, b in ((replayed.weights(3), uninterrupted.weights(3)), (replayed.optimizer(3)["state"],
@@ -120,9 +120,8 @@ def test_a_new_dense_entry_keeps_the_rewind_point_its_trial_asks_for(smoke):
 def test_ticket_weights_follow_the_mode(shared):
     cfg = shared("mode=rewind", "rewind_epoch=1", "density=2")
     trial.run(shared("mode=dense"))
-    data = trial.load_dataset(cfg.data, torch.device("cpu"))
     plan = resnet_plan(20)
-    entry = DenseStore(cfg.store.root).load(content_key(dense.spec(cfg, data, torch.device("cpu"))))
+    entry = DenseStore(cfg.store.root).load(content_key(dense_spec_for(cfg, torch.device("cpu"))))
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
@@ -203,7 +202,7 @@ def test_a_trial_logs_mcnemar_against_the_dense_predictions_and_its_validation_a
     assert 0 <= out["mcnemar_p"] <= 1 and out["test_images"] == 200 and out["train_images"] == 512
     assert out["val_delta_pp"] == pytest.approx(out["val_accuracy"] - out["dense_val_accuracy"])
     data = trial.load_dataset(cfg.data, torch.device("cpu"))
-    entry = DenseStore(cfg.store.root).load(content_key(dense.spec(cfg, data, torch.device("cpu"))))
+    entry = DenseStore(cfg.store.root).load(content_key(dense_spec_for(cfg, torch.device("cpu"))))
     predictions = torch.tensor(entry.meta["predictions"])
     assert len(predictions) == 200
     assert 100 * (predictions == data.test.y).float().mean().item() == pytest.approx(entry.metrics["accuracy"])
@@ -223,7 +222,7 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
     cfg = smoke("model.depth=14", "criterion=random", "density=1", "measure.enabled=false",
                 "robustness.enabled=false")
     experiment = tracking.start(cfg.tracking, cfg.paths.root)
-    key = trial.identity_keys(cfg, torch.device("cpu"))["config_key"]
+    key = trial_keys(cfg, torch.device("cpu"))["config_key"]
     stale = tracking.LiveRun(experiment, "killed-earlier", {"role": "ticket", "config_key": key}, {})
     client = MlflowClient()
     client.set_tag(stale.run_id, "pid", "999999999")  # a process that is gone

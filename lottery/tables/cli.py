@@ -16,9 +16,7 @@ from pathlib import Path
 
 from lottery.cli import entry
 from lottery.errors import LotteryError
-from lottery.data import fingerprint
-from lottery.identity import cell_key
-from lottery.sweeps import Sweep, add_sweep_arguments, compose_cells, load
+from lottery.sweeps import Sweep, add_sweep_arguments, compose_cells, keys_of, load
 from lottery.tables.cells import budget, build
 from lottery.tables.plots import plot_curves, plot_figure3
 from lottery.tables.render import FORMATS
@@ -94,7 +92,7 @@ def main(argv=None) -> int:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
     sweep = load(args.name)
     composed = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
-    keys = [cell_key(cfg, fingerprint(cfg.data)) for _, cfg in composed]
+    keys = keys_of(composed)
     mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, runs, keys, args.xi)
