@@ -10,10 +10,8 @@ steps; plus the median time finished tickets spent besides training (data, scori
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 from lottery import tracking
 from lottery.data import train_images
@@ -79,9 +77,8 @@ def measured_speed(experiment: str, store_root: str, amp: str) -> Speed | None:
         m, p = r.data.metrics, r.data.params
         if r.info.status != "FINISHED" or not all(m.get(k) for k in ("train_images", "ticket_epochs", "train_seconds")):
             continue
-        flops = m.get("flops") or network_flops(int(p["model.depth"]), p["model.shortcut"],
-                                                int(p["data.num_classes"]), int(p["blocks_to_remove"]))
-        rates.append(flops * m["train_images"] * m["ticket_epochs"] / m["train_seconds"])
+        rates.append(_rate(m, m["ticket_epochs"], int(p["model.depth"]), p["model.shortcut"],
+                           int(p["data.num_classes"]), int(p["blocks_to_remove"])))
         wall = (r.info.end_time - r.info.start_time) / 1000
         if wall >= m["train_seconds"]:  # runs logged before they were live have no real duration
             overheads.append(wall - m["train_seconds"])
@@ -93,14 +90,18 @@ def measured_speed(experiment: str, store_root: str, amp: str) -> Speed | None:
 
 def _dense_rates(store_root: str, amp: str) -> list[float]:
     rates = []
-    for path in (Path(store_root).expanduser() / "dense").glob("*/meta.json"):
-        meta = json.loads(path.read_text())
+    for meta in DenseStore(store_root).metas():
         m, spec = meta["metrics"], meta["spec"]
         if spec.get("precision") == amp and m.get("train_images") and m.get("train_seconds"):
             model = spec["model"]
-            flops = m.get("flops") or network_flops(model["depth"], model["shortcut"], spec["data"]["num_classes"], 0)
-            rates.append(flops * m["train_images"] * m["epochs"] / m["train_seconds"])
+            rates.append(_rate(m, m["epochs"], model["depth"], model["shortcut"], spec["data"]["num_classes"], 0))
     return rates
+
+
+def _rate(m: dict, epochs: int, depth: int, shortcut: str, classes: int, removed: int) -> float:
+    """Forward FLOPs x images trained per second by a finished training (FLOPs as measured, else counted)."""
+    flops = m.get("flops") or network_flops(depth, shortcut, classes, removed)
+    return flops * m["train_images"] * epochs / m["train_seconds"]
 
 
 def timed_speed(cfg) -> Speed:

@@ -2,9 +2,9 @@
 
 Built from MLflow alone: the newest table attached to each paper table's ``role=sweep`` run of
 the profile (its ``cells.json``, markdown and plot) gives the tables, and ``lottery.claims``
-judges the paper's claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html`` (standing alone: plots
-inlined, no JavaScript) and ``report.md``, and attaches both to one ``role=report`` run, replaced
-on a rebuild.
+judges the paper's claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html``
+(standing alone: plots inlined, no JavaScript) and ``report.md``, and attaches both to one
+``role=report`` run, replaced on a rebuild.
 """
 
 from __future__ import annotations

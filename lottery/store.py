@@ -3,14 +3,15 @@
 An entry lives in ``<root>/dense/<key>/``: ``meta.json`` (what defines it, its metrics, its
 per-epoch history, the SHA-256 of every file), one weights file per kept epoch (``theta_<e>.pt``,
 and ``theta_final.pt``) and the optimizer's state at each kept epoch (``optim_<e>.pt``), from
-which a rewind point the entry lacks is replayed and added later (``add_checkpoint``). It is built in a temporary folder and renamed into place only when
-complete, under a file lock, so concurrent trials train it once and a killed process never
-leaves an entry that looks finished. An entry that fails its integrity check is set aside and
+which a rewind point the entry lacks is replayed and added later (``add_checkpoint``). It is
+built in a temporary folder and renamed into place only when complete, under a file lock, so
+concurrent trials train it once and a killed process never leaves an entry that looks finished. An entry that fails its integrity check is set aside and
 retrained, never used. Training state for resumption sits in ``<key>.partial/`` meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,12 @@ def content_key(spec: dict) -> str:
     """SHA-256 (first 16 hex digits) of the canonical JSON of what defines a run."""
     canonical = json.dumps({"format": FORMAT, **spec}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _save(state: dict, path: Path) -> str:
+    """Write a state dict atomically; its SHA-256, for meta.json."""
+    save_atomic(state, path)
+    return sha256_file(path)
 
 
 def sha256_file(path: Path) -> str:
@@ -146,27 +153,36 @@ class DenseStore:
             shutil.rmtree(partial, ignore_errors=True)
             return entry, True
 
-    def update_metrics(self, entry: Entry, metrics: dict, **fields) -> Entry:
-        """Add metrics (and meta fields) to a stored entry (meta.json rewritten atomically, under the lock)."""
+    def metas(self):
+        """The ``meta.json`` of every stored entry, unchecked (what the sweep estimate reads speeds from);
+        folders being written, set aside or resumed (``.<key>.tmp-*``, ``<key>.corrupt-*``) are skipped."""
+        for path in self.dir.glob("*/meta.json"):
+            if "." not in path.parent.name:
+                yield json.loads(path.read_text())
+
+    @contextlib.contextmanager
+    def _editing(self, entry: Entry):
+        """Yields the entry's meta.json to change; rewritten atomically, under the lock, after the block."""
         with self.lock(entry.key):
             meta = json.loads((entry.path / "meta.json").read_text())
-            meta["metrics"].update(metrics)
-            meta.update(fields)
+            yield meta
             write_json(entry.path / "meta.json", meta)
             entry.meta = meta
+
+    def update_metrics(self, entry: Entry, metrics: dict, **fields) -> Entry:
+        """Add metrics (and meta fields) to a stored entry."""
+        with self._editing(entry) as meta:
+            meta["metrics"].update(metrics)
+            meta.update(fields)
         return entry
 
     def add_checkpoint(self, entry: Entry, epoch: int, weights: dict, optimizer: dict) -> Entry:
-        """Add theta_e and the optimizer state there to a stored entry (files first, then meta.json,
-        each written atomically under the lock: a reader sees the entry before or after, never between)."""
-        with self.lock(entry.key):
-            meta = json.loads((entry.path / "meta.json").read_text())
+        """Add theta_e and the optimizer state there to a stored entry (files first, then meta.json:
+        a reader sees the entry before or after, never between)."""
+        with self._editing(entry) as meta:
             for name, state in ((f"theta_{epoch}.pt", weights), (f"optim_{epoch}.pt", optimizer)):
-                save_atomic(state, entry.path / name)
-                meta["files"][name] = sha256_file(entry.path / name)
+                meta["files"][name] = _save(state, entry.path / name)
             meta["checkpoints"] = sorted({*meta["checkpoints"], str(epoch)}, key=int)
-            write_json(entry.path / "meta.json", meta)
-            entry.meta = meta
         return entry
 
     def _publish(self, key: str, spec: dict, result: DenseResult) -> Entry:
@@ -177,9 +193,7 @@ class DenseStore:
         states = {**{f"theta_{e}": s for e, s in result.checkpoints.items()}, "theta_final": result.final,
                   **{f"optim_{e}": s for e, s in result.optimizers.items()}}
         for name, state in states.items():
-            fname = f"{name}.pt"
-            torch.save(state, tmp / fname)
-            files[fname] = sha256_file(tmp / fname)
+            files[f"{name}.pt"] = _save(state, tmp / f"{name}.pt")
         meta = {**result.extra, "format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
                 "checkpoints": [str(e) for e in sorted(result.checkpoints)], "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
