@@ -8,10 +8,11 @@ PYTEST_ARGS ?=
 # paths.root: every store, cache, database, table and log lives below it
 ROOT ?= .lottery
 STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
-# Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [SEEDS=3] [XI=0|std] [DRY_RUN=1]
+# Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [MODEL=resnet18] [SEEDS=3] [XI=0|std] [DRY_RUN=1]
 PROFILE ?= paper
 DATA ?= $(if $(filter smoke,$(PROFILE)),synthetic,cifar10)
 DATA_ROOT ?=
+MODEL ?=
 SEEDS ?= 1
 XI ?= 0
 OVERRIDES ?=
@@ -53,18 +54,18 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 # DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
 $(TABLES): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
+		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
 		paths.root=$(ROOT) $(OVERRIDES); \
 	status=$$?; $(if $(DRY_RUN),exit $$status;) \
 	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		--root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
+		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 
 report: install  ## one page (HTML + md) of every paper claim with our verdict, every table and plot (PROFILE=...)
-	$(PY) -m lottery.report --profile $(PROFILE) --root $(ROOT)
+	$(PY) -m lottery.report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL))
 
 search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
 	$(PY) -m lottery.search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \

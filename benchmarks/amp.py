@@ -23,10 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lottery.checks import validate  # noqa: E402
 from lottery.config import register  # noqa: E402
 from lottery.data import load_dataset  # noqa: E402
-from lottery.models import resnet_plan  # noqa: E402
-from lottery.train import evaluate, precision, train  # noqa: E402
-from lottery.train import pick_device  # noqa: E402
-from lottery.dense import fresh_model  # noqa: E402
+from lottery import models  # noqa: E402
+from lottery.train import Job, evaluate, pick_device, precision, prepare, train  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -41,9 +39,9 @@ def compose_quick(overrides: list[str], amp: str):
 
 def one_run(cfg, data, device, seed: int) -> tuple[float, float]:
     """(test accuracy %, training seconds per epoch) of one dense training."""
-    plan = resnet_plan(cfg.model.depth, cfg.model.shortcut.value, data.num_classes)
-    model = fresh_model(plan, seed, device, cfg.train.channels_last)
-    done = train(model, data, cfg.train, seed=seed, device=device, desc=f"{cfg.train.amp.value} s{seed}")
+    torch.manual_seed(seed)
+    model = prepare(models.build(cfg.model, data.shape), device, cfg.train.channels_last)
+    done = train(model, data, Job(cfg.train, seed, device, desc=f"{cfg.train.amp.value} s{seed}"))
     return evaluate(model, data, cfg.train, device), done.seconds / cfg.train.epochs
 
 

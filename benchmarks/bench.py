@@ -32,8 +32,8 @@ from lottery import carbon, tracking  # noqa: E402
 from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingConfig, TrainConfig  # noqa: E402
 from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
-from lottery.models import build, resnet_plan  # noqa: E402
-from lottery.train import precision, prepare, synchronize, train  # noqa: E402
+from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
+from lottery.train import Job, precision, prepare, synchronize, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:
@@ -56,7 +56,7 @@ def lottery_throughput(args, data, device, amp: str) -> float:
     for r in range(args.repeats + 1):  # the first is the warm-up
         torch.manual_seed(0)
         model = prepare(build(resnet_plan(args.model)), device, True)
-        done = train(model, data, t, seed=r, device=device)
+        done = train(model, data, Job(t, r, device))
         if r:
             times.append(len(data.train) / done.seconds)
     return statistics.median(times)

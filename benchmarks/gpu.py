@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery.config import epoch_of  # noqa: E402
 from lottery.measure import flops  # noqa: E402
-from lottery.models import build, resnet_plan  # noqa: E402
+from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
 from lottery.sweeps import available, load  # noqa: E402
 from lottery.train import autocast, compiled, make_optimizer, prepare, synchronize  # noqa: E402
 from lottery.config import TrainConfig  # noqa: E402

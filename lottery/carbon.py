@@ -25,10 +25,13 @@ class Footprint:
     power: str = "unavailable"  # measured | estimated | unavailable
     hardware: str = ""
 
-    def metrics(self, resumed_from: int | None) -> dict:
-        """As logged: a resumed phase's footprint covers only the epochs after the resumption."""
-        return {"co2_kg": self.co2_kg, "energy_kwh": self.energy_kwh, "power_source": self.power,
-                "power_hardware": self.hardware,
+    def metrics(self) -> dict:
+        return {"co2_kg": self.co2_kg, "energy_kwh": self.energy_kwh}
+
+    def tags(self, resumed_from: int | None) -> dict:
+        """Where the numbers come from; a resumed phase's footprint covers only the epochs after
+        the resumption."""
+        return {"power_source": self.power, "power_hardware": self.hardware,
                 "co2_covers": "all" if resumed_from is None else f"epochs after {resumed_from} (resumed)"}
 
 

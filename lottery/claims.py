@@ -55,14 +55,15 @@ def verdict(quantifier: str, sides: list[str], expected: int) -> str:
 
 
 def _cells(tables: dict, name: str, measured: bool = True, **where) -> list[dict]:
-    """A table's cells (measured ones only, by default) whose row values or column are in ``where``."""
+    """A table's cells (measured ones only, by default; never those the model cannot run) whose
+    row values or column are in ``where``."""
     t = tables.get(name)
     if t is None:
         return []
     out = []
     for c in t["cells"]:
         row = {**dict(zip(t["rows"], c["row"])), "column": c["column"]}
-        if (c["n"] or not measured) and all(row.get(k) in v for k, v in where.items()):
+        if (c["n"] or not measured) and not c.get("na") and all(row.get(k) in v for k, v in where.items()):
             out.append(c)
     return out
 

@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 
@@ -64,10 +64,28 @@ class PathsConfig:
                     execution=True)
 
 
+class Stem(enum.Enum):
+    default = "default"  # the builder's own
+    cifar = "cifar"  # a ResNet's 7x7 stride-2 stem and max-pool replaced by a 3x3 stride-1 conv (32x32 images)
+
+
 @dataclass
 class ModelConfig:
-    depth: int = opt(32, "CIFAR ResNet depth 6n+2: 20, 32, 44, 56, 110")
-    shortcut: Shortcut = opt(Shortcut.B, "downsampling shortcut: B = 1x1 projection + BN, A = zero-pad")
+    family: str = opt("cifar_resnet", "model family: cifar_resnet (the paper's), torchvision (model.arch=NAME), "
+                                      "custom (model.target=pkg.module:factory)")
+    name: Optional[str] = opt(None, "the model's name in run names and tables (None: resnet<depth>, the torchvision "
+                                    "arch or the factory's name)", execution=True)
+    depth: int = opt(32, "cifar_resnet: depth 6n+2: 20, 32, 44, 56, 110")
+    shortcut: Shortcut = opt(Shortcut.B, "cifar_resnet: downsampling shortcut: B = 1x1 projection + BN, A = zero-pad")
+    arch: Optional[str] = opt(None, "torchvision: a torchvision.models builder or class, e.g. resnet18, "
+                                    "mobilenet_v2, VisionTransformer")
+    stem: Stem = opt(Stem.default, "torchvision ResNets: cifar = 3x3 stride-1 first conv and no max-pool")
+    kwargs: Dict[str, Any] = opt(help="torchvision and custom: arguments of the builder or factory, added with "
+                                      "++model.kwargs.NAME=VALUE (num_classes comes from the data)", factory=dict)
+    target: Optional[str] = opt(None, "custom: pkg.module:factory returning the network")
+    block_types: List[str] = opt(help="custom: residual block classes (pkg.module:Class, or a registered type such as "
+                                      "BasicBlock)", factory=list)
+    blocks: List[str] = opt(help="custom: residual blocks by module path (instead of block_types)", factory=list)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lottery import measure
 from lottery.data import eval_batches, subset
-from lottery.robustness import REGEN_VERSION, ShiftedSets, shifted_accuracies
+from lottery.robustness import REGEN_VERSION, shifted_accuracies
 from lottery.store import content_key
 
 
@@ -19,18 +19,19 @@ def robustness_key(cfg) -> str:
                         "regenerated": REGEN_VERSION})
 
 
-def network_costs(model, cfg, data, shifted: ShiftedSets, device, suffix: str = "") -> dict:
-    """FLOPs, training memory, latency and shifted-set accuracies of one network."""
-    out: dict = {}
+def network_costs(ctx, model, suffix: str = "") -> tuple[dict, dict]:
+    """FLOPs, training memory, latency and shifted-set accuracies of one network of the trial
+    (``ctx``: its ``lottery.context.Context``), and the tags that say how they were measured."""
+    cfg, device = ctx.cfg, ctx.device
     t = cfg.train
+    out, tags = {"flops": measure.flops(model)}, {}  # counted, not timed: cheap enough for every run
     if cfg.measure.enabled:
-        out["flops"] = measure.flops(model)
-        out["memory_bytes"], out["memory_method"] = measure.training_memory(model, t, device)
+        out["memory_bytes"], tags["memory_method"] = measure.training_memory(model, t, device)
         out["latency_ms_b1"] = measure.latency_ms(model, 1, device, cfg.measure.latency_repeats, t.channels_last)
         out["latency_ms_b128"] = measure.latency_ms(model, 128, device, cfg.measure.latency_repeats, t.channels_last)
-    for k, v in shifted_accuracies(model, data, shifted, t, device).items():
+    for k, v in shifted_accuracies(model, ctx.data, ctx.shifted, t, device).items():
         out[f"{k}{suffix}"] = v
-    return out
+    return out, tags
 
 
 def cka_to_dense(ticket, dense, data, cfg) -> float:

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 
 from lottery.errors import LotteryError, bad_value, check_choice, one_line
 from lottery.files import atomic
+from lottery.models import Shape
 from lottery.store import content_key
 
 IMAGE_SIZE = 32
+IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # every source yields RGB images of this size (folders are resized)
 PAD = 4
 SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
 SUBSET_RULE = 2  # version of ``balanced_indices``: part of the data's identity
@@ -54,6 +56,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def shape(self) -> Shape:
+        """What the data fixes about a network: its input shape and class count."""
+        return Shape(tuple(self.train.x.shape[1:]), self.num_classes)
+
     def normalize(self, x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
         x = (x.float().div_(255) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -77,6 +84,7 @@ class Source:
     load: Callable  # cfg -> Arrays
     fingerprint: Callable  # cfg -> str: the source's content identity, without decoding images
     train_images: Callable  # cfg -> int: images in the whole training split, without decoding them
+    classes: Callable  # cfg -> int: the class count, without decoding images
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,12 +251,18 @@ def check(cfg) -> None:
 
 
 SOURCES: dict[str, Source] = {
-    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint, lambda cfg: 50_000),
+    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint, lambda cfg: 50_000, lambda cfg: 10),
     "imagefolder": Source(_check_imagefolder, _load_imagefolder, lambda cfg: _folder_listing(cfg)[1],
-                          lambda cfg: len(_folder_listing(cfg)[0]["train"])),
+                          lambda cfg: len(_folder_listing(cfg)[0]["train"]),
+                          lambda cfg: len({c for c, _ in _folder_listing(cfg)[0]["train"]})),
     "synthetic": Source(_check_synthetic, _load_synthetic, lambda cfg: _synthetic_id(*_synthetic_sizes(cfg)),
-                        lambda cfg: _synthetic_sizes(cfg)[0]),
+                        lambda cfg: _synthetic_sizes(cfg)[0], lambda cfg: cfg.num_classes),
 }
+
+
+def shape_of(cfg) -> Shape:
+    """The network shape a data config implies (input and classes), without loading any image."""
+    return Shape(IMAGE_SHAPE, SOURCES[cfg.name].classes(cfg))
 
 
 def train_images(cfg) -> int:

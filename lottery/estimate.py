@@ -9,12 +9,14 @@ steps; plus the median time finished tickets spent besides training (data, scori
 
 from __future__ import annotations
 
-import functools
 import statistics
 from dataclasses import dataclass
 
-from lottery import tracking
-from lottery.data import train_images
+import torch
+from omegaconf import OmegaConf
+
+from lottery import models, tracking
+from lottery.data import shape_of, train_images
 from lottery.identity import dense_spec_for, trial_keys
 from lottery.modes import MODES
 from lottery.store import DenseStore, content_key
@@ -28,7 +30,7 @@ TIMED_STEPS = 5  # of the dense network, when no finished training tells the spe
 class TrialState:
     cell: dict[str, str]
     seed: int
-    status: str  # finished | failed | running | missing
+    status: str  # finished | failed | running | missing | n/a (the model cannot run it)
     note: str = ""  # the run id, or the failure's one-line error
     seconds: float | None = None  # estimated, for a missing trial
 
@@ -42,9 +44,14 @@ class Speed:
 
 def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str) -> list[TrialState]:
     """Every trial of the sweep (cell x seed) with its state in the experiment."""
+    from lottery.sweeps import inapplicable
+
     out = []
-    for cell, cfg in cells:
+    for (cell, cfg), why in zip(cells, inapplicable(cells)):
         for seed in range(seeds):
+            if why:
+                out.append(TrialState(cell, seed, "n/a", why))
+                continue
             c = with_seed(cfg, seed)
             key = trial_keys(c, pick_device(c.device))["config_key"]
             runs = sorted(tracking.find_runs(experiment, role="ticket", config_key=key),
@@ -74,11 +81,12 @@ def measured_speed(experiment: str, store_root: str, amp: str) -> Speed | None:
     networks at this precision, and the median time finished tickets spent besides training."""
     rates, overheads = _dense_rates(store_root, amp), []
     for r in tracking.find_runs(experiment, role="ticket", amp=amp):
-        m, p = r.data.metrics, r.data.params
+        m = r.data.metrics
         if r.info.status != "FINISHED" or not all(m.get(k) for k in ("train_images", "ticket_epochs", "train_seconds")):
             continue
-        rates.append(_rate(m, m["ticket_epochs"], int(p["model.depth"]), p["model.shortcut"],
-                           int(p["data.num_classes"]), int(p["blocks_to_remove"])))
+        if not m.get("flops"):
+            continue  # logged before every run measured its FLOPs
+        rates.append(_rate(m, m["ticket_epochs"]))
         wall = (r.info.end_time - r.info.start_time) / 1000
         if wall >= m["train_seconds"]:  # runs logged before they were live have no real duration
             overheads.append(wall - m["train_seconds"])
@@ -92,16 +100,14 @@ def _dense_rates(store_root: str, amp: str) -> list[float]:
     rates = []
     for meta in DenseStore(store_root).metas():
         m, spec = meta["metrics"], meta["spec"]
-        if spec.get("precision") == amp and m.get("train_images") and m.get("train_seconds"):
-            model = spec["model"]
-            rates.append(_rate(m, m["epochs"], model["depth"], model["shortcut"], spec["data"]["num_classes"], 0))
+        if spec.get("precision") == amp and all(m.get(k) for k in ("train_images", "train_seconds", "flops")):
+            rates.append(_rate(m, m["epochs"]))
     return rates
 
 
-def _rate(m: dict, epochs: int, depth: int, shortcut: str, classes: int, removed: int) -> float:
-    """Forward FLOPs x images trained per second by a finished training (FLOPs as measured, else counted)."""
-    flops = m.get("flops") or network_flops(depth, shortcut, classes, removed)
-    return flops * m["train_images"] * epochs / m["train_seconds"]
+def _rate(m: dict, epochs: int) -> float:
+    """Forward FLOPs x images trained per second by a finished training."""
+    return m["flops"] * m["train_images"] * epochs / m["train_seconds"]
 
 
 def timed_speed(cfg) -> Speed:
@@ -109,48 +115,51 @@ def timed_speed(cfg) -> Speed:
     from lottery.measure import throughput
 
     device = pick_device(cfg.device)
-    model = prepare(_network(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0), device,
-                    cfg.train.channels_last)
+    model = prepare(models.build(cfg.model, shape_of(cfg.data)), device, cfg.train.channels_last)
     img_s = throughput(model, cfg.train, device, steps=TIMED_STEPS, warmup=2)
-    return Speed(network_flops(cfg.model.depth, cfg.model.shortcut.value, cfg.data.num_classes, 0) * img_s, None,
-                 f"{TIMED_STEPS} timed training steps (no finished training yet)")
+    return Speed(network_flops(cfg, 0) * img_s, None, f"{TIMED_STEPS} timed training steps (no finished training yet)")
 
 
-def _network(depth: int, shortcut: str, classes: int, removed: int):
-    from lottery.models import build, resnet_plan
-
-    plan = resnet_plan(depth, shortcut, classes)
-    return build(plan.without(plan.removable[:removed]))
+_FLOPS: dict[str, int] = {}
 
 
-@functools.lru_cache(maxsize=64)
-def network_flops(depth: int, shortcut: str, classes: int, removed: int) -> int:
-    """Forward FLOPs per image with ``removed`` blocks gone (every removable block of a CIFAR
-    ResNet costs the same, so which ones does not matter)."""
+def network_flops(cfg, removed: int) -> int:
+    """Forward FLOPs per image of the dense network with ``removed`` blocks gone (the first ones
+    a stage can spare: in a CIFAR ResNet every removable block costs the same), counted on its
+    skeleton; memoised per model, data shape and count."""
     from lottery.measure import flops
+    from lottery.surgery import select_blocks
 
-    return flops(_network(depth, shortcut, classes, removed))
+    shape = shape_of(cfg.data)
+    key = content_key({"model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+                       "shape": [list(shape.input), shape.classes], "removed": removed})
+    if key not in _FLOPS:
+        net = models.skeleton(cfg.model, shape)
+        anatomy = models.anatomy(net)
+        gone = select_blocks(anatomy, torch.zeros(len(anatomy.removable)), removed)
+        _FLOPS[key] = flops(models.without(net, gone) if gone else net)
+    return _FLOPS[key]
 
 
 def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: Speed) -> int:
     """Fill in the seconds of each trial a sweep would run (failed or missing); returns how many
     dense networks they must train first."""
-    from lottery.config import blocks_to_remove, epoch_of
-    from lottery.models import resnet_plan
+    from lottery.config import blocks_to_remove
 
     cfgs = {tuple(cell.items()): cfg for cell, cfg in cells}
     dense_needed = set()
     for s in (s for s in states if s.status in ("failed", "missing")):
         cfg = with_seed(cfgs[tuple(s.cell.items())], s.seed)
-        m, mode, images = cfg.model, MODES[cfg.mode.name], train_images(cfg.data)
+        mode, images = MODES[cfg.mode.name], train_images(cfg.data)
         # a filter ticket keeps the layer ticket's filter count: costed as that layer ticket
-        removed = blocks_to_remove(cfg.density, len(resnet_plan(m.depth, m.shortcut.value).removable))
-        start = epoch_of(cfg.rewind_epoch, cfg.train.epochs) if mode.resumes_schedule else 0
-        work = network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, removed) * images * (cfg.train.epochs - start)
+        anatomy = models.anatomy(models.skeleton(cfg.model, shape_of(cfg.data)))
+        removed = blocks_to_remove(cfg.density, len(anatomy.removable))
+        start = mode.rewind_epoch(cfg) if mode.resumes_schedule else 0
+        work = network_flops(cfg, removed) * images * (cfg.train.epochs - start)
         key = content_key(dense_spec_for(cfg, pick_device(cfg.device)))
         if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():
             dense_needed.add(key)
-            work += network_flops(m.depth, m.shortcut.value, cfg.data.num_classes, 0) * images * cfg.train.epochs
+            work += network_flops(cfg, 0) * images * cfg.train.epochs
         s.seconds = work / speed.flop_s + (speed.overhead_s or 0)
     return len(dense_needed)
 
@@ -164,6 +173,8 @@ def duration(seconds: float) -> str:
 def render(name: str, profile: str, states: list[TrialState], speed: Speed | None, dense: int, jobs: int) -> str:
     """The sweep's trials one per line, the counts, and the estimate of what is missing."""
     counts = {k: sum(s.status == k for s in states) for k in ("finished", "failed", "running", "missing")}
+    if any(s.status == "n/a" for s in states):
+        counts["not applicable to the model"] = sum(s.status == "n/a" for s in states)
     lines = [f"{name} ({profile}): {len(states)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     for s in states:
         what = " ".join(f"{k}={v}" for k, v in s.cell.items())

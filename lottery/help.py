@@ -42,11 +42,13 @@ def text() -> str:
              "One trial: get or train the dense network, score its blocks, build the shallower ticket, train,",
              "measure and log it to MLflow. Every key is typed; a mistake is one line before any work.", "",
              "config groups (* marks the default):"]
-    for name, choices in _groups():
+    groups = _groups()
+    width = max(len(option) for _, choices in groups for option, _ in choices) + 1
+    for name, choices in groups:
         lines.append(f"  {name}:")
         for option, doc in choices:
             mark = "*" if default.get(name) == option else " "
-            lines.append(f"   {mark}{option:<12} {doc}")
+            lines.append(f"   {mark}{option:<{width}} {doc}")
     lines += ["", "keys (+ marks execution settings: they never change results, nor a trial's identity):"]
     for key, f in sorted(schema_fields(), key=lambda kv: (kv[0].count("."), kv[0])):
         default = "[...]" if f.default is dataclasses.MISSING else choice(f.default)

@@ -17,18 +17,32 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from lottery import models
 from lottery.train import autocast, make_optimizer, synchronize
 
 
-def flops(model: nn.Module, image_size: int = 32) -> int:
-    """Forward FLOPs for one image (a multiply-add counts as two)."""
+def _attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# Attention on a CPU runs a fused kernel flop_counter has no formula for; it costs what the others do.
+ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention}
+
+
+def flops(model: nn.Module) -> int:
+    """Forward FLOPs for one image at the network's input shape (a multiply-add counts as two)."""
+    return int(counted(model).get_total_flops())
+
+
+def counted(model: nn.Module) -> FlopCounterMode:
+    """The flop counter after one forward pass of one image (per module: ``get_flop_counts()``)."""
     m = copy.deepcopy(model).eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=next(m.parameters()).device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    x = torch.zeros(1, *models.input_shape(m), device=next(m.parameters()).device)
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION) as counter, torch.no_grad():
         m(x)
-    return int(counter.get_total_flops())
+    return counter
 
 
 def _step(model, opt, x, y, device, amp):
@@ -39,19 +53,20 @@ def _step(model, opt, x, y, device, amp):
     opt.step()
 
 
-def _batch(batch_size: int, num_classes: int, device, channels_last: bool):
+def _batch(model: nn.Module, batch_size: int, device, channels_last: bool):
+    """A seeded batch of random images at the network's input shape, with labels of its classes."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device)
+    x = torch.randn(batch_size, *models.input_shape(model), generator=g).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    return x, torch.randint(0, models.classes(model), (batch_size,), generator=g).to(device)
 
 
 def training_memory(model: nn.Module, t, device) -> tuple[int, str]:
     """Peak bytes of one training step at the training batch size, and how they were measured."""
     m = copy.deepcopy(model).train()
     opt = make_optimizer(m, t)
-    x, y = _batch(t.batch_size, m.fc.out_features, device, t.channels_last)
+    x, y = _batch(m, t.batch_size, device, t.channels_last)
     if device.type == "cuda":
         return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
     saved: dict[int, int] = {}
@@ -95,7 +110,7 @@ def throughput(model: nn.Module, t, device, steps: int, warmup: int) -> float:
     """Steady-state training images per second (after warm-up), on a copy of the model."""
     m = copy.deepcopy(model).train()
     opt = make_optimizer(m, t)
-    x, y = _batch(t.batch_size, m.fc.out_features, device, t.channels_last)
+    x, y = _batch(m, t.batch_size, device, t.channels_last)
     for _ in range(warmup):
         _step(m, opt, x, y, device, t.amp)
     synchronize(device)
@@ -110,7 +125,7 @@ def throughput(model: nn.Module, t, device, steps: int, warmup: int) -> float:
 def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, channels_last: bool) -> float:
     """Median inference latency (ms) of one forward pass at the given batch size."""
     m = copy.deepcopy(model).eval()
-    x, _ = _batch(batch_size, m.fc.out_features, device, channels_last)
+    x, _ = _batch(m, batch_size, device, channels_last)
     for _ in range(2):
         m(x)
     times = []
@@ -134,4 +149,4 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 @torch.no_grad()
 def features(model: nn.Module, batches) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.features(x).float().cpu() for x, _ in batches])
+    return torch.cat([models.features(model, x).float().cpu() for x, _ in batches])

@@ -24,11 +24,11 @@ class Phase:
     resumed: bool  # an interrupted phase's energy and time are not one run's
 
     @classmethod
-    def of(cls, dense_metrics: dict) -> "Phase":
-        """The dense training, as its store entry recorded it."""
-        m = dense_metrics
+    def of(cls, entry) -> "Phase":
+        """The dense training, as its store entry recorded it (``lottery.store.Entry``)."""
+        m, t = entry.metrics, entry.tags
         return cls(m["train_seconds"], m["epochs"], m.get("co2_kg"), m.get("energy_kwh"),
-                   m.get("train_conditions", "unrecorded"), m.get("co2_covers", "all") != "all")
+                   t.get("train_conditions", "unrecorded"), t.get("co2_covers", "all") != "all")
 
 
 class Absent(Exception):

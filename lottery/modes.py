@@ -18,23 +18,27 @@ class Mode:
     rewinds: bool  # reads rewind_epoch
     paper: str
 
-    def check(self, cfg, plan) -> None:
+    def check(self, cfg, anatomy, model: str) -> None:
         """The density a pruning mode removes and the rewind point a rewinding mode reads."""
         if self.prunes:
-            _check_density(cfg.density, plan, cfg.model.depth)
+            _check_density(cfg.density, anatomy, model)
         if self.rewinds:
             _check_rewind(cfg.rewind_epoch, cfg.train.epochs)
 
+    def rewind_epoch(self, cfg) -> int:
+        """The epoch i this mode's ticket rewinds to (0 for a mode that does not rewind)."""
+        return epoch_of(cfg.rewind_epoch, cfg.train.epochs) if self.rewinds else 0
 
-def _check_density(d, plan, depth: int) -> None:
+
+def _check_density(d, anatomy, model: str) -> None:
     if isinstance(d, float) and not d.is_integer() and not 0 < d < 1:
         raise bad_value("density", d, "give a block count (int) or a fraction in (0, 1)")
-    count = blocks_to_remove(d, len(plan.removable))
+    count = blocks_to_remove(d, len(anatomy.removable))
     if count < 1:
         raise bad_value("density", d, "remove at least one block (use mode=dense for none)")
-    if count > plan.max_removable:
-        raise bad_value("density", d, f" is above resnet{depth}'s maximum of {plan.max_removable} blocks "
-                                      f"({len(plan.removable)} removable, every stage keeps one)")
+    if count > anatomy.max_removable:
+        raise bad_value("density", d, f" is above {model}'s maximum of {anatomy.max_removable} blocks "
+                                      f"({len(anatomy.removable)} removable, every stage keeps one)")
 
 
 def _check_rewind(r, epochs: int) -> None:

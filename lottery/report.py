@@ -27,15 +27,17 @@ from lottery.sweeps import available, load
 EXPERIMENT = "report"
 
 
-def fetch_tables(profile: str) -> dict[str, dict]:
-    """The newest table of each paper table for the profile (attached to its sweep's run): its
-    cells, markdown, plot, status."""
+def fetch_tables(profile: str, model: str | None = None) -> dict[str, dict]:
+    """The newest table of each paper table for the profile and model (attached to its sweep's
+    run; ``model``: the MODEL the sweeps ran on, None for their own): its cells, markdown, plot,
+    status."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     out = {}
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.role = 'sweep' and tags.profile = '{profile}'")
+                              filter_string=f"tags.role = 'sweep' and tags.profile = '{profile}' and "
+                                            f"tags.model = '{model or 'default'}'")
     for run in sorted(runs, key=lambda r: r.data.tags.get("table_built", ""), reverse=True):
         name = run.data.tags.get("table")
         if name in out or name not in available():
@@ -108,12 +110,15 @@ def claims_md(claims: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown(profile: str, claims: list[dict], tables: dict, env: dict) -> str:
-    parts = [f"# lottery: the reproduction at a glance ({profile} profile)", "", claims_md(claims), ""]
+def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None) -> str:
+    on = f", {model}" if model else ""
+    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", claims_md(claims), ""]
     for name in sorted(available(), key=lambda n: (n.startswith("figure"), n)):  # the paper's order
         t = tables.get(name)
         if t is None:
-            parts += [f"### {load(name).title}", "", f"not run: `make {name} PROFILE={profile}`", ""]
+            sweep = load(name)
+            run = f"make {name} PROFILE={profile}" + (f" MODEL={model}" if model and "model" not in sweep.keys else "")
+            parts += [f"### {sweep.title}", "", f"not run: `{run}`", ""]
             continue
         counts = ", ".join(f"{v} {k}" for k, v in trials(t).items())
         parts += [t["md"], f"Trials: {counts}.", ""] + ([f"![{name}]({name}.png)", ""] if t["png"] else [])
@@ -170,13 +175,15 @@ def page(md: str, tables: dict) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def publish(profile: str, files: list[Path], root: str) -> str:
-    """The profile's one ``role=report`` run, its artifacts replaced on every rebuild."""
+def publish(profile: str, model: str | None, files: list[Path], root: str) -> str:
+    """The profile's (and model's) one ``role=report`` run, its artifacts replaced on every rebuild."""
     from lottery import tracking
     from lottery.config import TrackingConfig
 
     experiment = tracking.start(TrackingConfig(experiment=EXPERIMENT), root)
-    run_id = tracking.find_or_create(experiment, f"report-{profile}", {"role": "report", "profile": profile})
+    name = f"report-{profile}" + (f"-{model}" if model else "")
+    run_id = tracking.find_or_create(experiment, name, {"role": "report", "profile": profile,
+                                                        "model": model or "default"})
     tracking.attach(run_id, files, {})
     return run_id
 
@@ -187,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="quick")
     p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store; report goes below it")
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--model", default=None,
+                   help="the MODEL the sweeps ran on (make table2 MODEL=...); default: their own")
     args = p.parse_args(argv)
     import mlflow
 
@@ -194,18 +203,18 @@ def main(argv=None) -> int:
     from lottery.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
-    tables = fetch_tables(args.profile)
+    tables = fetch_tables(args.profile, args.model)
     claims = judge(tables)
-    md = markdown(args.profile, claims, tables, environment(tables))
+    md = markdown(args.profile, claims, tables, environment(tables), args.model)
     if not tables:
         md = md.replace("\n\n", f"\n\nNo table of the {args.profile} profile in MLflow yet: run "
                                 f"`make tables PROFILE={args.profile}` (add `DATA=imagefolder DATA_ROOT=DIR` offline), "
                                 "then `make report` again.\n\n", 1)
-    out = Path(args.root) / "report" / args.profile
+    out = Path(args.root) / "report" / (args.profile + (f"-{args.model}" if args.model else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     (out / "index.html").write_text(page(md, tables))
-    run_id = publish(args.profile, [out / "index.html", out / "report.md"], args.root)
+    run_id = publish(args.profile, args.model, [out / "index.html", out / "report.md"], args.root)
     print(claims_md(claims))
     print(f"written: {out / 'index.html'}, {out / 'report.md'} (MLflow run {run_id})")
     return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lottery.corruptions import CORRUPTIONS, corrupt
-from lottery.data import SUBSET_SEED, Dataset, Split, balanced_indices, subset
+from lottery.data import IMAGE_SIZE, SUBSET_SEED, Dataset, Split, balanced_indices, subset
 from lottery.errors import LotteryError, bad_value, check_choice
 from lottery.files import atomic
 from lottery.train import evaluate
@@ -66,28 +66,34 @@ def _load_npy(path: Path) -> np.ndarray:
         raise LotteryError(f"cannot read {path} ({type(e).__name__}: {e})") from None
 
 
-def released_cifar10c(root: Path, names, severities, images: int | None, device):
+def released_cifar10c(cfg, device):
+    """The released CIFAR-10-C sets of ``cfg`` (robustness config): class-balanced images of each
+    corruption and severity."""
+    root, images = Path(cfg.cifar10c_root).expanduser(), cfg.images
     if not root.is_dir():
         raise LotteryError(f"robustness.cifar10c_root={root} does not exist")
     labels = _load_npy(root / "labels.npy")
     sets = []
-    for name in names:
+    for name in cfg.corruptions:
         arr = _load_npy(root / f"{name}.npy")
         per = len(arr) // 5
-        for s in severities:
+        for s in cfg.severities:
             start = (s - 1) * per
             rows = start + balanced_indices(np.asarray(labels[start:start + per]), min(images or per, per), SUBSET_SEED)
             sets.append((name, s, _split(np.asarray(arr[np.sort(rows)]), np.asarray(labels[np.sort(rows)]), device)))
     return sets
 
 
-def regenerated_cifar10c(data: Dataset, names, severities, images: int | None, cache: Path, seed: int, device):
-    chosen = subset(data.test, images)
+def regenerated_cifar10c(cfg, data: Dataset, names: list[str], cache: Path, device):
+    """The corruptions ``names`` at ``cfg.severities`` (robustness config), regenerated from the
+    test split's class-balanced images and cached under ``cache``."""
+    chosen = subset(data.test, cfg.images)
     clean = chosen.x.permute(0, 2, 3, 1).cpu().numpy()
     labels = chosen.y.cpu().numpy()
+    seed = cfg.seed
     sets = []
     for name in names:
-        for s in severities:
+        for s in cfg.severities:
             tag = f"{data.fingerprint}|{name}|{s}|{len(clean)}|{seed}|v{REGEN_VERSION}"
             path = cache / f"cifar10c-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.npy"
             if path.exists():
@@ -107,14 +113,12 @@ def load_shifted(cfg, data: Dataset, cache: str, device) -> ShiftedSets:
     source = "none"
     if cfg.enabled:
         if cfg.cifar10c_root:
-            sets = released_cifar10c(Path(cfg.cifar10c_root).expanduser(), cfg.corruptions,
-                                     cfg.severities, cfg.images, device)
+            sets = released_cifar10c(cfg, device)
             source = "released"
         else:
             names = [n for n in cfg.corruptions if CORRUPTIONS[n] is not None]
             skipped = [n for n in cfg.corruptions if CORRUPTIONS[n] is None]
-            sets = regenerated_cifar10c(data, names, cfg.severities, cfg.images, Path(cache).expanduser(),
-                                        cfg.seed, device)
+            sets = regenerated_cifar10c(cfg, data, names, Path(cache).expanduser(), device)
             source = "regenerated"
     c102 = None
     if cfg.enabled and cfg.cifar102_path:
@@ -123,8 +127,9 @@ def load_shifted(cfg, data: Dataset, cache: str, device) -> ShiftedSets:
             with np.load(path, allow_pickle=False) as z:
                 c102 = _split(z["images"], z["labels"], device)
         except Exception as e:
+            shape = f"N,{IMAGE_SIZE},{IMAGE_SIZE},3"
             raise LotteryError(f"cannot read CIFAR-10.2 from {path} ({type(e).__name__}: {e}); "
-                               "expected an npz with 'images' (N,32,32,3 uint8) and 'labels'") from None
+                               f"expected an npz with 'images' ({shape} uint8) and 'labels'") from None
     return ShiftedSets(sets, source, c102, skipped)
 
 

@@ -130,10 +130,10 @@ def open_study(s: SearchConfig, name: str, directions: list[str]):
 
 def objective(cfg, compose_trial, names: list[str], study_name: str, parent: str):
     """One Optuna trial: a lottery trial of the sampled choices, valued on the validation split."""
-    from lottery import trial
-    from lottery.models import resnet_plan
+    from lottery import models, trial
+    from lottery.data import shape_of
 
-    max_density = resnet_plan(cfg.model.depth).max_removable
+    max_density = models.anatomy(models.skeleton(cfg.model, shape_of(cfg.data))).max_removable
 
     def run(t):
         chosen = sample(t, cfg.search, max_density)

@@ -65,7 +65,13 @@ class Entry:
 
     @property
     def metrics(self) -> dict:
+        """Numbers (what MLflow logs as metrics)."""
         return self.meta["metrics"]
+
+    @property
+    def tags(self) -> dict:
+        """Words: how the numbers were measured (what MLflow logs as tags)."""
+        return self.meta.get("tags", {})
 
     def weights(self, epoch: int | str) -> dict:
         """theta_e as a CPU state dict; ``"final"`` for theta_n."""
@@ -101,6 +107,7 @@ class DenseResult:
     metrics: dict
     optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state at theta_e
     extra: dict = field(default_factory=dict)  # further meta.json fields (test predictions, history)
+    tags: dict = field(default_factory=dict)  # how the metrics were measured (strings)
 
 
 class DenseStore:
@@ -169,10 +176,11 @@ class DenseStore:
             write_json(entry.path / "meta.json", meta)
             entry.meta = meta
 
-    def update_metrics(self, entry: Entry, metrics: dict, **fields) -> Entry:
-        """Add metrics (and meta fields) to a stored entry."""
+    def update_metrics(self, entry: Entry, metrics: dict, tags: dict, **fields) -> Entry:
+        """Add metrics, their tags (and meta fields) to a stored entry."""
         with self._editing(entry) as meta:
             meta["metrics"].update(metrics)
+            meta["tags"] = {**meta.get("tags", {}), **tags}
             meta.update(fields)
         return entry
 
@@ -195,6 +203,7 @@ class DenseStore:
         for name, state in states.items():
             files[f"{name}.pt"] = _save(state, tmp / f"{name}.pt")
         meta = {**result.extra, "format": FORMAT, "key": key, "spec": spec, "metrics": result.metrics,
+                "tags": result.tags,
                 "checkpoints": [str(e) for e in sorted(result.checkpoints)], "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(tmp / "meta.json", meta)

@@ -42,9 +42,12 @@ class Sweep:
     kind: str = "table"
     note: str = ""
     experiment: str = ""  # MLflow experiment of its runs; default: the sweep's name
+    model: str | None = None  # the model config it runs on instead of its own (MODEL=...), not read from the file
 
     def __post_init__(self):
         self.experiment = self.experiment or self.name
+        own = next((o.split("=", 1)[1] for o in self.overrides if o.startswith("model=")), "the network")
+        self.title = self.title.replace("{model}", self.model or own)
 
     @property
     def keys(self) -> list[str]:
@@ -67,19 +70,33 @@ def available() -> list[str]:
     return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
 
 
-def load(name: str) -> Sweep:
+def model_configs() -> list[str]:
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def load(name: str, model: str | None = None) -> Sweep:
+    """A sweep file, on its own model or, with ``model``, on that model config (``make table2
+    MODEL=resnet18``): its ``model=`` override replaced, so its cells are that model's alone."""
     path = SWEEPS / f"{name}.yaml"
     if not path.exists():
         raise unknown("sweep", name, available())
     raw = yaml.safe_load(path.read_text())
     raw["paper"] = {str(r): {str(c): v for c, v in cols.items()} for r, cols in (raw.get("paper") or {}).items()}
     raw["labels"] = {k: {str(a): b for a, b in v.items()} for k, v in (raw.get("labels") or {}).items()}
-    fields = {f.name for f in dataclasses.fields(Sweep)} - {"name"}
+    fields = {f.name for f in dataclasses.fields(Sweep)} - {"name", "model"}
     required = {f.name for f in dataclasses.fields(Sweep) if f.default is f.default_factory is dataclasses.MISSING}
     if set(raw) - fields or required - {"name"} - set(raw):
         raise LotteryError(f"sweeps/{name}.yaml: unknown keys {sorted(set(raw) - fields)}, missing keys "
                            f"{sorted(required - {'name'} - set(raw))}; a sweep file has {sorted(fields)}")
-    sweep = Sweep(name=name, **raw)
+    if model is not None:
+        if model not in model_configs():
+            raise unknown("model", model, model_configs())
+        if any("model" in g for g in raw["grids"]):
+            models = sorted({str(m) for g in raw["grids"] for m in g.get("model", [])})
+            raise LotteryError(f"{name} sweeps its own models ({', '.join(models)}); MODEL applies to the sweeps "
+                               "of one model (table1, table1_reinit, table2, table3, figure3)")
+        raw["overrides"] = [o for o in raw["overrides"] if not o.startswith("model=")] + [f"model={model}"]
+    sweep = Sweep(name=name, model=model, **raw)
     if any(list(g) != sweep.keys for g in sweep.grids):
         raise LotteryError(f"sweeps/{name}.yaml: every grid must sweep the same keys {sweep.keys}")
     return sweep
@@ -100,27 +117,45 @@ def default_data(profile: str) -> str | None:
     return "synthetic" if profile == "smoke" else None
 
 
-def _common(profile: str, data: str | None, data_root: str | None) -> list[str]:
-    data = data or default_data(profile)
-    return [f"profile={profile}", *([f"data={data}"] if data else []),
-            *([f"data.root={data_root}"] if data_root else [])]
+@dataclass(frozen=True)
+class Setting:
+    """What names a sweep's trials besides its file, the same for running them and for building
+    their table: the profile, the data, and further overrides for every trial."""
+
+    profile: str
+    data: str | None = None  # a data config; default: synthetic for smoke, else cifar10
+    data_root: str | None = None
+    extra: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, args) -> "Setting":
+        return cls(args.profile, args.data, args.data_root, tuple(args.extra))
+
+    def overrides(self) -> list[str]:
+        data = self.data or default_data(self.profile)
+        return [f"profile={self.profile}", *([f"data={data}"] if data else []),
+                *([f"data.root={self.data_root}"] if self.data_root else [])]
 
 
-def commands(sweep: Sweep, profile: str, data: str | None, data_root: str | None, seeds: int,
-             extra: list[str], jobs: int = 1, launcher: str | None = None) -> list[list[str]]:
-    """One ``python -m lottery -m`` command per grid of the sweep."""
-    common = [f"profile={profile}", f"seed={','.join(str(s) for s in range(seeds))}",
-              f"tracking.experiment={sweep.experiment}", *launcher_overrides(jobs, launcher),
-              *_common(profile, data, data_root)[1:]]
+def commands(sweep: Sweep, setting: Setting, seeds: int, jobs: int = 1, launcher: str | None = None,
+             skip: tuple[dict, ...] = ()) -> list[list[str]]:
+    """One ``python -m lottery -m`` command per grid of the sweep; a swept value all of whose
+    cells are in ``skip`` (inapplicable to the model) is left out."""
+    profile, *data = setting.overrides()
+    common = [profile, f"seed={','.join(str(s) for s in range(seeds))}", f"tracking.experiment={sweep.experiment}",
+              *launcher_overrides(jobs, launcher), *data]
     out = []
     for grid in sweep.grids:
-        swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in grid.items()]
-        out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, *common, *extra])
+        cells = [{k: str(v) for k, v in zip(grid, combo)} for combo in itertools.product(*grid.values())]
+        kept = {k: [v for v in values if any(c[k] == str(v) and c not in skip for c in cells)]
+                for k, values in grid.items()}
+        if all(kept.values()):
+            swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in kept.items()]
+            out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, *common, *setting.extra])
     return out
 
 
-def compose_cells(sweep: Sweep, profile: str, data: str | None, data_root: str | None,
-                  extra: list[str]) -> list[tuple[dict, object]]:
+def compose_cells(sweep: Sweep, setting: Setting) -> list[tuple[dict, object]]:
     """Each cell of the sweep with the config of its trial (seed 0), composed exactly as the
     sweep's multirun composes it."""
     from hydra import compose, initialize_config_dir
@@ -134,16 +169,32 @@ def compose_cells(sweep: Sweep, profile: str, data: str | None, data_root: str |
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for cell in sweep.cells():
             out.append((cell, compose(config_name="config", overrides=[
-                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *_common(profile, data, data_root),
+                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *setting.overrides(),
                 f"tracking.experiment={sweep.experiment}",
-                *(o for o in extra if not o.lstrip("+~").startswith("hydra"))])))
+                *(o for o in setting.extra if not o.lstrip("+~").startswith("hydra"))])))
     return out
 
 
-def cell_keys(sweep: Sweep, profile: str, data: str | None, data_root: str | None, extra: list[str]) -> list[str]:
+def cell_keys(sweep: Sweep, setting: Setting) -> list[str]:
     """The identity (``cell_key``) of the trial the sweep launches for each of its cells: the
     tables accept a run into a cell only on this key."""
-    return keys_of(compose_cells(sweep, profile, data, data_root, extra))
+    return keys_of(compose_cells(sweep, setting))
+
+
+def inapplicable(cells: list[tuple[dict, object]]) -> list[str | None]:
+    """For each composed cell, why its trial cannot run (its one-line validation error: e.g. a
+    density above what another model can lose), or None."""
+    from lottery.checks import validate
+    from lottery.errors import LotteryError
+
+    out = []
+    for _, cfg in cells:
+        try:
+            validate(cfg)
+            out.append(None)
+        except LotteryError as e:
+            out.append(str(e))
+    return out
 
 
 def keys_of(cells: list[tuple[dict, object]]) -> list[str]:
@@ -161,8 +212,10 @@ def parent(sweep: Sweep, profile: str, cfg, experiment: str, create: bool = True
     from lottery import tracking
     from lottery.data import digest, fingerprint
 
-    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile, "data": digest(fingerprint(cfg.data))}
-    return tracking.find_or_create(experiment, f"{sweep.name}-{profile}", tags, create)
+    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile, "data": digest(fingerprint(cfg.data)),
+            "model": sweep.model or "default"}
+    name = f"{sweep.name}-{profile}" + (f"-{sweep.model}" if sweep.model else "")
+    return tracking.find_or_create(experiment, name, tags, create)
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,6 +225,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic); "
                                                 "default: synthetic for smoke, else cifar10")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--model", default=None, help="a model config (conf/model) to run the sweep on instead of its own")
     p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
 
 
@@ -187,14 +241,16 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)
     from lottery import tracking
 
-    sweep = load(args.name)
-    cells = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
+    sweep, setting = load(args.name, args.model), Setting.of(args)
+    cells = compose_cells(sweep, setting)
     cfg = cells[0][1]
     experiment = tracking.start(cfg.tracking, cfg.paths.root)
     run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
     print(survey(sweep, args, cells, experiment), flush=True)
-    cmds = commands(sweep, args.profile, args.data, args.data_root, args.seeds,
-                    [*args.extra, f"tracking.parent={run or '<the sweep run>'}"], args.jobs, args.launcher)
+    parented = Setting(setting.profile, setting.data, setting.data_root,
+                       (*setting.extra, f"tracking.parent={run or '<the sweep run>'}"))
+    skip = tuple(cell for (cell, _), why in zip(cells, inapplicable(cells)) if why)
+    cmds = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
     if args.dry_run:
         print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
         return 0

@@ -1,7 +1,8 @@
 """A trained ticket as an MLflow artifact, and back: ``lottery.load_ticket(run_id)``.
 
-The artifact holds the state dict and the ticket's block plan as plain data, so it loads with
-``torch.load(weights_only=True)``: nothing is unpickled.
+The artifact holds the state dict and the ticket's architecture record as plain data
+(``lottery.models.record``: family, architecture, its arguments, removed blocks, narrowed
+widths), so it loads with ``torch.load(weights_only=True)``: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -9,19 +10,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from lottery import models
 from lottery.errors import LotteryError
-from lottery.models import Plan, ResNet, build
 from lottery.train import cpu_state
 
 TICKET_FILE = "ticket.pt"
+FORMAT = 2  # 1: a CIFAR ResNet plan alone
 
 
-def ticket_file(model: ResNet, plan: Plan) -> dict:
-    return {"format": 1, "plan": plan.record(), "state": cpu_state(model)}
+def ticket_file(model: nn.Module) -> dict:
+    return {"format": FORMAT, "arch": models.record(model), "state": cpu_state(model)}
 
 
-def load_ticket(run_id: str, root: str = ".lottery", uri: str | None = None, device: str = "cpu") -> ResNet:
+def from_file(saved: dict) -> nn.Module:
+    """The network a ticket file describes, holding its weights, in eval mode on the CPU."""
+    arch = saved["arch"] if saved.get("format", 1) >= 2 else {"family": "cifar_resnet", **saved["plan"]}
+    model = models.rebuild(arch)
+    model.load_state_dict(saved["state"])
+    return model.eval()
+
+
+def load_ticket(run_id: str, root: str = ".lottery", uri: str | None = None, device: str = "cpu") -> nn.Module:
     """The trained ticket of an MLflow ticket run, in eval mode on ``device``: the tracking store
     is ``uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded one under ``root``."""
     import mlflow
@@ -35,7 +46,4 @@ def load_ticket(run_id: str, root: str = ".lottery", uri: str | None = None, dev
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing run or file
         raise LotteryError(f"run {run_id} has no {TICKET_FILE} ({type(e).__name__}); only finished ticket runs "
                            "logged by this version carry their weights") from None
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-    model = build(Plan.from_record(saved["plan"]))
-    model.load_state_dict(saved["state"])
-    return model.to(device).eval()
+    return from_file(torch.load(Path(path), map_location="cpu", weights_only=True)).to(device)

@@ -160,6 +160,23 @@ def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, epo
 
 
 @dataclass
+class Job:
+    """One training run of a network: the recipe, the span of the schedule it trains, what it
+    keeps and where it saves its resumable state."""
+
+    recipe: object  # TrainConfig
+    seed: int
+    device: torch.device
+    start: int = 0  # first epoch trained (a ticket rewound to theta_i starts at i)
+    stop: int | None = None  # first epoch not trained (default: the schedule's end)
+    optimizer_state: dict | None = None  # the optimizer's state at ``start``, when replaying part of a run
+    keep: frozenset[int] = frozenset()  # epochs e whose starting weights theta_e and optimizer state are returned
+    state_path: Path | None = None  # resumable state, written after every epoch; resumed from if it exists
+    desc: str = "train"
+    on_epoch: Callable[[dict], None] | None = None  # each epoch's history record, a resumed run's earlier ones first
+
+
+@dataclass
 class EpochStats:
     loss: float
     accuracy: float
@@ -167,14 +184,15 @@ class EpochStats:
     images: int
 
 
-def _epoch(step_model, opt, data: Dataset, t, seed: int, epoch: int, device, bar) -> EpochStats:
+def _epoch(step_model, opt, data: Dataset, job: Job, epoch: int, bar) -> EpochStats:
     """One epoch of SGD steps; loss and accuracy accumulate on the device (no sync per step)."""
+    t, device = job.recipe, job.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     synchronize(device)
     began = time.perf_counter()
-    for x, y in train_batches(data, t.batch_size, seed, epoch, t.augment, t.channels_last):
+    for x, y in train_batches(data, t.batch_size, job.seed, epoch, t.augment, t.channels_last):
         with autocast(device, t.amp):
             out = step_model(x)
             loss = F.cross_entropy(out, y)
@@ -212,46 +230,38 @@ def record(epoch: int, lr: float, stats: EpochStats) -> dict:
             "epoch_seconds": stats.seconds}
 
 
-def train(model: nn.Module, data: Dataset, t, *, seed: int, device: torch.device,
-          start_epoch: int = 0, stop_epoch: int | None = None, optimizer_state: dict | None = None,
-          keep: set[int] = frozenset(), state_path: Path | None = None, desc: str = "train",
-          on_epoch: Callable[[dict], None] | None = None) -> Trained:
-    """Train epochs ``start_epoch .. stop_epoch - 1`` (default: to the schedule's end) in place.
-
-    ``optimizer_state``: the optimizer's state at ``start_epoch`` (momentum), when replaying part
-    of a run. ``keep``: epochs whose starting weights (theta_e, before epoch e) and optimizer state
-    are returned. ``state_path``: where the resumable state is written after every epoch; if it
-    exists, the run continues from it (the caller deletes it once the result is safely stored).
-    ``on_epoch`` receives each epoch's history record, those of a resumed run's earlier epochs first.
-    """
+def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
+    """Train epochs ``job.start .. job.stop - 1`` in place (see ``Job``); the caller deletes the
+    resumable state once the result is safely stored."""
+    t = job.recipe
     opt = make_optimizer(model, t)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
+    if job.optimizer_state is not None:
+        opt.load_state_dict(job.optimizer_state)
     result = Trained(0.0)
-    epoch = _resume(state_path, model, opt, result, start_epoch, desc)
-    for line in result.history if on_epoch else ():
-        on_epoch(line)
-    step_model = compiled(model, device) if t.compile else model
+    epoch = _resume(job.state_path, model, opt, result, job.start, job.desc)
+    for line in result.history if job.on_epoch else ():
+        job.on_epoch(line)
+    step_model = compiled(model, job.device) if t.compile else model
     steps = num_batches(len(data.train), t.batch_size)
-    stop = t.epochs if stop_epoch is None else stop_epoch
+    stop = t.epochs if job.stop is None else job.stop
     while True:
-        if epoch in keep:
+        if epoch in job.keep:
             result.checkpoints[epoch], result.optimizers[epoch] = cpu_state(model), cpu_tree(opt.state_dict())
         if epoch >= stop:
             return result
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, t)
         model.train()
-        with _bar(t, steps, desc, epoch) as bar:
-            stats = _epoch(step_model, opt, data, t, seed, epoch, device, bar)
+        with _bar(t, steps, job.desc, epoch) as bar:
+            stats = _epoch(step_model, opt, data, job, epoch, bar)
         result.seconds += stats.seconds
-        _report(stats, t, desc, epoch, result.seconds)
+        _report(stats, t, job.desc, epoch, result.seconds)
         epoch += 1
         result.history.append(record(epoch, lr_at(epoch - 1, t), stats))
-        if on_epoch:
-            on_epoch(result.history[-1])
-        if state_path is not None:
-            save_atomic(result.state(model, opt, epoch), state_path)
+        if job.on_epoch:
+            job.on_epoch(result.history[-1])
+        if job.state_path is not None:
+            save_atomic(result.state(model, opt, epoch), job.state_path)
 
 
 @torch.no_grad()

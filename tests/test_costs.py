@@ -9,8 +9,8 @@ import torch
 from lottery import carbon, measure, robustness
 from lottery.config import MeasureConfig, RobustnessConfig, TrainConfig
 from lottery.corruptions import CORRUPTIONS, corrupt
-from lottery.models import build, resnet_plan
-from lottery.surgery import remove_blocks
+from lottery.models.cifar_resnet import build, resnet_plan
+from lottery.models.cifar_resnet import remove_blocks
 from omegaconf import OmegaConf
 
 CPU = torch.device("cpu")
@@ -90,7 +90,8 @@ def write_released(tmp_path, n=20):
 
 def test_released_cifar10c_and_cifar102_readers(tmp_path):
     root = write_released(tmp_path)
-    sets = robustness.released_cifar10c(root, ["gaussian_noise", "fog"], [2, 5], images=8, device=CPU)
+    sets = robustness.released_cifar10c(OmegaConf.structured(RobustnessConfig(
+        cifar10c_root=str(root), corruptions=["gaussian_noise", "fog"], severities=[2, 5], images=8)), CPU)
     assert [(n, s, len(sp)) for n, s, sp in sets] == [("gaussian_noise", 2, 8), ("gaussian_noise", 5, 8),
                                                       ("fog", 2, 8), ("fog", 5, 8)]
     raw = np.load(root / "fog.npy")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lottery.config import CriterionConfig
 from lottery.criteria import CRITERIA, ScoringSet, activations, score_blocks
-from lottery.models import build, resnet_plan
+from lottery.models.cifar_resnet import build, resnet_plan
 from tests.test_models import randomize
 
 
@@ -65,8 +65,9 @@ def test_hrank_of_feature_maps_of_known_rank():
 def test_expectabs_is_the_mean_absolute_block_output():
     model, d = net(), data(16, 16)
     s = score("expectabs", model, d)
-    outs = activations.block_outputs(model.eval(), d.x, model.plan.removable)
-    expected = torch.stack([outs[i].abs().mean().double() for i in model.plan.removable])
+    paths = [f"blocks.{i}" for i in model.plan.removable]
+    outs = activations.block_outputs(model.eval(), d.x, paths)
+    expected = torch.stack([outs[p].abs().mean().double() for p in paths])
     torch.testing.assert_close(s, expected, rtol=1e-5, atol=0)
 
 
@@ -86,7 +87,7 @@ def test_pls_ranks_highest_the_block_whose_features_carry_the_label(monkeypatch)
     def fake_outputs(model, x, blocks):
         g = torch.Generator().manual_seed(len(x))
         out = {i: torch.randn(len(x), 16, 4, 4, generator=g) for i in blocks}
-        out[3] = out[3] + 4 * (d.y[: len(x)].float() / 10).view(-1, 1, 1, 1)  # block 3 knows the label
+        out["blocks.3"] = out["blocks.3"] + 4 * (d.y[: len(x)].float() / 10).view(-1, 1, 1, 1)  # block 3 knows the label
         return out
 
     monkeypatch.setattr(activations, "block_outputs", fake_outputs)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from lottery import data as D
-from lottery.config import DataConfig
+from lottery.config import DataConfig, RobustnessConfig
 
 
 def cfg(**kw):
@@ -122,7 +122,7 @@ def balanced(labels, n_classes=4) -> bool:
 def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_path, monkeypatch):
     from lottery import costs, measure, robustness
     from lottery.config import MeasureConfig, TrainConfig
-    from lottery.models import build, resnet_plan
+    from lottery.models.cifar_resnet import build, resnet_plan
 
     ds = sorted_folder_dataset(tmp_path, train_size=40, test_size=24)
     assert balanced(ds.train.y) and balanced(ds.test.y)
@@ -137,7 +137,8 @@ def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_pat
     model = build(resnet_plan(8, num_classes=4))
     costs.cka_to_dense(model, model, ds, c)
     assert len(seen[0]) == 6 and balanced(seen[0])
-    sets = robustness.regenerated_cifar10c(ds, ["contrast"], [1], 6, tmp_path / "c10c", 0, torch.device("cpu"))
+    shift = OmegaConf.structured(RobustnessConfig(severities=[1], images=6, seed=0))
+    sets = robustness.regenerated_cifar10c(shift, ds, ["contrast"], tmp_path / "c10c", torch.device("cpu"))
     assert len(sets[0][2]) == 6 and balanced(sets[0][2].y)
 
 
@@ -149,7 +150,9 @@ def test_released_cifar10c_images_are_balanced_too(tmp_path):
     labels = np.tile(np.repeat(np.arange(4), 5), 5).astype(np.uint8)  # class-sorted within each severity
     np.save(root / "labels.npy", labels)
     np.save(root / "fog.npy", np.zeros((100, 32, 32, 3), np.uint8))
-    (name, severity, split), = robustness.released_cifar10c(root, ["fog"], [2], 8, torch.device("cpu"))
+    released = OmegaConf.structured(RobustnessConfig(cifar10c_root=str(root), corruptions=["fog"], severities=[2],
+                                                     images=8))
+    (name, severity, split), = robustness.released_cifar10c(released, torch.device("cpu"))
     assert len(split) == 8 and balanced(split.y)
 
 

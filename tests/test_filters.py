@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from lottery import pruning
+from lottery import models, pruning
 from lottery.checks import validate
 from lottery.criteria import ScoringSet
 from lottery.errors import LotteryError
-from lottery.models import build, count_filters, resnet_plan
-from lottery.surgery import filter_floor, plan_filters, remove_filters, select_filters
+from lottery.models import count_filters
+from lottery.models.cifar_resnet import build, remove_filters, resnet_plan
+from lottery.surgery import filter_floor, select_filters
 from tests.conftest import compose_cfg
 from tests.test_models import randomize
 
@@ -18,17 +19,30 @@ def scoring():
     return ScoringSet(torch.randn(40, 3, 32, 32, generator=g), torch.arange(40) % 10, 40)
 
 
+def request(cfg, model, count=None):
+    return pruning.Request(cfg, cfg.density if count is None else count, model, scoring())
+
+
+def plan_filters(plan) -> int:
+    return count_filters(build(plan))
+
+
+def narrowables(plan):
+    return models.narrowables(build(plan))
+
+
 @pytest.mark.parametrize("density,filters", [(1, 1200), (2, 1168)])
 def test_filter_ticket_matches_the_layer_ticket_count(density, filters):
     # GraSP at initialization removes stage-1 blocks first (as in the paper), 32 filters each
     cfg = compose_cfg("structure=filter", "criterion=grasp", f"density={density}")
     torch.manual_seed(0)
     model = build(resnet_plan(32))
-    p = pruning.filters(cfg, model.plan, model, scoring())
+    p = pruning.filters(request(cfg, model))
     assert p.record["target_filters"] == filters
-    assert all(model.plan.blocks[i].stage == 0 for i in p.record["layer_ticket"]["removed"])
+    stage = {b.path: b.stage for b in models.anatomy(model).blocks}
+    assert all(stage[path] == 0 for path in p.record["layer_ticket"]["removed"])
     ticket = p.apply(model)
-    assert count_filters(ticket) == plan_filters(p.plan) == filters
+    assert count_filters(ticket) == plan_filters(ticket.plan) == filters
     assert len(ticket.blocks) == 15  # as deep as the dense network: only narrower
 
 
@@ -38,7 +52,7 @@ def test_an_explicit_target_is_met_exactly(criterion, target):
     cfg = compose_cfg("structure=filter", f"criterion={criterion}", f"target_filters={target}")
     torch.manual_seed(0)
     model = build(resnet_plan(32))
-    assert count_filters(pruning.filters(cfg, model.plan, model, scoring()).apply(model)) == target
+    assert count_filters(pruning.filters(request(cfg, model, 1)).apply(model)) == target
 
 
 def test_narrow_net_equals_wide_net_with_next_conv_inputs_zeroed():
@@ -61,14 +75,15 @@ def test_every_count_down_to_the_floor_is_reachable_globally():
     plan = resnet_plan(20)
     g = torch.Generator().manual_seed(0)
     scores = [torch.rand(b.mid_ch, generator=g) for b in plan.blocks]
-    floor = filter_floor(plan)
+    convs, total = narrowables(plan), plan_filters(plan)
+    floor = filter_floor(total, convs)
     assert floor == plan_filters(plan) - sum(b.mid_ch - 1 for b in plan.blocks)
     for target in (plan_filters(plan), plan_filters(plan) - 37, floor):
-        keep = select_filters(plan, scores, target)
+        keep = select_filters(convs, scores, total, target)
         assert all(len(k) >= 1 for k in keep.values())
         assert sum(len(k) for k in keep.values()) - sum(b.mid_ch for b in plan.blocks) == target - plan_filters(plan)
     # global: the removed filters are the lowest-scoring ones overall
-    keep = select_filters(plan, scores, plan_filters(plan) - 20)
+    keep = list(select_filters(convs, scores, total, plan_filters(plan) - 20).values())
     removed = [float(s[c]) for b, s in enumerate(scores) for c in range(len(s)) if c not in keep[b]]
     kept = [float(s[c]) for b, s in enumerate(scores) for c in keep[b]]
     assert max(removed) <= min(kept)
@@ -78,15 +93,17 @@ def test_layerwise_keeps_the_per_layer_fraction():
     plan = resnet_plan(20)
     scores = [torch.rand(b.mid_ch) for b in plan.blocks]
     total_mid = sum(b.mid_ch for b in plan.blocks)
-    keep = select_filters(plan, scores, plan_filters(plan) - total_mid // 4, scope="layerwise")
+    keep = select_filters(narrowables(plan), scores, plan_filters(plan), plan_filters(plan) - total_mid // 4,
+                          scope="layerwise")
     for b, block in enumerate(plan.blocks):
-        assert len(keep[b]) == block.mid_ch * 3 // 4  # a quarter of every convolution's filters
+        assert len(keep[f"blocks.{b}.conv1"]) == block.mid_ch * 3 // 4  # a quarter of every convolution's filters
 
 
 def test_fewer_filters_than_the_floor_is_a_clear_error():
     plan = resnet_plan(32)
+    convs, total = narrowables(plan), plan_filters(plan)
     with pytest.raises(LotteryError, match="out of reach"):
-        select_filters(plan, [torch.rand(b.mid_ch) for b in plan.blocks], filter_floor(plan) - 1)
+        select_filters(convs, [torch.rand(b.mid_ch) for b in plan.blocks], total, filter_floor(total, convs) - 1)
     with pytest.raises(LotteryError, match=r"target_filters=10 is out of reach: resnet32 has 1232 filters"):
         validate(compose_cfg("profile=smoke", "data=synthetic", "structure=filter", "target_filters=10"))
 

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
+from lottery import models
 from lottery.errors import LotteryError
-from lottery.models import build, count_filters, count_params, resnet_plan
-from lottery.surgery import remove_blocks, select_blocks
+from lottery.models import count_filters, count_params
+from lottery.models.cifar_resnet import build, remove_blocks, resnet_plan
+from lottery.surgery import select_blocks
 
 
 def randomize(model, seed=0):
@@ -29,9 +31,11 @@ def test_filter_counts_match_the_paper():
 @pytest.mark.parametrize("depth,removable,maximum", [(20, 7, 6), (32, 13, 12), (56, 25, 24), (110, 52, 51)])
 def test_removable_blocks_and_maximum_density(depth, removable, maximum):
     plan = resnet_plan(depth)
-    assert len(plan.removable) == removable
-    assert plan.max_removable == maximum
+    anatomy = models.anatomy(build(plan))
+    assert len(plan.removable) == len(anatomy.removable) == removable
+    assert anatomy.max_removable == maximum
     assert all(plan.blocks[i].stride == 1 for i in plan.removable)
+    assert [b.path for b in anatomy.removable] == [f"blocks.{i}" for i in plan.removable]
 
 
 @pytest.mark.parametrize("shortcut,params", [("A", 464_154), ("B", 466_906)])
@@ -76,10 +80,11 @@ def test_surgery_refuses_downsampling_blocks():
 
 
 def test_selection_takes_lowest_scores_and_keeps_every_stage():
-    plan = resnet_plan(32)  # removable: stage 0 -> blocks 0..4, stage 1 -> 6..9, stage 2 -> 11..14
+    # removable: stage 0 -> blocks 0..4, stage 1 -> 6..9, stage 2 -> 11..14
+    anatomy = models.anatomy(build(resnet_plan(32)))
     scores = torch.arange(13, dtype=torch.float64)  # stage-0 blocks score lowest
-    assert select_blocks(plan, scores, 3) == [0, 1, 2]
+    assert select_blocks(anatomy, scores, 3) == ["blocks.0", "blocks.1", "blocks.2"]
     # all five stage-0 blocks are the lowest, but one must stay: the sixth pick is block 6
-    assert select_blocks(plan, scores, 5) == [0, 1, 2, 3, 6]
+    assert select_blocks(anatomy, scores, 5) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.6"]
     with pytest.raises(LotteryError, match="at most 12"):
-        select_blocks(plan, scores, 13)
+        select_blocks(anatomy, scores, 13)

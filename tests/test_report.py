@@ -38,6 +38,10 @@ def test_all_claims_supported_contradicted_inconclusive_and_not_run():
     missing = {p: c for p, c in wins.items() if p != "5"}
     assert verdict_of({"table2": table2(missing)}, "C3")["verdict"] == "not run"
     assert verdict_of({}, "C3")["verdict"] == "not run"
+    smaller = table2({p: c for p, c in wins.items() if p != "5"})  # a model that cannot lose five blocks
+    next(c for c in smaller["cells"] if c["row"] == ["5"] and c["column"] == "grasp")["na"] = "p above its maximum"
+    c3 = verdict_of({"table2": smaller}, "C3")
+    assert c3["verdict"] == "supported" and c3["cells"] == 4
 
 
 def test_a_claim_about_most_cells_and_single_seed_cells_decided_by_mcnemar():
@@ -92,7 +96,7 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     mlflow.set_tracking_uri(tracking_uri)
     sweep = sweeps.load("table2")
     exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
-    for c, key in zip(sweep.cells(), sweeps.cell_keys(sweep, "smoke", None, None, [])):
+    for c, key in zip(sweep.cells(), sweeps.cell_keys(sweep, sweeps.Setting("smoke"))):
         for seed, d in enumerate((0.4, 0.6, 0.5) if c["criterion"] == "grasp" else (-0.1, 0.2, 0.0)):
             with mlflow.start_run(experiment_id=exp):
                 mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})

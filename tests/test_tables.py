@@ -27,7 +27,7 @@ def test_every_paper_artefact_has_a_sweep():
 
 
 def test_sweep_commands_are_hydra_multiruns():
-    cmds = sweeps.commands(sweeps.load("table4"), "smoke", "synthetic", None, 3, ["train.epochs=2"])
+    cmds = sweeps.commands(sweeps.load("table4"), sweeps.Setting("smoke", "synthetic", extra=("train.epochs=2",)), 3)
     assert len(cmds) == 2  # one per grid
     assert cmds[1][3:] == ["-m", "mode=init", "criterion=grasp", "model=resnet56", "density=3,4,5,12",
                            "profile=smoke", "seed=0,1,2", "tracking.experiment=table4", "data=synthetic",
@@ -155,19 +155,19 @@ def test_best_and_second_marks_per_row():
 
 def test_cell_keys_are_the_identity_of_the_trials_the_sweep_runs():
     sweep = sweeps.load("table2")
-    keys = sweeps.cell_keys(sweep, "smoke", None, None, [])
+    keys = sweeps.cell_keys(sweep, sweeps.Setting("smoke"))
     assert len(set(keys)) == len(keys) == 10
-    assert sweeps.cell_keys(sweep, "smoke", None, None, ["threads=1", "jobs=2", "store.root=/elsewhere",
-                                                         "data.cache=/tmp/c", "train.progress=true"]) == keys
-    assert sweeps.cell_keys(sweep, "smoke", None, None, ["train.weight_decay=5e-4"])[0] != keys[0]
-    assert sweeps.cell_keys(sweep, "quick", "synthetic", None, [])[0] != keys[0]
+    assert sweeps.cell_keys(sweep, sweeps.Setting("smoke", extra=(
+        "threads=1", "jobs=2", "store.root=/elsewhere", "data.cache=/tmp/c", "train.progress=true"))) == keys
+    assert sweeps.cell_keys(sweep, sweeps.Setting("smoke", extra=("train.weight_decay=5e-4",)))[0] != keys[0]
+    assert sweeps.cell_keys(sweep, sweeps.Setting("quick", "synthetic"))[0] != keys[0]
 
 
 def test_builder_cli_reads_mlflow_and_attaches_the_table_to_the_sweep_run(tmp_path, tracking_uri, capsys):
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.create_experiment("table3", artifact_location=(tmp_path / "art").as_uri())
     keys = dict(zip((tuple(c.values()) for c in sweeps.load("table3").cells()),
-                    sweeps.cell_keys(sweeps.load("table3"), "smoke", None, None, [])))
+                    sweeps.cell_keys(sweeps.load("table3"), sweeps.Setting("smoke"))))
     for seed, delta, key in ((0, -0.5, keys[("filter", "grasp")]), (1, -0.3, keys[("filter", "grasp")]),
                              (0, 9.9, "a-run-of-another-experiment-setting")):
         with mlflow.start_run(experiment_id=exp):
@@ -192,3 +192,27 @@ def test_the_builder_names_a_missing_data_folder_in_one_line(tmp_path, capsys):
                         str(tmp_path / "nope"), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lottery: error: data.root=") and "does not exist" in err and "\n" not in err
+
+
+def test_a_paper_grid_runs_on_another_model_and_its_cells_are_that_models_alone():
+    from lottery.errors import LotteryError
+
+    default, other = sweeps.load("table2"), sweeps.load("table2", "resnet18")
+    assert "model=resnet18" in other.overrides and "model=resnet32" not in other.overrides
+    assert other.title == "Table 2: tickets at initialization (resnet18)" and "(resnet32)" in default.title
+    mine = sweeps.cell_keys(other, sweeps.Setting("smoke"))
+    assert not set(mine) & set(sweeps.cell_keys(default, sweeps.Setting("smoke")))
+    cells = tables.build(other, [run("grasp", 1, 0, 0.5)], keys_of(other))
+    assert "Ours are resnet18's; the paper's values are its own network's" in tables.markdown(other, cells)
+    composed = sweeps.compose_cells(other, sweeps.Setting("smoke"))
+    why = sweeps.inapplicable(composed)  # resnet18 can lose 4 blocks: p = 5 is not applicable
+    skipped = tuple(c for (c, _), w in zip(composed, why) if w)
+    assert [c["density"] for c in skipped] == ["5", "5"] and "density=5 is above resnet18's maximum of 4" in why[4]
+    assert "density=1,2,3,4" in sweeps.commands(other, sweeps.Setting("smoke"), 1, skip=skipped)[0]
+    na = {(c.row, c.column): c for c in tables.build(other, [], mine, na=why)}
+    md = tables.markdown(other, list(na.values()))
+    assert na[(("5",), "grasp")].na and "| 5 | n/a |" in md and "2 cell(s) n/a on this model (density=5" in md
+    with pytest.raises(LotteryError, match=r"table4 sweeps its own models \(resnet32, resnet56\)"):
+        sweeps.load("table4", "resnet18")
+    with pytest.raises(LotteryError, match="unknown model 'resnet7'; choose one of: convnext_tiny, custom"):
+        sweeps.load("table2", "resnet7")

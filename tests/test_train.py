@@ -9,8 +9,8 @@ import torch
 
 from lottery.config import TrainConfig
 from lottery.data import load_dataset
-from lottery.models import build, resnet_plan
-from lottery.train import lr_at, train
+from lottery.models.cifar_resnet import build, resnet_plan
+from lottery.train import Job, lr_at, train
 from tests.conftest import REPO
 
 CPU = torch.device("cpu")
@@ -44,7 +44,7 @@ def lrs_seen(monkeypatch, **train_kw):
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording)
     torch.manual_seed(0)
-    train(build(resnet_plan(8)), small_data(), recipe(), seed=0, device=CPU, **train_kw)
+    train(build(resnet_plan(8)), small_data(), Job(recipe(), 0, CPU, **train_kw))
     monkeypatch.undo()
     return seen
 
@@ -52,7 +52,7 @@ def lrs_seen(monkeypatch, **train_kw):
 def test_ticket_lr_at_step_k_equals_dense_lr_at_step_i_plus_k(monkeypatch):
     dense = lrs_seen(monkeypatch)
     for i in (1, 3):
-        ticket = lrs_seen(monkeypatch, start_epoch=i)
+        ticket = lrs_seen(monkeypatch, start=i)
         steps_per_epoch = len(dense) // 6
         assert ticket == dense[i * steps_per_epoch:]
 
@@ -62,7 +62,7 @@ def test_same_seed_same_weights_and_kept_checkpoints():
         torch.manual_seed(0)
         model = build(resnet_plan(8))
         theta0 = {k: v.clone() for k, v in model.state_dict().items()}
-        done = train(model, small_data(), recipe(), seed=0, device=CPU, keep={0, 3})
+        done = train(model, small_data(), Job(recipe(), 0, CPU, keep=frozenset({0, 3})))
         return model, theta0, done
 
     a, theta0, done = run()

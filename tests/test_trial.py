@@ -9,13 +9,14 @@ import mlflow
 import pytest
 import torch
 
-from lottery import dense, trial
+from lottery import dense, models, trial
+from lottery.context import Context
+from lottery.data import load_dataset
 from lottery.errors import LotteryError
-from lottery.models import resnet_plan
+from lottery.models.cifar_resnet import resnet_plan
 from lottery.pruning import Pruning
 from lottery.identity import dense_spec_for, trial_keys
 from lottery.store import DenseStore, content_key
-from lottery.surgery import remove_blocks
 from tests.conftest import compose_cfg
 
 
@@ -86,9 +87,9 @@ def test_a_rewind_point_the_entry_lacks_is_replayed_from_the_nearest_kept_one(sm
     replays = []
     real_train = dense.train
 
-    def counting(*a, **k):
-        replays.append((k["start_epoch"], k["stop_epoch"]))
-        return real_train(*a, **k)
+    def counting(model, data, job):
+        replays.append((job.start, job.stop))
+        return real_train(model, data, job)
 
     cfg = smoke(*small, "mode=rewind", "rewind_epoch=3", "criterion=random")
     trial.run(smoke(*small, "mode=dense"))
@@ -125,10 +126,11 @@ def test_ticket_weights_follow_the_mode(shared):
     removed = [1, 4]
     kept = [i for i in range(len(plan.blocks)) if i not in removed]
 
-    pruned = Pruning(plan.without(removed), lambda m: remove_blocks(m, removed), {}, {}, "", "", "")
+    pruned = Pruning(lambda m: models.without(m, [f"blocks.{i}" for i in removed]), {}, {}, "", "", "")
 
     def weights_of(mode_name, rewind=1):
-        t = trial.make_ticket(cfg, trial.MODES[mode_name], plan, pruned, entry, rewind, torch.device("cpu"))
+        ctx = Context.open(shared(f"mode={mode_name}", f"rewind_epoch={rewind}", "density=2")).load()
+        t = trial.make_ticket(ctx, pruned, entry)
         return t.model.state_dict(), t.start_epoch
 
     for mode_name, source in (("rewind", 1), ("lr_rewind", "final"), ("init", 0)):
@@ -201,7 +203,7 @@ def test_a_trial_logs_mcnemar_against_the_dense_predictions_and_its_validation_a
     out = trial.run(cfg)
     assert 0 <= out["mcnemar_p"] <= 1 and out["test_images"] == 200 and out["train_images"] == 512
     assert out["val_delta_pp"] == pytest.approx(out["val_accuracy"] - out["dense_val_accuracy"])
-    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    data = load_dataset(cfg.data, torch.device("cpu"))
     entry = DenseStore(cfg.store.root).load(content_key(dense_spec_for(cfg, torch.device("cpu"))))
     predictions = torch.tensor(entry.meta["predictions"])
     assert len(predictions) == 200
@@ -252,7 +254,7 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
     assert dense_run.inputs.dataset_inputs[0].dataset.digest == dataset.digest
 
     model = prepare(load_ticket(out["run_id"], uri=cfg.tracking.uri), torch.device("cpu"), cfg.train.channels_last)
-    data = trial.load_dataset(cfg.data, torch.device("cpu"))
+    data = load_dataset(cfg.data, torch.device("cpu"))
     assert trial.accuracy(predict(model, data, cfg.train, torch.device("cpu")), data.test) == out["accuracy"]
     with pytest.raises(LotteryError, match="has no ticket.pt"):
         load_ticket(dense_run.info.run_id, uri=cfg.tracking.uri)

@@ -1,11 +1,13 @@
 """Importance criteria: a registry from name to scoring functions.
 
-Every criterion receives the model (at the weights the mode scores on), a class-balanced
-scoring set and its config, and yields one score per removable block (``plan.removable``
-order); the lowest-scoring blocks are removed. Criteria defined per weight (SNIP, GraSP,
-SynFlow, L1) join with ``@register_per_weight`` and then also score filters (the output
-channels of each block's first convolution) for the filter-pruning baseline; criteria defined
-per block join with ``@register``.
+Every criterion receives the network (at the weights the mode scores on; any family, through
+``lottery.models``), a class-balanced scoring set and its config, and yields one score per
+removable block (in forward order); the lowest-scoring blocks are removed. Criteria defined per
+weight (SNIP, GraSP, SynFlow, L1) join with ``@register_per_weight`` and then also score filters
+(the output channels of each narrowable convolution) for the filter-pruning baseline; criteria
+defined per block join with ``@register``. A criterion that reads feature maps says so
+(``layout="maps"``), and pairing it with a network whose blocks output tokens is an error at the
+door.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Callable
 
 import torch
 
+from torch import nn
+
+from lottery import models
 from lottery.criteria.weights import per_block, per_filter
 from lottery.errors import LotteryError, bad_value, check_choice
-from lottery.models import ResNet
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Criterion:
     needs_data: bool
     doc: str
     per_weight: Callable | None = None  # same arguments -> {parameter name: per-weight scores}
+    layout: str | None = None  # "maps": defined only where block outputs are (N, C, H, W) feature maps
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -52,11 +57,11 @@ def _doc(fn) -> str:
     return (fn.__doc__ or "").strip().split("\n")[0]
 
 
-def register(name: str, needs_data: bool = True):
+def register(name: str, needs_data: bool = True, layout: str | None = None):
     """A criterion defined per block: ``fn`` returns one score per removable block."""
 
     def wrap(fn):
-        CRITERIA[name] = Criterion(name, fn, None, needs_data, _doc(fn))
+        CRITERIA[name] = Criterion(name, fn, None, needs_data, _doc(fn), layout=layout)
         return fn
 
     return wrap
@@ -89,7 +94,7 @@ def register_per_weight(name: str, needs_data: bool = True):
     return wrap
 
 
-def _run(fn, name: str, model: ResNet, scoring, seed: int, cfg):
+def _run(fn, name: str, model: nn.Module, scoring, seed: int, cfg):
     crit = CRITERIA[name]
     work = copy.deepcopy(model)  # scoring may switch modes, cast or overwrite weights
     for p in work.parameters():
@@ -101,22 +106,23 @@ def _finite(name: str, scores: list[torch.Tensor], what: str, labels: list) -> N
     """Refuse NaN or infinite scores: sorting them would remove arbitrary blocks or filters."""
     bad = [label for label, s in zip(labels, scores) if not torch.isfinite(s).all()]
     if bad:
-        raise LotteryError(f"criterion {name} gave NaN or infinite scores for {what} {bad}; nothing was removed "
-                           "(check the weights it scores, e.g. a diverged network, or choose another criterion)")
+        raise LotteryError(f"criterion {name} gave NaN or infinite scores for {what} [{', '.join(map(str, bad))}]; "
+                           "nothing was removed (check the weights it scores, e.g. a diverged network, or choose "
+                           "another criterion)")
 
 
-def _block_scores(name: str, model: ResNet, scores: torch.Tensor) -> torch.Tensor:
+def _block_scores(name: str, model: nn.Module, scores: torch.Tensor) -> torch.Tensor:
     scores = scores.detach().double().cpu()
-    expected = len(model.plan.removable)
-    if scores.shape != (expected,):
-        raise RuntimeError(f"criterion {name} returned shape {tuple(scores.shape)}, expected ({expected},)")
-    _finite(name, list(scores), "blocks", model.plan.removable)
+    removable = [b.path for b in models.anatomy(model).removable]
+    if scores.shape != (len(removable),):
+        raise RuntimeError(f"criterion {name} returned shape {tuple(scores.shape)}, expected ({len(removable)},)")
+    _finite(name, list(scores), "blocks", removable)
     return scores
 
 
-def _filter_scores(name: str, filters: list[torch.Tensor]) -> list[torch.Tensor]:
+def _filter_scores(name: str, model: nn.Module, filters: list[torch.Tensor]) -> list[torch.Tensor]:
     filters = [s.detach().double().cpu() for s in filters]
-    _finite(name, filters, "the first-convolution filters of blocks", list(range(len(filters))))
+    _finite(name, filters, "the filters of", [n.conv for n in models.narrowables(model)])
     return filters
 
 
@@ -126,18 +132,18 @@ def _needs_filters(name: str) -> None:
                            f"{', '.join(filter_criteria())}")
 
 
-def score_blocks(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
+def score_blocks(name: str, model: nn.Module, scoring: ScoringSet | None, cfg, seed: int) -> torch.Tensor:
     """Scores of the removable blocks; the model itself is never modified (a copy is scored)."""
     return _block_scores(name, model, _run(CRITERIA[name].blocks, name, model, scoring, seed, cfg))
 
 
-def score_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
+def score_filters(name: str, model: nn.Module, scoring: ScoringSet | None, cfg, seed: int) -> list[torch.Tensor]:
     """Scores of every block's first-convolution filters (one tensor per block)."""
     _needs_filters(name)
-    return _filter_scores(name, _run(CRITERIA[name].filters, name, model, scoring, seed, cfg))
+    return _filter_scores(name, model, _run(CRITERIA[name].filters, name, model, scoring, seed, cfg))
 
 
-def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | None, cfg,
+def score_blocks_and_filters(name: str, model: nn.Module, scoring: ScoringSet | None, cfg,
                              seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Both granularities at once: a per-weight criterion (GraSP's double backprop, say) is
     computed once and aggregated twice."""
@@ -146,13 +152,19 @@ def score_blocks_and_filters(name: str, model: ResNet, scoring: ScoringSet | Non
         return score_blocks(name, model, scoring, cfg, seed), score_filters(name, model, scoring, cfg, seed)
     weights = _run(crit.per_weight, name, model, scoring, seed, cfg)
     return (_block_scores(name, model, per_block(model, weights, cfg.aggregate)),
-            _filter_scores(name, per_filter(model, weights, cfg.aggregate)))
+            _filter_scores(name, model, per_filter(model, weights, cfg.aggregate)))
 
 
-def check(cfg, data_cfg, prunes: bool) -> None:
-    """A known criterion; one that reads data gets a scoring set the training split can fill."""
+def check(cfg, data_cfg, prunes: bool, anatomy: models.Anatomy, model: str) -> None:
+    """A known criterion, defined for the network's block outputs; one that reads data gets a
+    scoring set the training split can fill."""
     check_choice("criterion", cfg.name, CRITERIA)
-    if not prunes or not CRITERIA[cfg.name].needs_data:
+    crit = CRITERIA[cfg.name]
+    if prunes and crit.layout not in (None, anatomy.layout):
+        fits = sorted(n for n, c in CRITERIA.items() if c.layout in (None, anatomy.layout))
+        raise LotteryError(f"criterion {cfg.name} reads {crit.layout} (N, C, H, W) at block outputs, but {model}'s "
+                           f"blocks output {anatomy.layout}: use one of {', '.join(fits)}")
+    if not prunes or not crit.needs_data:
         return
     if cfg.scoring_size < 1:
         raise LotteryError(f"criterion {cfg.name} needs scoring data: set criterion.scoring_size >= 1")

@@ -1,7 +1,8 @@
 """Criteria read from the blocks' output feature maps: HRank, expectABS, PLS-VIP and KL.
 
 They score a network as it is used for inference (eval mode: BN running statistics), over the
-scoring set in chunks; every computation is batched over images and channels.
+scoring set in chunks; every computation is batched over images and channels. Block outputs are
+read with forward hooks (``lottery.models.block_outputs``), so they work on every family.
 """
 
 from __future__ import annotations
@@ -10,32 +11,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lottery import models
 from lottery.criteria import register
 
 
-def block_outputs(model, x: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
-    """Outputs of the given blocks for one chunk of images (forward hooks, no grad)."""
-    out, hooks = {}, []
-    for i in blocks:
-        hooks.append(model.blocks[i].register_forward_hook(lambda m, a, y, i=i: out.__setitem__(i, y)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
+def block_outputs(model, x: torch.Tensor, paths: list[str]) -> dict[str, torch.Tensor]:
+    return models.block_outputs(model, x, paths)
+
+
+def removable(model) -> list[str]:
+    return [b.path for b in models.anatomy(model).removable]
 
 
 def per_chunk_mean(model, scoring, statistic) -> torch.Tensor:
-    """Mean over the scoring set of ``statistic(feature_map) -> (N,)`` for each removable block."""
+    """Mean over the scoring set of ``statistic(block output) -> (N,)`` for each removable block."""
     model.eval()
-    removable = model.plan.removable
-    totals = torch.zeros(len(removable), dtype=torch.float64)
+    paths = removable(model)
+    totals = torch.zeros(len(paths), dtype=torch.float64)
     for x, _, w in scoring.chunks():
-        feats = block_outputs(model, x, removable)
-        totals += torch.stack([statistic(feats[i]).double().mean().cpu() for i in removable]) * w
+        feats = block_outputs(model, x, paths)
+        totals += torch.stack([statistic(feats[p]).double().mean().cpu() for p in paths]) * w
     return totals
+
+
+def pooled(y: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) feature maps averaged over space, (N, T, D) tokens over tokens: (N, features)."""
+    return y.mean((2, 3)) if y.dim() == 4 else y.mean(1)
 
 
 def feature_map_rank(maps: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def feature_map_rank(maps: torch.Tensor) -> torch.Tensor:
     return ranks.reshape(n, c).double().mean(1) / min(h, w)
 
 
-@register("hrank")
+@register("hrank", layout="maps")
 def hrank(model, scoring, cfg, seed):
     """HRank (Lin et al. 2020): average rank of the block's output feature maps.
 
@@ -82,20 +83,21 @@ def vip(x: np.ndarray, y: np.ndarray, components: int) -> np.ndarray:
 def pls(model, scoring, cfg, seed):
     """PLS-VIP (Jordao et al. 2020): one PLS on every block's pooled output; mean VIP per block.
 
-    Follows the paper's definition: global-average-pooled block outputs, concatenated, one PLS
-    regression (scikit-learn, scaled) to one-hot labels, VIP per feature; a block's score is the
-    mean VIP of its features (mean VIP^2 over all features is 1). Higher is kept.
+    Follows the paper's definition: global-average-pooled block outputs (tokens: averaged over
+    tokens), concatenated, one PLS regression (scikit-learn, scaled) to one-hot labels, VIP per
+    feature; a block's score is the mean VIP of its features (mean VIP^2 over all features is 1).
+    Higher is kept.
     """
     model.eval()
-    removable = model.plan.removable
-    pooled = {i: [] for i in removable}
+    paths = removable(model)
+    parts = {p: [] for p in paths}
     for x, _, _ in scoring.chunks():
-        for i, y in block_outputs(model, x, removable).items():
-            pooled[i].append(y.mean((2, 3)).double().cpu())
-    feats = [torch.cat(pooled[i]) for i in removable]
+        for p, y in block_outputs(model, x, paths).items():
+            parts[p].append(pooled(y).double().cpu())
+    feats = [torch.cat(parts[p]) for p in paths]
     x = torch.cat(feats, 1).numpy()
     labels = scoring.y.cpu().numpy()
-    onehot = np.eye(int(model.fc.out_features))[labels]
+    onehot = np.eye(models.classes(model))[labels]
     v = vip(x, onehot, cfg.components)
     bounds = np.cumsum([0] + [f.shape[1] for f in feats])
     return torch.tensor([v[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])], dtype=torch.float64)
@@ -103,26 +105,23 @@ def pls(model, scoring, cfg, seed):
 
 @register("kl")
 def kl(model, scoring, cfg, seed):
-    """KL (Luo & Wu 2020): KL(full || without the block's residual branch), mean over images.
+    """KL (Luo & Wu 2020): KL(full || without the block), mean over images.
 
     Follows the paper's definition (no public reference code): KL divergence of the network's
     softmax output with the block removed from the full network's, from logits with log_softmax
     in float64, averaged over the scoring set; a block whose removal changes the output least
-    scores lowest. The network is run once; for each block the tail after it is re-run from its cached input
-    (a removable block's shortcut is the identity, so skipping its branch passes the input on).
+    scores lowest. A removable block's shortcut is the identity, so the network without it is
+    the network with the block passing its input on (``lottery.models.skipping``).
     """
     model.eval()
-    removable = model.plan.removable
-    totals = torch.zeros(len(removable), dtype=torch.float64)
+    paths = removable(model)
+    totals = torch.zeros(len(paths), dtype=torch.float64)
     with torch.no_grad():
         for x, _, w in scoring.chunks():
-            inputs = [model.stem(x)]
-            for block in model.blocks:
-                inputs.append(block(inputs[-1]))
-            full = F.log_softmax(model.fc(F.adaptive_avg_pool2d(inputs[-1], 1).flatten(1)).double(), 1)
-            for k, i in enumerate(removable):
-                h = model.blocks[i + 1:](inputs[i])
-                dropped = F.log_softmax(model.fc(F.adaptive_avg_pool2d(h, 1).flatten(1)).double(), 1)
+            full = F.log_softmax(model(x).double(), 1)
+            for k, path in enumerate(paths):
+                with models.skipping(model, path):
+                    dropped = F.log_softmax(model(x).double(), 1)
                 per_image = F.kl_div(dropped, full, log_target=True, reduction="none").sum(1)
                 totals[k] += per_image.mean().cpu() * w
     return totals

@@ -2,6 +2,7 @@
 
 import torch
 
+from lottery import models
 from lottery.criteria import register, register_filters
 
 
@@ -9,11 +10,11 @@ from lottery.criteria import register, register_filters
 def random_scores(model, scoring, cfg, seed):
     """A seeded uniform draw per block."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(len(model.plan.removable), generator=g, dtype=torch.float64)
+    return torch.rand(len(models.anatomy(model).removable), generator=g, dtype=torch.float64)
 
 
 @register_filters("random")
 def random_filter_scores(model, scoring, cfg, seed):
     """A seeded uniform draw per filter."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(b.mid_ch, generator=g, dtype=torch.float64) for b in model.plan.blocks]
+    return [torch.rand(n.width, generator=g, dtype=torch.float64) for n in models.narrowables(model)]

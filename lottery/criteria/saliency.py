@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lottery import models
 from lottery.criteria import register_per_weight
 from lottery.criteria.weights import scored_parameters
 
@@ -29,8 +32,9 @@ def hessian_gradient_product(model, params: list[torch.Tensor], scoring, tempera
     g = loss_gradient(model, params, scoring, temperature)
     hg = [torch.zeros_like(p) for p in params]
     for x, y, w in scoring.chunks():
-        loss = F.cross_entropy(model(x) / temperature, y) * w
-        grad = torch.autograd.grad(loss, params, create_graph=True)
+        with sdpa_kernel(SDPBackend.MATH):  # attention's fused kernels have no double backward
+            loss = F.cross_entropy(model(x) / temperature, y) * w
+            grad = torch.autograd.grad(loss, params, create_graph=True)
         z = sum((gi.detach() * di).sum() for gi, di in zip(g, grad))
         for acc, d in zip(hg, torch.autograd.grad(z, params)):
             acc += d
@@ -79,6 +83,6 @@ def synflow(model, scoring, cfg, seed):
         for value in model.state_dict().values():  # parameters and buffers, like the reference
             value.abs_()
     named = scored_parameters(model, cfg.weights)
-    x = torch.ones(1, 3, 32, 32, dtype=torch.float64, device=next(model.parameters()).device)
+    x = torch.ones(1, *models.input_shape(model), dtype=torch.float64, device=next(model.parameters()).device)
     grads = torch.autograd.grad(model(x).sum(), list(named.values()))
     return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}

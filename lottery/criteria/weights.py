@@ -5,41 +5,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lottery import models
 from lottery.config import choice
-from lottery.models import ResNet
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def scored_parameters(model: ResNet, weight_set) -> dict[str, nn.Parameter]:
-    """Convolution and linear weights (the set SNIP and GraSP score), plus BN affine if asked."""
-    with_bn = choice(weight_set) == "conv_bn"
-    out = {}
-    for mod_name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            out[f"{mod_name}.weight"] = m.weight
-        elif with_bn and isinstance(m, nn.BatchNorm2d):
-            out[f"{mod_name}.weight"] = m.weight
-            out[f"{mod_name}.bias"] = m.bias
-    return out
+def scored_parameters(model: nn.Module, weight_set) -> dict[str, nn.Parameter]:
+    """The weight tensors SNIP and GraSP score: every parameter of two or more dimensions
+    (convolution kernels, linear and attention projections), plus normalisation affine
+    parameters with ``conv_bn``; biases are never scored."""
+    norms = set()
+    if choice(weight_set) == "conv_bn":
+        norms = {f"{n}.{k}".lstrip(".") for n, m in model.named_modules() if isinstance(m, NORMS)
+                 for k, _ in m.named_parameters(recurse=False)}
+    return {k: p for k, p in model.named_parameters() if p.dim() >= 2 or k in norms}
 
 
-def per_block(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> torch.Tensor:
+def per_block(model: nn.Module, per_weight: dict[str, torch.Tensor], aggregate) -> torch.Tensor:
     """One number per removable block from per-weight scores keyed by parameter name."""
     how = choice(aggregate)
     scores = []
-    for i in model.plan.removable:
-        prefix = f"blocks.{i}."
-        parts = [s.flatten() for k, s in per_weight.items() if k.startswith(prefix)]
-        flat = torch.cat(parts)
+    for block in models.anatomy(model).removable:
+        prefix = f"{block.path}."
+        flat = torch.cat([s.flatten() for k, s in per_weight.items() if k.startswith(prefix)])
         scores.append(flat.sum() if how == "sum" else flat.mean())
     return torch.stack(scores)
 
 
-def per_filter(model: ResNet, per_weight: dict[str, torch.Tensor], aggregate) -> list[torch.Tensor]:
-    """For every block, one number per output channel of its first convolution (that filter's
-    own weights: the channels that couple only to its BN and the second convolution's input)."""
+def per_filter(model: nn.Module, per_weight: dict[str, torch.Tensor], aggregate) -> list[torch.Tensor]:
+    """For every narrowable convolution, one number per output channel (that filter's own
+    weights: channels that couple only to its norm and the next convolution's input)."""
     how = choice(aggregate)
     out = []
-    for i in range(len(model.plan.blocks)):
-        s = per_weight[f"blocks.{i}.conv1.weight"].flatten(1)
+    for n in models.narrowables(model):
+        s = per_weight[f"{n.conv}.weight"].flatten(1)
         out.append(s.sum(1) if how == "sum" else s.mean(1))
     return out

@@ -30,6 +30,7 @@ class Cell:
     p_value: float | None = None  # t-test of mean 0 (n >= 2) or McNemar's exact test (n = 1)
     sign_agrees: bool | None = None
     mark: str = ""  # best | second
+    na: str | None = None  # why the model cannot run this cell's trial (e.g. p above its maximum)
     replaced: int = 0  # older runs of the same identity and seed, superseded
     runs: list[dict] = field(default_factory=list, repr=False)
 
@@ -63,17 +64,19 @@ def _verdict(c: Cell, sweep: Sweep, chosen: list[dict], xi: str) -> None:
     c.sign_agrees = None if c.paper is None else (c.ours.mean >= 0) == (c.paper >= 0)
 
 
-def build(sweep: Sweep, runs: list[dict], cell_keys: list[str], xi: str = "0") -> list[Cell]:
+def build(sweep: Sweep, runs: list[dict], cell_keys: list[str], xi: str = "0",
+          na: list[str | None] | None = None) -> list[Cell]:
     """Cells of the table from run records {"tags", "metrics", "start"} (finished tickets);
-    ``cell_keys`` holds the identity of each of ``sweep.cells()``, in order."""
+    ``cell_keys`` holds the identity of each of ``sweep.cells()``, in order, and ``na`` why a
+    cell's trial cannot run on the model (``lottery.sweeps.inapplicable``)."""
     cells = []
-    for cell, key in zip(sweep.cells(), cell_keys):
+    for cell, key, why in zip(sweep.cells(), cell_keys, na or [None] * len(cell_keys)):
         chosen, replaced = matching(key, runs)
         row = tuple(cell[k] for k in sweep.rows)
         for metric in sweep.metrics:
             column = _column_of(sweep, cell, metric)
             c = Cell(row, column, metric, summarize([r["metrics"].get(metric) for r in chosen]),
-                     sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen)
+                     sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen, na=why)
             if sweep.signed and c.ours is not None:
                 _verdict(c, sweep, chosen, xi)
             cells.append(c)

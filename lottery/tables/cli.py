@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lottery.cli import entry
 from lottery.errors import LotteryError
-from lottery.sweeps import Sweep, add_sweep_arguments, compose_cells, keys_of, load
+from lottery.sweeps import Setting, Sweep, add_sweep_arguments, compose_cells, inapplicable, keys_of, load
 from lottery.tables.cells import budget, build
 from lottery.tables.plots import plot_curves, plot_figure3
 from lottery.tables.render import FORMATS
@@ -90,12 +90,12 @@ def main(argv=None) -> int:
             float(args.xi)
         except ValueError:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
-    sweep = load(args.name)
-    composed = compose_cells(sweep, args.profile, args.data, args.data_root, args.extra)
+    sweep = load(args.name, args.model)
+    composed = compose_cells(sweep, Setting.of(args))
     keys = keys_of(composed)
     mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     runs = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
-    cells = build(sweep, runs, keys, args.xi)
+    cells = build(sweep, runs, keys, args.xi, inapplicable(composed))
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
     run_id = publish(sweep, files, args.profile, composed[0][1], args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))

@@ -11,6 +11,7 @@ from lottery.sweeps import Sweep
 from lottery.tables.cells import ALPHA, Cell, budget
 
 MISSING = "missing"
+NA = "n/a"
 
 
 def _layout(cells: list[Cell]):
@@ -32,6 +33,8 @@ def _number(sweep: Sweep, value: float) -> str:
 
 
 def ours_text(sweep: Sweep, c: Cell | None) -> str:
+    if c is not None and c.na:
+        return NA
     if c is None or c.ours is None:
         return MISSING
     s = c.ours
@@ -82,7 +85,12 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
         text += f"; {replaced} older run(s) replaced by newer runs of the same trial and seed"
     if sweep.marks == "best_second":
         text += "; **bold** best and <u>underlined</u> second per row"
+    na = [c for c in cells if c.na and c.metric == sweep.metrics[0]]
+    if na:
+        text += f"; {len(na)} cell(s) n/a on this model ({na[0].na})"
     lines = [text + ".", f"Budget: {budget(cells)}."]
+    if sweep.model:
+        lines.append(f"Ours are {sweep.model}'s; the paper's values are its own network's (CIFAR ResNet).")
     return lines + ([sweep.note] if sweep.note else [])
 
 
@@ -168,7 +176,7 @@ def json_text(sweep: Sweep, cells: list[Cell]) -> str:
                     "mean": s and s.mean, "std": s and s.std, "n": s.n if s else 0, "ci_low": s and s.ci_low,
                     "ci_high": s and s.ci_high, "p_value": c.p_value, "winning": c.winning,
                     "significant": c.significant, "sign_agrees": c.sign_agrees, "replaced": c.replaced,
-                    "seeds": seeds})
+                    "na": c.na, "seeds": seeds})
     return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "signed": sweep.signed,
                        "budget": budget(cells), "cells": out}, indent=1, default=float)
 

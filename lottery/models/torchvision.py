@@ -1,0 +1,112 @@
+"""Any ``torchvision.models`` classification network whose residual blocks are of a registered
+type: ``model=torchvision model.arch=NAME`` (``model.kwargs`` go to the builder; weights are
+never downloaded, every network starts from its builder's own initialisation).
+
+``BLOCK_TYPES`` maps each block type to the rule saying when its shortcut is the identity:
+BasicBlock and Bottleneck (ResNet, ResNeXt, Wide ResNet) without a ``downsample``, MobileNetV2's
+InvertedResidual with ``use_res_connect``, ConvNeXt's CNBlock and the ViT EncoderBlock always.
+``model.stem=cifar`` gives a ResNet the usual CIFAR stem: a 3x3 stride-1 convolution and no
+max-pool. Filter tickets narrow the inner convolutions of ungrouped BasicBlocks and Bottlenecks
+(each couples only to its BN and the next convolution of the same block).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.convnext import CNBlock
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.vision_transformer import EncoderBlock
+
+from lottery.errors import LotteryError, one_line, unknown
+from lottery.models import Narrowable, register
+from lottery.models.modules import ModuleFamily
+
+BLOCK_TYPES: dict[type, Callable[[nn.Module], bool]] = {
+    BasicBlock: lambda m: m.downsample is None,
+    Bottleneck: lambda m: m.downsample is None,
+    InvertedResidual: lambda m: m.use_res_connect,
+    CNBlock: lambda m: True,
+    EncoderBlock: lambda m: True,
+}
+# Inner convolutions of a block type: (conv, its norm, the next conv), relative to the block.
+INNER = {BasicBlock: [("conv1", "bn1", "conv2")], Bottleneck: [("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")]}
+STEMS = ("default", "cifar")
+
+
+def architectures() -> list[str]:
+    """Classification builders (``resnet18``, ...) and model classes (``VisionTransformer``, ...)."""
+    classes = [n for n, v in vars(tvm).items() if isinstance(v, type) and issubclass(v, nn.Module)]
+    return sorted({*tvm.list_models(module=tvm), *classes})
+
+
+def blocks_found(model: nn.Module, types) -> list[tuple[str, nn.Module]]:
+    """Every module of one of ``types``, in registration (forward) order, nested ones excluded."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, tuple(types)) and not any(name.startswith(f"{p}.") for p, _ in out):
+            out.append((name, m))
+    return out
+
+
+def cifar_stem(net: nn.Module) -> None:
+    """A 3x3 stride-1 first convolution and no max-pool: a ResNet for 32x32 images."""
+    first = net.conv1
+    net.conv1 = nn.Conv2d(first.in_channels, first.out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's ResNet
+    net.maxpool = nn.Identity()
+
+
+@register
+class Torchvision(ModuleFamily):
+    name = "torchvision"
+
+    def check(self, cfg, shape):
+        if cfg.arch not in architectures():
+            raise unknown("model.arch", str(cfg.arch), architectures())
+        if cfg.stem.value not in STEMS:
+            raise unknown("model.stem", cfg.stem.value, STEMS)
+
+    def arch(self, cfg, shape):
+        return {"arch": cfg.arch, "kwargs": dict(cfg.kwargs), "stem": cfg.stem.value}
+
+    def construct(self, arch):
+        kwargs = {**arch["kwargs"], "num_classes": arch["classes"]}
+        try:
+            net = getattr(tvm, arch["arch"])(**kwargs)
+        except Exception as e:  # noqa: BLE001 - a builder rejects arguments in many ways
+            raise LotteryError(f"torchvision.models.{arch['arch']}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
+                               f"failed: {one_line(e)}; check model.kwargs") from None
+        if arch["stem"] == "cifar":
+            if not isinstance(net, tvm.ResNet):
+                raise LotteryError(f"model.stem=cifar replaces a ResNet's 7x7 stem and max-pool; {arch['arch']} is "
+                                   "not a torchvision ResNet: use model.stem=default")
+            cifar_stem(net)
+        return net
+
+    def label(self, cfg):
+        return cfg.name or cfg.arch
+
+    def candidates(self, model):
+        found = blocks_found(model, BLOCK_TYPES)
+        if not found:
+            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torchvision")})
+            raise LotteryError(f"{model.lottery_arch['arch']} has no residual blocks of a registered type "
+                               f"({', '.join(t.__name__ for t in BLOCK_TYPES)}); its block types are "
+                               f"{', '.join(kinds) or 'none'}: use model=custom with model.block_types or model.blocks")
+        return [(path, BLOCK_TYPES[type(m)](m)) for path, m in found]
+
+    def narrowables(self, model):
+        out = []
+        for path, block in blocks_found(model, INNER):
+            for conv, norm, nxt in INNER[type(block)]:
+                c, n = block.get_submodule(conv), block.get_submodule(nxt)
+                if c.groups == 1 and n.groups == 1:
+                    out.append(Narrowable(f"{path}.{conv}", f"{path}.{norm}", f"{path}.{nxt}", path, c.out_channels))
+        if not out:
+            raise LotteryError(f"structure=filter narrows the inner convolutions of ResNet blocks (BasicBlock, "
+                               f"Bottleneck, ungrouped); {model.lottery_arch['arch']} has none: use structure=layer")
+        return out
