@@ -24,18 +24,24 @@ AMP_SEEDS ?= 3
 BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 
-.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean tables report $(TABLES)
+.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean clean-store tables report $(TABLES)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions a reproduction ran with (constraints.txt); FLOAT=1 takes the newest of everything.
+FLOAT ?=
+CONSTRAINTS := $(if $(FLOAT),,constraints.txt)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
+	echo "$(if $(CONSTRAINTS),constraints.txt (exact versions; sha256 $$(sha256sum constraints.txt | cut -c1-12)),the newest versions (FLOAT=1))" \
+		> $(VENV)/lottery-install.txt
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install lottery with its dev tools
+install: $(VENV)/.installed  ## create .venv and install lottery and its dev tools at the versions of constraints.txt (FLOAT=1: newest)
 
 test: install  ## run the test suite (no tests collected counts as a failure)
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
@@ -86,5 +92,11 @@ bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off 
 bench-gpu: install  ## one GPU: img/s eager/compiled x fp32/bf16, 1/2/4 trials at once, paper tables' GPU-hours
 	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
-clean:  ## delete the local store, MLflow runs and caches (ROOT, default .lottery/)
-	rm -rf $(ROOT)
+clean:  ## delete caches, tables, reports and logs under ROOT (keeps the dense store and the MLflow runs)
+	rm -rf $(ROOT)/cache $(ROOT)/tables $(ROOT)/report $(ROOT)/hydra $(ROOT)/codecarbon $(ROOT)/search
+
+clean-store:  ## delete the dense-run store under ROOT (days of GPU training), after saying what it holds
+	@if [ -d $(ROOT)/store ]; then \
+		echo "deleting $(ROOT)/store: $$(ls $(ROOT)/store/dense 2>/dev/null | grep -cv '\.') dense network(s), $$(du -sh $(ROOT)/store | cut -f1)"; \
+		rm -rf $(ROOT)/store; \
+	else echo "no store at $(ROOT)/store"; fi

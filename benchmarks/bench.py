@@ -33,6 +33,7 @@ from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingC
 from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
 from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
+from lottery.tickets import ticket_file  # noqa: E402
 from lottery.train import Job, precision, prepare, synchronize, train  # noqa: E402
 
 
@@ -156,8 +157,9 @@ def criteria_seconds(device, depth: int, scoring_size: int | None) -> dict[str, 
     return out
 
 
-def tracking_seconds() -> float:
-    """MLflow (start, one run with a trial's params, metrics and artifacts) + codecarbon start/stop."""
+def tracking_seconds(depth: int, log_model: bool) -> tuple[float, float]:
+    """MLflow (start, one run with a trial's params, metrics, artifacts and, with ``log_model``,
+    the ResNet as an MLflow model) + codecarbon start/stop."""
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         exp = tracking.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
@@ -168,8 +170,9 @@ def tracking_seconds() -> float:
             pass
         params = {f"param.{i}": str(i) for i in range(120)}
         metrics = {f"metric_{i}": float(i) for i in range(40)}
-        tracking.log_run(exp, "bench", {"role": "bench"}, params, metrics,
-                         {"config.yaml": "a: 1\n", "blocks.json": {"scores": list(range(25))}})
+        network = ticket_file(build(resnet_plan(depth))) if log_model else None  # as MLflow model, like a trial's
+        tracking.log_run(exp, "bench", {"role": "bench"}, params, tracking.Results(
+            metrics, artifacts={"config.yaml": "a: 1\n", "blocks.json": {"scores": list(range(25))}}, network=network))
         return time.perf_counter() - began, created
 
 
@@ -187,6 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--scoring-size", type=int, default=None, help="for (c); default: the criterion config's")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--root", default=".lottery", help="paths.root: where decoded image caches live")
+    p.add_argument("--no-log-model", action="store_true", help="(d) without the MLflow model (tracking.log_model=false)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
     peak = peak_matmul_flops(device, dtype)
     peak_fp32 = peak if dtype == "fp32" else peak_matmul_flops(device, "fp32")
     crit = criteria_seconds(device, args.criteria_depth, args.scoring_size)
-    track, db_setup = tracking_seconds()
+    track, db_setup = tracking_seconds(args.model, not args.no_log_model)
     trial_seconds = 2 * len(data.train) / ours  # the training phases of a dense + ticket pair, at this size
     figures = {
         "device": f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "

@@ -10,7 +10,7 @@ from lottery import criteria, data, models, robustness
 from lottery.errors import bad_value, check_choice
 from lottery.modes import MODES
 from lottery.pruning import SCOPES, STRUCTURES
-from lottery.train import check_device, check_recipe
+from lottery.train import check_device, check_recipe, pick_device
 
 
 def validate(cfg) -> models.Anatomy:
@@ -30,6 +30,7 @@ def validate(cfg) -> models.Anatomy:
         STRUCTURES[cfg.structure].check(cfg, net, name)
     robustness.check(cfg.robustness)
     check_device(cfg.device)
+    data.check_memory(cfg.data, pick_device(cfg.device))
     if cfg.jobs < 1:
         raise bad_value("jobs", cfg.jobs, "at least one trial runs")
     return anatomy

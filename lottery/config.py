@@ -154,6 +154,8 @@ class TrackingConfig:
     experiment: str = opt("lottery", "MLflow experiment", execution=True)
     parent: Optional[str] = opt(None, "run id of the parent run the trial's runs sit under (set by "
                                       "lottery.sweeps: one role=sweep run per sweep and profile)", execution=True)
+    log_model: bool = opt(True, "also log every ticket and dense network as an MLflow model (torch.export; "
+                                "mlflow.pytorch.load_model returns it)", execution=True)
 
 
 @dataclass

@@ -50,6 +50,11 @@ class Context:
         return self
 
     @property
+    def outbox(self):
+        """Where results MLflow did not take wait (``lottery.outbox``)."""
+        return self.store.root / "outbox"
+
+    @property
     def model_name(self) -> str:
         return models.label(self.cfg.model)
 

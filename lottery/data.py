@@ -83,7 +83,7 @@ class Source:
     check: Callable  # cfg -> None, raises LotteryError early (before any work)
     load: Callable  # cfg -> Arrays
     fingerprint: Callable  # cfg -> str: the source's content identity, without decoding images
-    train_images: Callable  # cfg -> int: images in the whole training split, without decoding them
+    splits: Callable  # cfg -> (train, test): images in the whole splits, without decoding them
     classes: Callable  # cfg -> int: the class count, without decoding images
 
 
@@ -218,9 +218,14 @@ def synthetic_arrays(train_size: int, test_size: int, num_classes: int) -> Array
         y = np.arange(n, dtype=np.int64) % num_classes
         rng.shuffle(y)
         dx, dy = rng.integers(0, 5, size=(2, n))
-        x = np.stack([patterns[c, :, a:a + IMAGE_SIZE, b:b + IMAGE_SIZE] for c, a, b in zip(y, dy, dx)])
-        x = 128 + 50 * x + rng.normal(scale=50, size=x.shape)
-        return np.clip(x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1), y
+        out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        for start in range(0, n, 4096):  # in chunks: the float temporaries stay small
+            part = slice(start, start + 4096)
+            x = np.stack([patterns[c, :, a:a + IMAGE_SIZE, b:b + IMAGE_SIZE]
+                          for c, a, b in zip(y[part], dy[part], dx[part])])
+            x = 128 + 50 * x + rng.normal(scale=50, size=x.shape)
+            out[part] = np.clip(x, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        return out, y
 
     tx, ty = split(train_size)
     vx, vy = split(test_size)
@@ -241,22 +246,58 @@ def _load_synthetic(cfg) -> Arrays:
 
 
 def check(cfg) -> None:
-    """A known source, subsets of at least one image per class, and the source's own checks."""
+    """A known source, subsets of at least one image per class that their splits can fill, and
+    the source's own checks."""
     check_choice("data set", cfg.name, SOURCES)
     for key in ("train_size", "test_size", "val_size"):
         size = getattr(cfg, key)
         if size is not None and size < cfg.num_classes:
             raise bad_value(f"data.{key}", size, "need at least one image per class")
-    SOURCES[cfg.name].check(cfg)
+    source = SOURCES[cfg.name]
+    source.check(cfg)
+    train, test = source.splits(cfg)
+    if (cfg.train_size or 0) + (cfg.val_size or 0) > train:
+        what = "data.train_size" + (f" + data.val_size = {cfg.train_size or 0} + {cfg.val_size}" if cfg.val_size else
+                                    f"={cfg.train_size}")
+        raise LotteryError(f"{what} exceeds the training split of {cfg.name}: {train} images")
+    if (cfg.test_size or 0) > test:
+        raise bad_value("data.test_size", cfg.test_size, f"exceeds the test split of {cfg.name}: {test} images")
+
+
+def images(cfg) -> int:
+    """How many images a data config holds in memory: its subsets, else its whole splits."""
+    train, test = SOURCES[cfg.name].splits(cfg)
+    return (cfg.train_size or train) + (cfg.val_size or 0) + (cfg.test_size or test)
+
+
+def check_memory(cfg, device: torch.device) -> None:
+    """The data fits comfortably: its arrays (decoded, subset and moved: about three uint8 copies
+    at once) within half the available RAM, and the resident splits within half the free memory
+    of a CUDA device. Said in one line before anything is allocated."""
+    import psutil
+
+    per_image = int(np.prod(IMAGE_SHAPE))
+    need, available = 3 * images(cfg) * per_image, psutil.virtual_memory().available
+    if need > available / 2:
+        raise LotteryError(f"data {cfg.name} with these sizes ({images(cfg)} images) needs about {need / 2**30:.1f} GiB "
+                           f"of memory, and this machine has {available / 2**30:.1f} GiB available: use smaller "
+                           "data.train_size / test_size / val_size")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        resident = images(cfg) * per_image
+        if resident > free / 2:
+            raise LotteryError(f"data {cfg.name} ({images(cfg)} images) needs {resident / 2**30:.1f} GiB on {device}, "
+                               f"which has {free / 2**30:.1f} GiB free: use smaller data sizes")
 
 
 SOURCES: dict[str, Source] = {
-    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint, lambda cfg: 50_000, lambda cfg: 10),
+    "cifar10": Source(_check_cifar10, _load_cifar10, _cifar10_fingerprint, lambda cfg: (50_000, 10_000),
+                      lambda cfg: 10),
     "imagefolder": Source(_check_imagefolder, _load_imagefolder, lambda cfg: _folder_listing(cfg)[1],
-                          lambda cfg: len(_folder_listing(cfg)[0]["train"]),
+                          lambda cfg: tuple(len(_folder_listing(cfg)[0][s]) for s in ("train", "test")),
                           lambda cfg: len({c for c, _ in _folder_listing(cfg)[0]["train"]})),
     "synthetic": Source(_check_synthetic, _load_synthetic, lambda cfg: _synthetic_id(*_synthetic_sizes(cfg)),
-                        lambda cfg: _synthetic_sizes(cfg)[0], lambda cfg: cfg.num_classes),
+                        lambda cfg: _synthetic_sizes(cfg)[:2], lambda cfg: cfg.num_classes),
 }
 
 
@@ -267,7 +308,7 @@ def shape_of(cfg) -> Shape:
 
 def train_images(cfg) -> int:
     """How many images a trial trains on (its subset, else the split less the validation images)."""
-    return cfg.train_size or SOURCES[cfg.name].train_images(cfg) - (cfg.val_size or 0)
+    return cfg.train_size or SOURCES[cfg.name].splits(cfg)[0] - (cfg.val_size or 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from lottery.config import rewind_epochs
 from lottery.context import Context
 from lottery.data import describe
 from lottery.identity import dense_spec_for
+from lottery.errors import one_line
 from lottery.store import DenseResult, Entry, content_key
+from lottery.tickets import ticket_file
 from lottery.train import accuracy, conditions, cpu_state, held_out_accuracy, predict, train
 
 log = logging.getLogger("lottery")
@@ -66,11 +68,16 @@ def reference(ctx: Context) -> tuple[Entry, str]:
     entry, live = stored(ctx)
     try:
         entry = measured(ctx, with_rewind_point(ctx, entry))
-        return entry, log_run(ctx, entry, live)
     except BaseException as e:
         if live is not None:
             live.end(e)
         raise
+    try:
+        return entry, log_run(ctx, entry, live)
+    except Exception as e:  # noqa: BLE001 - the tracking store failed; the entry is safe in the store
+        log.warning("the dense run of %s was not logged (%s); the next trial that needs it logs it from the store",
+                    entry.key, one_line(e))
+        return entry, "unlogged"
 
 
 def stored(ctx: Context) -> tuple[Entry, tracking.LiveRun | None]:
@@ -163,5 +170,6 @@ def log_run(ctx: Context, entry: Entry, run: tracking.LiveRun | None) -> str:
                                    run_params(cfg), cfg.tracking.parent, entry.meta.get("trained", {}).get("start_ms"))
             tracking.log_dataset(run.run_id, **describe(cfg.data, ctx.data))
             run.history(entry.meta.get("history", []))
-        end_ms = entry.meta.get("trained", {}).get("end_ms")
-        return run.finish(numbers, {"dense.json": meta}, tags=entry.tags, end_ms=end_ms)
+        network = ticket_file(model_at(ctx, entry, "final")) if cfg.tracking.log_model else None
+        return run.finish(tracking.Results(numbers, entry.tags, {"dense.json": meta},
+                                           end_ms=entry.meta.get("trained", {}).get("end_ms"), network=network))

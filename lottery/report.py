@@ -16,15 +16,20 @@ import html
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from lottery.claims import judge
 from lottery.cli import entry
-from lottery.sweeps import available, load
+from lottery.errors import LotteryError
+from lottery.sweeps import CONF, available, load
+from lottery.tracking import commit
 
 EXPERIMENT = "report"
+PAPER_EPOCHS = 200
+INSTALLED = "lottery-install.txt"  # written into the venv by `make install`: the constraints it used
 
 
 def fetch_tables(profile: str, model: str | None = None) -> dict[str, dict]:
@@ -87,13 +92,10 @@ def environment(tables: dict) -> dict[str, str]:
                 dense[s.get("dense_key")] = (s.get("dense_train_seconds") or 0.0, s.get("dense_co2_kg") or 0.0)
     seconds += sum(v[0] for v in dense.values())
     co2 += sum(v[1] for v in dense.values())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    installed = Path(sys.prefix) / INSTALLED
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-            "lottery": importlib.metadata.version("lottery"), "commit": commit,
+            "lottery": importlib.metadata.version("lottery"), "commit": (commit() or "unknown")[:12],
+            "installed from": installed.read_text().strip() if installed.exists() else "unknown (not `make install`)",
             "training time of every run included": f"{seconds / 3600:.2f} h (dense networks counted once: {len(dense)})",
             "CO2 of every run included": f"{co2:.4f} kg (codecarbon; see each run's power_source)"}
 
@@ -102,17 +104,37 @@ def environment(tables: dict) -> dict[str, str]:
 # Rendering
 
 
-def claims_md(claims: list[dict]) -> str:
+def budget_of(profile: str) -> tuple[str, str]:
+    """What a profile's budget can judge: ``paper``, ``reduced`` (fewer epochs or images than the
+    paper's recipe) or ``wiring`` (synthetic data), and the banner that says so."""
+    from lottery.sweeps import CONF, default_data
+
+    train = yaml.safe_load((CONF / "profile" / f"{profile}.yaml").read_text()).get("train", {})
+    if default_data(profile) == "synthetic":
+        return "wiring", (f"**Wiring check, not findings.** The {profile} profile trains on synthetic data for "
+                          f"{train.get('epochs')} epochs: each verdict says the pipeline computes one, not whether the "
+                          "paper's claim holds. Run `make tables PROFILE=quick` (CPU) or the paper profile (GPU).")
+    if train.get("epochs", PAPER_EPOCHS) < PAPER_EPOCHS:
+        return "reduced", (f"**Reduced budget.** The {profile} profile trains {train.get('epochs')} epochs (the paper: "
+                           f"{PAPER_EPOCHS}) on a subset of the images: the verdicts judge this budget, not the paper's "
+                           "recipe.")
+    return "paper", ""
+
+
+def claims_md(claims: list[dict], budget: str = "paper") -> str:
     lines = ["| claim | verdict | agree / disagree / inconclusive (of cells) | rests on |", "|---|---|---|---|"]
     for c in claims:
         counts = f"{c['agree']} / {c['disagree']} / {c['inconclusive']} (of {c['cells']})" if c["cells"] else "—"
-        lines.append(f"| {c['id']}: {c['claim']} | **{c['verdict']}** | {counts} | {c['table']} |")
+        verdict = f"**{c['verdict']}**" + (" (wiring check)" if budget == "wiring" and c["verdict"] != "not run" else "")
+        lines.append(f"| {c['id']}: {c['claim']} | {verdict} | {counts} | {c['table']} |")
     return "\n".join(lines)
 
 
 def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None) -> str:
     on = f", {model}" if model else ""
-    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", claims_md(claims), ""]
+    budget, banner = budget_of(profile)
+    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", *([banner, ""] if banner else []),
+             claims_md(claims, budget), ""]
     for name in sorted(available(), key=lambda n: (n.startswith("figure"), n)):  # the paper's order
         t = tables.get(name)
         if t is None:
@@ -203,6 +225,13 @@ def main(argv=None) -> int:
     from lottery.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    profiles = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
+    if args.profile not in profiles:
+        built = sorted({r.data.tags.get("profile") for r in mlflow.search_runs(
+            search_all_experiments=True, output_format="list", filter_string="tags.role = 'sweep'")
+            if r.data.tags.get("table")})
+        raise LotteryError(f"unknown profile '{args.profile}': profiles with tables in this store: "
+                           f"{', '.join(built) or 'none yet'} (profiles: {', '.join(profiles)})")
     tables = fetch_tables(args.profile, args.model)
     claims = judge(tables)
     md = markdown(args.profile, claims, tables, environment(tables), args.model)
@@ -215,7 +244,7 @@ def main(argv=None) -> int:
     (out / "report.md").write_text(md)
     (out / "index.html").write_text(page(md, tables))
     run_id = publish(args.profile, args.model, [out / "index.html", out / "report.md"], args.root)
-    print(claims_md(claims))
+    print(claims_md(claims, budget_of(args.profile)[0]))
     print(f"written: {out / 'index.html'}, {out / 'report.md'} (MLflow run {run_id})")
     return 0
 

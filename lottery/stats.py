@@ -47,12 +47,20 @@ def summarize(values: list[float]) -> Stat | None:
     return Stat(mean, std, n, mean - half, mean + half, p)
 
 
+def discordant(ticket: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Images only the ticket gets right, and images only the dense network gets right."""
+    ticket_right, dense_right = ticket == labels, dense == labels
+    return int((ticket_right & ~dense_right).sum()), int((dense_right & ~ticket_right).sum())
+
+
 def mcnemar_p(ticket: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> float:
     """McNemar's exact test (two-sided binomial on the discordant pairs) of two classifiers'
     predictions on the same images: is one right where the other is wrong more often than chance?"""
+    return mcnemar_from(*discordant(ticket, dense, labels))
+
+
+def mcnemar_from(b: int, c: int) -> float:
+    """McNemar's exact p from the discordant counts."""
     from scipy.stats import binomtest
 
-    ticket_right, dense_right = ticket == labels, dense == labels
-    b = int((ticket_right & ~dense_right).sum())
-    c = int((dense_right & ~ticket_right).sum())
     return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)

@@ -9,17 +9,20 @@ so nothing needs a server; ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point els
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lottery.errors import one_line
+from lottery.errors import LotteryError, one_line
 
 log = logging.getLogger("lottery")
 
@@ -39,8 +42,35 @@ def local_artifacts(root: str) -> str:
     return (Path(root) / "mlartifacts").resolve().as_uri()
 
 
+SCHEMES = ("file", "http", "https", "mssql", "mysql", "postgresql", "sqlite")
+# A request to a server that is down fails in seconds, not after MLflow's default ~4 minutes of
+# retries: the trial goes on, and what MLflow misses is written later (LiveRun, lottery.outbox).
+RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def check_uri(uri: str, timeout: float = 5.0) -> None:
+    """A tracking URI of a supported kind, and, for a server, one that answers its health probe."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if len(scheme) > 1 and scheme not in SCHEMES:  # a one-letter scheme is a Windows drive
+        raise LotteryError(f"tracking.uri={uri}: unsupported scheme '{scheme}'; use one of {', '.join(SCHEMES)} "
+                           "(e.g. http://127.0.0.1:5000 for `make server`), or unset it for the embedded store")
+    if scheme in ("http", "https"):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                pass
+        except OSError as e:  # URLError, HTTPError, timeouts and refused connections
+            raise LotteryError(f"cannot reach the MLflow server at {uri} ({one_line(e)}): start it with "
+                               "`make server` or unset `tracking.uri`") from None
+
+
 def start(cfg, root: str) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id.
+    """Point MLflow at the configured store (checked first: one line if it is unusable) and
+    experiment; returns the experiment id.
 
     Concurrent trials on one SQLite store would race to create its tables and the experiment;
     a file lock beside the database makes that first contact one process at a time.
@@ -49,7 +79,11 @@ def start(cfg, root: str) -> str:
 
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry of a server that is down
+    for key, value in RETRIES.items():
+        os.environ.setdefault(key, value)
     uri = tracking_uri(cfg, root)
+    check_uri(uri)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
@@ -105,6 +139,23 @@ def _client():
     return MlflowClient()
 
 
+@functools.lru_cache(maxsize=1)
+def commit() -> str | None:
+    """The git commit of this checkout of lottery, when it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags: the UI's Source column names lottery and its commit."""
+    return {"mlflow.source.name": "lottery", "mlflow.source.type": "LOCAL",
+            **({"mlflow.source.git.commit": commit()} if commit() else {})}
+
+
 def _owner() -> dict[str, str]:
     """Which process writes a run: a later start of the same trial asks whether it is still alive."""
     return {"host": socket.gethostname(), "pid": str(os.getpid())}
@@ -142,46 +193,140 @@ def mark_killed(experiment_id: str, **tags) -> int:
     return n
 
 
+@dataclass
+class Results:
+    """What a run ends with: numbers, words, files, and where to keep them if MLflow does not answer."""
+
+    metrics: dict
+    tags: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)  # name -> text (.yaml, .txt) or JSON-able content
+    files: dict = field(default_factory=dict)  # name -> object written by torch.save
+    name: str | None = None  # the run's final name
+    end_ms: int | None = None  # the run's end time (default: now)
+    network: dict | None = None  # a ticket file (lottery.tickets) whose network is also logged as an MLflow model
+    outbox: Path | None = None  # where the results wait when MLflow does not take them (lottery.outbox)
+
+
 class LiveRun:
     """An MLflow run that exists while its work runs: RUNNING from the start (real start time),
     per-epoch history as it trains, then FINISHED with its results, FAILED with the one-line
-    error as its ``error`` tag, or KILLED on an interrupt."""
+    error as its ``error`` tag, or KILLED on an interrupt.
+
+    Tracking never stops the work: history MLflow does not take (a server down or restarting) is
+    kept, with a warning once, and written when MLflow answers again; results it does not take
+    at the end wait in the outbox (``Results.outbox``)."""
 
     def __init__(self, experiment_id: str, name: str, tags: dict, params: dict, parent: str | None = None,
                  start_ms: int | None = None):
         self.client = _client()
-        tags = {**{k: str(v) for k, v in tags.items()}, **_owner()}
+        tags = {**{k: str(v) for k, v in tags.items()}, **_owner(), **source_tags()}
         if parent:
             tags["mlflow.parentRunId"] = parent
         self.run_id = self.client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
+        self.tags = tags  # as the run started (the outbox finds a trial's results by its config key)
+        self.pending: list[tuple[int, dict]] = []  # (time in ms, history record) MLflow has not taken yet
+        self.warned = False
         _write(self.client, self.run_id, params, {}, {})
+
+    @classmethod
+    def existing(cls, run_id: str, pending: list | None = None) -> "LiveRun":
+        """A handle on a run created earlier (the outbox finishes it)."""
+        run = cls.__new__(cls)
+        run.client, run.run_id, run.tags, run.pending, run.warned = _client(), run_id, {}, list(pending or []), False
+        return run
 
     def epoch(self, line: dict) -> None:
         """One epoch's history record (``lottery.train.record``) as metrics at step = epoch."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(line[k]), now, int(line["epoch"]))
-                                                    for k in HISTORY if k in line])
+        self.pending.append((int(time.time() * 1000), line))
+        try:
+            self._flush()
+        except Exception as e:  # noqa: BLE001 - whatever the tracking store raises, training goes on
+            if not self.warned:
+                log.warning("MLflow did not take the training history (%s); training goes on, and the history is "
+                            "written when MLflow answers again", reason(e))
+            self.warned = True
 
     def history(self, lines: list[dict]) -> None:
         for line in lines:
             self.epoch(line)
 
-    def finish(self, metrics: dict, artifacts: dict, tags: dict | None = None, name: str | None = None,
-               files: dict[str, object] | None = None, end_ms: int | None = None) -> str:
-        """Results, artifacts (``files``: name -> object written by torch.save), then FINISHED."""
-        _write(self.client, self.run_id, {}, metrics, artifacts, files or {})
-        _tag(self.client, self.run_id, tags or {})
-        if name:
-            self.client.update_run(self.run_id, name=name)
-        self.client.set_terminated(self.run_id, "FINISHED", end_time=end_ms)
+    def _flush(self) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, float(line[k]), ms, int(line["epoch"])) for ms, line in self.pending
+                   for k in HISTORY if k in line]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+        self.pending.clear()
+
+    def finish(self, results: Results) -> str:
+        """Results, artifacts, the network as an MLflow model, then FINISHED; if MLflow does not
+        take them, they wait in ``results.outbox`` and a one-line error says where."""
+        try:
+            self._flush()
+            _write(self.client, self.run_id, {}, results.metrics, results.artifacts, results.files)
+            _tag(self.client, self.run_id, results.tags)
+            if results.network is not None:
+                log_network(self.run_id, results.network)
+            if results.name:
+                self.client.update_run(self.run_id, name=results.name)
+            self.client.set_terminated(self.run_id, "FINISHED", end_time=results.end_ms)
+        except Exception as e:  # noqa: BLE001 - any failure of the tracking store
+            if results.outbox is None:
+                raise
+            from lottery.outbox import keep
+
+            kept = keep(results.outbox, self, results)
+            raise LotteryError(f"MLflow did not take the results of run {results.name or self.run_id} ({reason(e)}); "
+                               f"they are kept in {kept}: the next start of this trial, or `python -m "
+                               f"lottery.tracking sync`, logs them") from None
         return self.run_id
 
     def end(self, error: BaseException) -> None:
+        """FAILED (or KILLED) with the one-line error; a warning only when MLflow does not answer
+        (the run stays RUNNING, and the next start of the trial marks it KILLED)."""
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-        self.client.set_tag(self.run_id, "error", one_line(error))
-        self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
+        try:
+            self.client.set_tag(self.run_id, "error", one_line(error))
+            self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
+        except Exception as e:  # noqa: BLE001
+            log.warning("MLflow did not take the end of run %s (%s); the next start of the trial marks it KILLED",
+                        self.run_id, reason(e))
+
+
+def reason(e: BaseException) -> str:
+    """Why a tracking call failed, in a few words (MLflow's own messages run to several lines)."""
+    text = str(e)
+    if any(s in text for s in ("Connection refused", "Max retries", "NewConnectionError", "timed out")):
+        import mlflow
+
+        return f"the tracking server at {mlflow.get_tracking_uri()} does not answer"
+    return one_line(e)[:200]
+
+
+def log_network(run_id: str, saved: dict) -> None:
+    """The network of a ticket file as an MLflow model of the run (``mlflow.pytorch.load_model``
+    returns it), exported with torch.export (loading runs no pickled code), with an input example
+    and its signature; once per run. A network torch.export cannot trace is a warning."""
+    import mlflow
+    import numpy as np
+    import torch
+    import torchvision
+
+    from lottery import models
+    from lottery.tickets import from_file
+
+    if any(o.model_id for o in (_client().get_run(run_id).outputs.model_outputs or [])):
+        return  # already logged (a sync resumed after it)
+    network = from_file(saved)
+    example = np.zeros((2, *models.input_shape(network)), np.float32)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    with mlflow.start_run(run_id=run_id):
+        try:
+            mlflow.pytorch.log_model(network, name="network", input_example=example, pip_requirements=requirements)
+        except Exception as e:  # noqa: BLE001 - torch.export cannot trace every network
+            log.warning("the network of run %s was not logged as an MLflow model (%s); ticket.pt holds it "
+                        "(lottery.load_ticket)", run_id, one_line(e))
 
 
 @contextlib.contextmanager
@@ -202,7 +347,8 @@ def find_or_create(experiment_id: str, name: str, tags: dict, create: bool = Tru
     if found or not create:
         return found[0].info.run_id if found else None
     client = _client()
-    run_id = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()}, run_name=name).info.run_id
+    run_id = client.create_run(experiment_id, tags={**{k: str(v) for k, v in tags.items()}, **source_tags()},
+                               run_name=name).info.run_id
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -239,9 +385,9 @@ def log_dataset(run_id: str, name: str, digest: str, source: dict, profile: dict
     _client().log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
-def log_run(experiment_id: str, name: str, tags: dict, params: dict, metrics: dict, artifacts: dict[str, object]) -> str:
+def log_run(experiment_id: str, name: str, tags: dict, params: dict, results: Results) -> str:
     """A finished run in one go (what a trial writes, without its history: the tracking benchmark)."""
-    return LiveRun(experiment_id, name, tags, params).finish(metrics, artifacts)
+    return LiveRun(experiment_id, name, tags, params).finish(results)
 
 
 def _write(client, run_id: str, params: dict, metrics: dict, artifacts: dict[str, object],
@@ -270,3 +416,35 @@ def _write(client, run_id: str, params: dict, metrics: dict, artifacts: dict[str
 
             torch.save(obj, Path(tmp) / fname)
             client.log_artifact(run_id, str(Path(tmp) / fname))
+
+
+def main(argv=None) -> int:
+    """``python -m lottery.tracking sync``: log the results waiting in the outbox into their runs."""
+    import argparse
+
+    from lottery.cli import entry
+    from lottery.config import TrackingConfig
+
+    @entry
+    def run(argv) -> int:
+        p = argparse.ArgumentParser(prog="python -m lottery.tracking", description=main.__doc__)
+        sub = p.add_subparsers(dest="command", required=True)
+        s = sub.add_parser("sync", help="log the results MLflow did not take (the outbox) into their runs")
+        s.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store and the store")
+        s.add_argument("--store", default=None, help="store.root (default ROOT/store): the outbox is STORE/outbox")
+        s.add_argument("--tracking-uri", default=None)
+        args = p.parse_args(argv)
+        from lottery.outbox import sync_all
+
+        start(TrackingConfig(uri=args.tracking_uri), args.root)
+        done = sync_all(Path(args.store or Path(args.root) / "store") / "outbox")
+        print(f"{len(done)} run(s) logged from the outbox" + "".join(f"\n  {d['name']} ({d['run_id']})" for d in done))
+        return 0
+
+    return run(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -12,14 +12,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from lottery import carbon, costs, dense, measure, models, tracking
+from lottery import carbon, costs, dense, measure, models, outbox, tracking
 from lottery.context import Context
 from lottery.criteria import ScoringSet
 from lottery.data import describe, scoring_set
 from lottery.metrics import Phase, compare, console, dense_side
 from lottery.modes import REINIT_SEED_OFFSET
 from lottery.pruning import STRUCTURES, Pruning, Request
-from lottery.stats import mcnemar_p
+from lottery.stats import discordant, mcnemar_from
 from lottery.store import Entry, content_key
 from lottery.tickets import TICKET_FILE, ticket_file
 from lottery.train import Trained, accuracy, conditions, held_out_accuracy, precision, predict, train
@@ -91,8 +91,12 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
     re-running a sweep completes exactly the missing trials; an earlier run of it that a killed
     process left RUNNING is marked KILLED."""
     ctx = Context.open(cfg)
-    if ctx.mode.prunes and (done := finished(ctx)):
-        return done
+    if ctx.mode.prunes:
+        synced = outbox.sync_all(ctx.outbox, ctx.keys["config_key"])  # results MLflow missed last time
+        if synced:
+            return synced[-1]
+        if done := finished(ctx):
+            return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not ctx.mode.prunes:
@@ -132,7 +136,9 @@ def ticket_trial(ctx: Context, live: tracking.LiveRun) -> dict:
             "dense_power_source": entry.tags.get("power_source", "unavailable"), **measured_tags}
     name = run_name(ctx, pruning.label)
     artifacts = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record}
-    live.finish(metrics, artifacts, tags, name, {TICKET_FILE: ticket_file(ticket.model)})
+    saved = ticket_file(ticket.model)
+    live.finish(tracking.Results(metrics, tags, artifacts, {TICKET_FILE: saved}, name,
+                                 network=saved if cfg.tracking.log_model else None, outbox=ctx.outbox))
     trained.state.unlink(missing_ok=True)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
              "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
@@ -147,9 +153,10 @@ def accuracy_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, entry
     held-out validation accuracy when there is a validation split."""
     data, dm = ctx.data, entry.metrics
     acc = accuracy(trained.predictions, data.test)
+    only_ticket, only_dense = discordant(trained.predictions, torch.tensor(entry.meta["predictions"]), data.test.y.cpu())
     out = {"accuracy": acc, "winning": float(acc + ctx.cfg.xi >= dm["accuracy"]),
-           "mcnemar_p": mcnemar_p(trained.predictions, torch.tensor(entry.meta["predictions"]), data.test.y.cpu()),
-           "train_images": len(data.train), "test_images": len(data.test)}
+           "mcnemar_p": mcnemar_from(only_ticket, only_dense), "ticket_only_correct": only_ticket,
+           "dense_only_correct": only_dense, "train_images": len(data.train), "test_images": len(data.test)}
     return {**out, **held_out_accuracy(ticket.model, data, ctx.cfg.train, ctx.device)}
 
 

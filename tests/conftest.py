@@ -1,28 +1,17 @@
-"""Shared fixtures: composing trial configs the way the CLI does, in an isolated store."""
+"""Shared fixtures: composing trial configs the way the CLI does, in an isolated store, on the CPU."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from lottery.config import register
-
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+from tests.helpers import compose_cfg
 
 register()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def compose_cfg(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +28,7 @@ def smoke(tmp_path, tracking_uri):
         return compose_cfg(
             "profile=smoke", "data=synthetic", "model=resnet20", f"store.root={tmp_path / 'store'}",
             f"data.cache={tmp_path / 'cache'}", f"measure.carbon_dir={tmp_path / 'codecarbon'}",
-            f"tracking.uri={tracking_uri}",
+            f"tracking.uri={tracking_uri}", "tracking.log_model=false",
             f"tracking.experiment={tmp_path.name}", *overrides,
         )
 

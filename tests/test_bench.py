@@ -8,19 +8,26 @@ import pytest
 import torch
 
 from lottery.train import precision
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup",
         "fraction_of_peak", "fp32_fraction_of_peak", "dtype", "criteria_seconds", "tracking_seconds", "device"}
 
 
-def test_bench_runs_and_writes_every_key(tmp_path):
-    out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--model", "8", "--batch-size", "8", "--steps", "2",
-                        "--repeats", "1", "--workers", "0", "--criteria-depth", "14", "--scoring-size", "20",
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One run of the benchmark at tiny sizes, read by every test here: (its output, its figures)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--device", "cpu", "--model", "8", "--batch-size", "8",
+                        "--steps", "2", "--repeats", "1", "--workers", "0", "--criteria-depth", "14", "--scoring-size",
+                        "20", "--no-log-model", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
-    figures = json.loads(out.read_text())
+    return r, json.loads(out.read_text())
+
+
+def test_bench_runs_and_writes_every_key(bench):
+    r, figures = bench
     assert KEYS <= set(figures)
     assert set(figures["criteria_seconds"]) == {"random", "l1", "hrank", "expectabs", "pls", "kl", "snip",
                                                 "grasp", "synflow"}
@@ -28,12 +35,8 @@ def test_bench_runs_and_writes_every_key(tmp_path):
     assert "(a) trainer" in r.stdout and "(d) MLflow + codecarbon" in r.stdout
 
 
-def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(tmp_path):
-    out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, "benchmarks/bench.py", "--model", "8", "--batch-size", "8", "--steps", "2",
-                    "--repeats", "1", "--workers", "0", "--criteria-depth", "14", "--scoring-size", "20",
-                    "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    f = json.loads(out.read_text())
+def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(bench):
+    _, f = bench
     assert f["amp_speedup"] == pytest.approx(f["trainer_img_s"] / f["trainer_fp32_img_s"])
     assert f["trainer_vs_reference"] == pytest.approx(f["trainer_img_s"] / f["reference_img_s"])
     assert f["dtype"] == precision(torch.device("cpu"), "auto")
@@ -43,7 +46,7 @@ def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--model", "8", "--batch-size", "4",
                         "--steps", "1", "--warmup", "1", "--concurrency", "1,2", "--no-compile", "--json", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+                       cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     f = json.loads(out.read_text())
     assert set(f["one_trial_img_s"]) == {"eager_fp32", "eager_bf16"}

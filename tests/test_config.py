@@ -10,7 +10,7 @@ from omegaconf.errors import ValidationError
 from lottery.checks import validate
 from lottery.config import blocks_to_remove, epoch_of, rewind_epochs
 from lottery.errors import LotteryError
-from tests.conftest import REPO, compose_cfg
+from tests.helpers import REPO, compose_cfg
 
 
 @pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
@@ -54,6 +54,13 @@ def test_density_and_rewind_conversions():
         (["train.milestones=[2,2]"], "must be strictly increasing"),
         (["data.val_size=5"], "data.val_size=5: need at least one image per class"),
         (["jobs=0"], "jobs=0: at least one trial runs"),
+        (["data.train_size=99999999"], "GiB of memory, and this machine has"),
+        (["data.val_size=99999999"], "use smaller data.train_size / test_size / val_size"),
+        (["data=cifar10", "data.train_size=60000"], "data.train_size=60000 exceeds the training split of cifar10: "
+                                                    "50000 images"),
+        (["data=cifar10", "data.train_size=45000", "data.val_size=6000"],
+         "data.train_size + data.val_size = 45000 + 6000 exceeds the training split of cifar10: 50000 images"),
+        (["data=cifar10", "data.test_size=10001"], "data.test_size=10001: exceeds the test split of cifar10: 10000"),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides, message):
@@ -91,8 +98,10 @@ def test_typed_config_rejects_wrong_types_and_unknown_keys():
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lottery", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    """``python -m lottery`` on the CPU (the timeout only stops a hang)."""
+    cpu = [] if "--help" in args else ["device=cpu"]
+    return subprocess.run([sys.executable, "-m", "lottery", *args, *cpu], cwd=cwd, capture_output=True,
+                          text=True, timeout=1200)
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
@@ -128,7 +137,9 @@ def test_help_lists_groups_from_the_registries_and_every_key_with_its_help():
 
 def test_a_failing_trial_never_stops_a_multirun_and_the_summary_names_it(tmp_path):
     r = run_cli("-m", "profile=smoke", "data=synthetic", "model=resnet20", "density=99,1", f"paths.root={tmp_path}",
-                "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false", cwd=REPO)
+                "data.train_size=128",
+                "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false", "tracking.log_model=false",
+                cwd=REPO)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]

@@ -13,6 +13,8 @@ from lottery.models.cifar_resnet import build, resnet_plan
 from lottery.models.cifar_resnet import remove_blocks
 from omegaconf import OmegaConf
 
+from tests.helpers import write_released
+
 CPU = torch.device("cpu")
 
 
@@ -77,17 +79,6 @@ def test_throughput_and_latency_are_positive_and_leave_the_model_alone():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def write_released(tmp_path, n=20):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "CIFAR-10-C"
-    root.mkdir()
-    labels = np.tile(np.arange(n) % 10, 5).astype(np.uint8)
-    np.save(root / "labels.npy", labels)
-    for name in ("gaussian_noise", "fog"):
-        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
-    return root
-
-
 def test_released_cifar10c_and_cifar102_readers(tmp_path):
     root = write_released(tmp_path)
     sets = robustness.released_cifar10c(OmegaConf.structured(RobustnessConfig(
@@ -142,12 +133,17 @@ def test_codecarbon_failure_is_a_warning(tmp_path, caplog):
     assert "codecarbon could not start" in caplog.text
 
 
-def test_codecarbon_measures_a_phase(tmp_path):
+def test_codecarbon_measures_a_phase_at_its_grids_carbon_intensity(tmp_path):
     cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
-    with carbon.tracked(cfg, "test") as fp:
-        sum(i * i for i in range(200_000))
-    assert fp.co2_kg is not None and fp.co2_kg >= 0 and fp.energy_kwh >= 0
-    assert fp.power in ("measured", "estimated")
+    phases = []
+    for work in (200_000, 2_000_000):
+        with carbon.tracked(cfg, "test") as fp:
+            sum(i * i for i in range(work))
+        phases.append(fp)
+    short, long = phases
+    assert 0 < short.energy_kwh < long.energy_kwh and short.power in ("measured", "estimated")
+    intensity = short.co2_kg / short.energy_kwh  # kg CO2 per kWh of the configured country's grid
+    assert long.co2_kg / long.energy_kwh == pytest.approx(intensity, rel=1e-6) and 0.01 < intensity < 2
 
 
 def test_codecarbon_stops_when_the_tracked_phase_raises(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lottery.config import CriterionConfig
 from lottery.criteria import CRITERIA, ScoringSet, activations, score_blocks
 from lottery.models.cifar_resnet import build, resnet_plan
-from tests.test_models import randomize
+from tests.helpers import randomize
 
 
 def net(depth=14, seed=0):

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -175,3 +176,13 @@ def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(LotteryError) as e:
         D.load_dataset(cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "c")), torch.device("cpu"))
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_subset_larger_than_its_folder_is_one_line_naming_the_split(tmp_path):
+    from lottery.errors import LotteryError
+
+    root = write_folder(tmp_path / "data")  # 3 classes: 18 training and 9 test images
+    with pytest.raises(LotteryError, match="data.train_size=30 exceeds the training split of imagefolder: 18 images"):
+        D.check(cfg(name="imagefolder", root=str(root), train_size=30, num_classes=3))
+    with pytest.raises(LotteryError, match="data.test_size=10: exceeds the test split of imagefolder: 9 images"):
+        D.check(cfg(name="imagefolder", root=str(root), test_size=10, num_classes=3))

@@ -18,8 +18,8 @@ from lottery.errors import LotteryError
 from lottery.measure import ATTENTION, flops
 from lottery.models import Shape
 from lottery.tickets import from_file, ticket_file
-from tests.conftest import REPO, compose_cfg
-from tests.test_models import randomize
+from tests.helpers import REPO, compose_cfg
+from tests.helpers import randomize
 
 SHAPE = Shape((3, 32, 32), 10)
 VIT = {"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}

@@ -10,8 +10,8 @@ from lottery.errors import LotteryError
 from lottery.models import count_filters
 from lottery.models.cifar_resnet import build, remove_filters, resnet_plan
 from lottery.surgery import filter_floor, select_filters
-from tests.conftest import compose_cfg
-from tests.test_models import randomize
+from tests.helpers import compose_cfg
+from tests.helpers import randomize
 
 
 def scoring():
@@ -118,7 +118,8 @@ def test_block_only_criteria_are_refused_for_filters():
 def test_filter_trial_logs_filters_at_its_target(smoke):
     from lottery import trial
 
-    out = trial.run(smoke("structure=filter", "mode=init", "criterion=snip", "density=1", "model=resnet32"))
+    out = trial.run(smoke("structure=filter", "mode=init", "criterion=snip", "density=1", "model=resnet32",
+                          "data.train_size=128", "measure.enabled=false", "robustness.enabled=false"))
     # the target is the filter count of SNIP's layer ticket: one block of stage 1, 2 or 3 removed
     assert out["filters"] == out["target_filters"] in (1200, 1168, 1104) and out["dense_filters"] == 1232
     assert out["blocks_removed"] == 0 and out["filters_removed"] == 1232 - out["target_filters"]

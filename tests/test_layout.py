@@ -4,7 +4,7 @@ inside the data module, and no function grows a long chain of loose parameters."
 import ast
 import re
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "lottery"
 CONTEXT = {"self", "cls", "cfg", "ctx"}  # the config or the trial's context may come on top

@@ -6,18 +6,7 @@ from lottery.errors import LotteryError
 from lottery.models import count_filters, count_params
 from lottery.models.cifar_resnet import build, remove_blocks, resnet_plan
 from lottery.surgery import select_blocks
-
-
-def randomize(model, seed=0):
-    """Random BN statistics and affine parameters, so that no block is close to identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
+from tests.helpers import randomize
 
 
 def test_filter_counts_match_the_paper():

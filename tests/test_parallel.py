@@ -10,18 +10,20 @@ from optuna.trial import TrialState
 
 from lottery import search, trial
 from lottery.errors import LotteryError
-from tests.conftest import REPO, compose_cfg
+from tests.helpers import REPO, compose_cfg
 
 
 def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     r = subprocess.run(
-        [sys.executable, "-m", "lottery", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+        [sys.executable, "-m", "lottery", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
+         "device=cpu",
          f"hydra.sweep.dir={tmp_path / 'sweep'}", "profile=smoke", "data=synthetic", "model.depth=14",
          "criterion=random", "density=1,2", "measure.enabled=false", "robustness.enabled=false",
          "measure.carbon=false", "threads=1", f"store.root={tmp_path / 'store'}", f"tracking.uri={uri}",
+         "tracking.log_model=false",
          "tracking.experiment=par"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*.log"))
     assert logs.count(" trained: accuracy") == 1 and logs.count("reused from the store") == 1, logs

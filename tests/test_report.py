@@ -113,8 +113,12 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     assert "Table 2: tickets at initialization" in text and "Table 4" in text
     assert "not run:" in text and "make table4 PROFILE=smoke" in text  # a missing sweep says what to run, never 0
     md = (out / "report.md").read_text()
-    assert "| C3: GraSP tickets at initialization win at every p = 1..5 | **supported** | 5 / 0 / 0 (of 5) |" in md
-    assert "| C4: SNIP tickets at initialization lose from p = 3 on | **inconclusive** | 0 / 0 / 3 (of 3) |" in md
+    # smoke runs on synthetic data: a banner above the claims, and verdicts that read as wiring checks
+    assert md.index("**Wiring check, not findings.** The smoke profile trains on synthetic data") < md.index("| C3")
+    assert ("| C3: GraSP tickets at initialization win at every p = 1..5 | **supported** (wiring check) | "
+            "5 / 0 / 0 (of 5) |") in md
+    assert ("| C4: SNIP tickets at initialization lose from p = 3 on | **inconclusive** (wiring check) | "
+            "0 / 0 / 3 (of 3) |") in md
     assert "C1: " in md and "**not run**" in md
     assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
     assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
@@ -127,6 +131,7 @@ def test_a_report_without_runs_says_what_to_run(tmp_path):
     assert report.main(["--profile", "quick", "--root", str(tmp_path), "--tracking-uri", uri]) == 0
     md = (tmp_path / "report" / "quick" / "report.md").read_text()
     assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
+    assert "**Reduced budget.** The quick profile trains 8 epochs (the paper: 200)" in md and "(wiring check)" not in md
     assert md.count("**not run**") == 9
 
 
@@ -143,3 +148,16 @@ def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path
             if status != "RUNNING":
                 client.set_terminated(run.info.run_id, status)
     assert report._failed(exp, "smoke") == 1  # b; a finished on its retry, c still runs
+
+
+def test_an_unknown_profile_is_one_line_naming_the_profiles_with_tables(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'own.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.set_tags({"role": "sweep", "profile": "smoke", "table": "table2"})
+    assert report.main(["--profile", "nosuch", "--root", str(tmp_path), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lottery: error: unknown profile 'nosuch': profiles with tables in this store: smoke "
+                   "(profiles: paper, quick, smoke)")
+    assert not (tmp_path / "report").exists()  # no empty report written

@@ -17,7 +17,7 @@ from lottery.models.cifar_resnet import resnet_plan
 from lottery.pruning import Pruning
 from lottery.identity import dense_spec_for, trial_keys
 from lottery.store import DenseStore, content_key
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def shared(tmp_path_factory, tracking_uri):
     def make(*overrides):
         return compose_cfg("profile=smoke", "data=synthetic", "model=resnet20", f"store.root={root / 'store'}",
                            f"data.cache={root / 'cache'}", f"measure.carbon_dir={root / 'codecarbon'}",
-                           f"tracking.uri={tracking_uri}", "tracking.experiment=trials", *overrides)
+                           f"tracking.uri={tracking_uri}", "tracking.experiment=trials", "tracking.log_model=false",
+                           *overrides)
 
     return make
 
@@ -166,7 +167,8 @@ CIFAR102_KEYS = ["cifar102_accuracy", "dense_cifar102_accuracy", "cifar102_delta
 
 
 def test_a_smoke_trial_logs_every_cost_key(shared):
-    cfg = shared("mode=init", "criterion=snip", "density=2")
+    cfg = shared("mode=init", "criterion=snip", "density=2",
+                 "robustness.corruptions=[gaussian_noise,defocus_blur,frost,contrast,jpeg_compression]")
     out = trial.run(cfg)
     ticket = next(r for r in runs(cfg, "ticket") if r.info.run_id == out["run_id"])
     m, tags = ticket.data.metrics, ticket.data.tags
@@ -174,13 +176,14 @@ def test_a_smoke_trial_logs_every_cost_key(shared):
     assert not set(CIFAR102_KEYS) & set(m)  # absent, not zero
     assert tags["cifar102"] == "absent" and tags["cifar10c_source"] == "regenerated"
     assert tags["cifar10c_sets"] == "8" and tags["power_source"] in ("measured", "estimated")
+    assert tags["cifar10c_skipped"] == "frost"  # it needs the frost photographs of the original release
     assert m["flops_reduction_pct"] == pytest.approx(100 * (1 - m["flops"] / m["dense_flops"]))
     assert m["flops_reduction_pct"] == pytest.approx(2 * 11.56, abs=0.1)  # a ResNet20 block is 11.56%
     assert 0 < m["cka"] <= 1 and m["memory_reduction_pct"] > 0
 
 
 def test_given_shift_sets_are_used_and_a_codecarbon_failure_is_only_a_warning(smoke, tmp_path, caplog):
-    from tests.test_costs import write_released
+    from tests.helpers import write_released
 
     root = write_released(tmp_path)
     np.savez(tmp_path / "c102.npz", images=np.load(root / "fog.npy")[:30], labels=np.arange(30) % 10)
@@ -201,13 +204,25 @@ def test_a_trial_logs_mcnemar_against_the_dense_predictions_and_its_validation_a
     cfg = smoke("model.depth=14", "criterion=random", "data.val_size=60", "measure.enabled=false",
                 "robustness.enabled=false")
     out = trial.run(cfg)
-    assert 0 <= out["mcnemar_p"] <= 1 and out["test_images"] == 200 and out["train_images"] == 512
+    assert out["test_images"] == 200 and out["train_images"] == 512
     assert out["val_delta_pp"] == pytest.approx(out["val_accuracy"] - out["dense_val_accuracy"])
     data = load_dataset(cfg.data, torch.device("cpu"))
     entry = DenseStore(cfg.store.root).load(content_key(dense_spec_for(cfg, torch.device("cpu"))))
     predictions = torch.tensor(entry.meta["predictions"])
     assert len(predictions) == 200
     assert 100 * (predictions == data.test.y).float().mean().item() == pytest.approx(entry.metrics["accuracy"])
+    # McNemar's p, recomputed from the two networks' own predictions on the same images
+    from scipy.stats import binomtest
+
+    from lottery import load_ticket
+    from lottery.train import predict, prepare
+
+    ticket = prepare(load_ticket(out["run_id"], uri=cfg.tracking.uri), torch.device("cpu"), cfg.train.channels_last)
+    mine = predict(ticket, data, cfg.train, torch.device("cpu"))
+    b = int(((mine == data.test.y) & (predictions != data.test.y)).sum())
+    c = int(((predictions == data.test.y) & (mine != data.test.y)).sum())
+    assert (out["ticket_only_correct"], out["dense_only_correct"]) == (b, c)
+    assert out["mcnemar_p"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
     ticket = runs(cfg, "ticket")[0]
     assert ticket.data.tags["seed"] == "0" and ticket.data.tags["cell_key"] and ticket.data.tags["amp"]
 

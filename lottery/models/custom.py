@@ -18,7 +18,7 @@ from torch import nn
 from lottery.errors import LotteryError, one_line
 from lottery.models import register
 from lottery.models.modules import ModuleFamily
-from lottery.models.torchvision import BLOCK_TYPES, blocks_found
+from lottery.models.torchvision import block_types, blocks_found
 
 
 def resolve(target: str, what: str):
@@ -35,7 +35,7 @@ def resolve(target: str, what: str):
 
 
 def block_type(name: str) -> type:
-    registered = {t.__name__: t for t in BLOCK_TYPES}
+    registered = {t.__name__: t for t in block_types()}
     if name in registered:
         return registered[name]
     found = resolve(name, "model.block_types")
@@ -97,7 +97,8 @@ class Custom(ModuleFamily):
         found = blocks_found(model, [block_type(n) for n in arch["block_types"]])
         if not found:
             raise LotteryError(f"model.block_types={arch['block_types']}: {arch['target']} has no such modules")
-        return [(p, BLOCK_TYPES.get(type(m), lambda m: True)(m)) for p, m in found]
+        rules = block_types()
+        return [(p, rules.get(type(m), lambda m: True)(m)) for p, m in found]
 
 
 def _exists(model: nn.Module, path: str) -> bool:

@@ -2,43 +2,53 @@
 type: ``model=torchvision model.arch=NAME`` (``model.kwargs`` go to the builder; weights are
 never downloaded, every network starts from its builder's own initialisation).
 
-``BLOCK_TYPES`` maps each block type to the rule saying when its shortcut is the identity:
+``block_types()`` maps each block type to the rule saying when its shortcut is the identity:
 BasicBlock and Bottleneck (ResNet, ResNeXt, Wide ResNet) without a ``downsample``, MobileNetV2's
 InvertedResidual with ``use_res_connect``, ConvNeXt's CNBlock and the ViT EncoderBlock always.
 ``model.stem=cifar`` gives a ResNet the usual CIFAR stem: a 3x3 stride-1 convolution and no
 max-pool. Filter tickets narrow the inner convolutions of ungrouped BasicBlocks and Bottlenecks
-(each couples only to its BN and the next convolution of the same block).
+(each couples only to its BN and the next convolution of the same block). torchvision is
+imported when a torchvision network is first built (about 2 s), not by every process.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
-import torchvision.models as tvm
 from torch import nn
-from torchvision.models.convnext import CNBlock
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.models.vision_transformer import EncoderBlock
 
 from lottery.errors import LotteryError, one_line, unknown
 from lottery.models import Narrowable, register
 from lottery.models.modules import ModuleFamily
 
-BLOCK_TYPES: dict[type, Callable[[nn.Module], bool]] = {
-    BasicBlock: lambda m: m.downsample is None,
-    Bottleneck: lambda m: m.downsample is None,
-    InvertedResidual: lambda m: m.use_res_connect,
-    CNBlock: lambda m: True,
-    EncoderBlock: lambda m: True,
-}
-# Inner convolutions of a block type: (conv, its norm, the next conv), relative to the block.
-INNER = {BasicBlock: [("conv1", "bn1", "conv2")], Bottleneck: [("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")]}
 STEMS = ("default", "cifar")
+
+
+@functools.cache
+def block_types() -> dict[type, Callable[[nn.Module], bool]]:
+    """Registered residual block types, each with the rule for an identity shortcut."""
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    return {BasicBlock: lambda m: m.downsample is None, Bottleneck: lambda m: m.downsample is None,
+            InvertedResidual: lambda m: m.use_res_connect, CNBlock: lambda m: True, EncoderBlock: lambda m: True}
+
+
+@functools.cache
+def inner() -> dict[type, list[tuple[str, str, str]]]:
+    """Inner convolutions of a block type: (conv, its norm, the next conv), relative to the block."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return {BasicBlock: [("conv1", "bn1", "conv2")], Bottleneck: [("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")]}
 
 
 def architectures() -> list[str]:
     """Classification builders (``resnet18``, ...) and model classes (``VisionTransformer``, ...)."""
+    import torchvision.models as tvm
+
     classes = [n for n, v in vars(tvm).items() if isinstance(v, type) and issubclass(v, nn.Module)]
     return sorted({*tvm.list_models(module=tvm), *classes})
 
@@ -74,6 +84,8 @@ class Torchvision(ModuleFamily):
         return {"arch": cfg.arch, "kwargs": dict(cfg.kwargs), "stem": cfg.stem.value}
 
     def construct(self, arch):
+        import torchvision.models as tvm
+
         kwargs = {**arch["kwargs"], "num_classes": arch["classes"]}
         try:
             net = getattr(tvm, arch["arch"])(**kwargs)
@@ -91,18 +103,20 @@ class Torchvision(ModuleFamily):
         return cfg.name or cfg.arch
 
     def candidates(self, model):
-        found = blocks_found(model, BLOCK_TYPES)
+        rules = block_types()
+        found = blocks_found(model, rules)
         if not found:
             kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torchvision")})
             raise LotteryError(f"{model.lottery_arch['arch']} has no residual blocks of a registered type "
-                               f"({', '.join(t.__name__ for t in BLOCK_TYPES)}); its block types are "
+                               f"({', '.join(t.__name__ for t in rules)}); its block types are "
                                f"{', '.join(kinds) or 'none'}: use model=custom with model.block_types or model.blocks")
-        return [(path, BLOCK_TYPES[type(m)](m)) for path, m in found]
+        return [(path, rules[type(m)](m)) for path, m in found]
 
     def narrowables(self, model):
         out = []
-        for path, block in blocks_found(model, INNER):
-            for conv, norm, nxt in INNER[type(block)]:
+        convs = inner()
+        for path, block in blocks_found(model, convs):
+            for conv, norm, nxt in convs[type(block)]:
                 c, n = block.get_submodule(conv), block.get_submodule(nxt)
                 if c.groups == 1 and n.groups == 1:
                     out.append(Narrowable(f"{path}.{conv}", f"{path}.{norm}", f"{path}.{nxt}", path, c.out_channels))

@@ -1,0 +1,45 @@
+"""What several test modules share: composing configs as the CLI does, the repository's paths,
+networks whose blocks are far from the identity, and a tiny released CIFAR-10-C folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+def compose_cfg(*overrides: str):
+    """A trial config composed as the CLI composes it, on the CPU unless an override says otherwise
+    (a GPU host runs the suite as this one does; GPU tests carry the ``cuda`` mark)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=["device=cpu", *overrides])
+
+
+def randomize(model, seed=0):
+    """Random BN statistics and affine parameters, so that no block is close to identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def write_released(tmp_path, n=20):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    labels = np.tile(np.arange(n) % 10, 5).astype(np.uint8)
+    np.save(root / "labels.npy", labels)
+    for name in ("gaussian_noise", "fog"):
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
+    return root
