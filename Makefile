@@ -23,8 +23,9 @@ TRIALS ?= 20
 AMP_SEEDS ?= 3
 BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
+BEYOND := iterative joint
 
-.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean clean-store tables report $(TABLES)
+.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean clean-store tables report $(TABLES) $(BEYOND)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,7 +59,7 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 
 # A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.
 # DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
-$(TABLES): install
+$(TABLES) $(BEYOND): install
 	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
 		paths.root=$(ROOT) $(OVERRIDES); \
@@ -67,6 +68,8 @@ $(TABLES): install
 		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
 
 table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
+iterative:  ## beyond the paper (Q1): one-shot vs one-block-per-round layer tickets at initialization
+joint:  ## beyond the paper (Q2): layers vs filters vs both together at equal FLOPs
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 

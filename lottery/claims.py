@@ -1,4 +1,5 @@
-"""The paper's claims C1-C9 (SPEC §8.1), each judged from the cells of the table it rests on.
+"""The paper's claims C1-C9 (SPEC §8.1), and our questions beyond it Q1-Q2 (SPEC §11), each
+judged from the cells of the table it rests on.
 
 A cell *agrees* when its 95 % interval lies wholly on the claimed side of 0, *disagrees* when it
 lies wholly on the other side, and is *inconclusive* otherwise (n = 1: McNemar's p < 0.05 and the
@@ -153,6 +154,11 @@ CLAIMS = (
     Claim("C8", "CKA of GraSP tickets to the dense network stays above SNIP's as p grows", "table2", "all",
           _cka_grasp_above_snip),
     Claim("C9", "l1 block scores rise stage by stage (means)", "figure3", "all", _l1_rises_by_stage),
+    # Beyond the paper (SPEC §11): its stated limitation and its open question, judged alike.
+    Claim("Q1", "Re-scoring at initialization (one block per round) beats one-shot layer tickets", "iterative",
+          "most", _signed("iterative", +1, column={"iterative - one-shot"}, density={"2", "3", "4", "5"})),
+    Claim("Q2", "Layers and filters together beat layers alone at equal FLOPs", "joint", "most",
+          _signed("joint", +1, column={"joint - layer"})),
 )
 
 

@@ -137,6 +137,13 @@ class CriterionConfig:
 
 
 @dataclass
+class PruneConfig:
+    rounds: int = opt(1, "remove the density's blocks over this many rounds: at initialization (mode=init) re-scoring "
+                         "the smaller network after each; with mode=rewind training and rewinding between rounds "
+                         "(layer-wise IMP); 1 = one shot, 0 = one block per round")
+
+
+@dataclass
 class ModeConfig:
     name: str = opt("init", "where the ticket's weights come from (see the mode group)")
 
@@ -193,6 +200,7 @@ class TrialConfig:
     train: TrainConfig = group(TrainConfig, "the training recipe (SPEC §5)")
     criterion: CriterionConfig = group(CriterionConfig, "how blocks are scored")
     mode: ModeConfig = group(ModeConfig, "how the ticket gets its weights")
+    prune: PruneConfig = group(PruneConfig, "how the blocks go: at once or in rounds")
     store: StoreConfig = group(StoreConfig, "the dense-run store")
     tracking: TrackingConfig = group(TrackingConfig, "MLflow")
     measure: MeasureConfig = group(MeasureConfig, "cost metrics")
@@ -201,7 +209,10 @@ class TrialConfig:
                                         "the removable blocks")
     rewind_epoch: Union[int, float] = opt(0, "rewind point theta_i: an int is an epoch, a float in (0, 1) a "
                                              "fraction of the schedule")
-    structure: str = opt("layer", "layer: remove residual blocks; filter: the structured-LTH baseline")
+    structure: str = opt("layer", "layer: remove residual blocks; filter: the structured-LTH baseline; joint: blocks "
+                                  "and filters together at the layer ticket's FLOPs (additive criteria, at init)")
+    match: str = opt("filters", "filter tickets match the layer ticket's filter count (filters: Table 3) or its "
+                                "forward FLOPs (flops)")
     scope: str = opt("global", "filter ranking: global, or layerwise (the same fraction per convolution)")
     target_filters: Optional[int] = opt(None, "filter tickets: None = the layer ticket's filter count")
     seed: int = opt(0, "seed of initialisation, data order and scoring")

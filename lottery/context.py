@@ -13,7 +13,7 @@ from lottery.checks import validate
 from lottery.config import blocks_to_remove
 from lottery.data import Dataset, load_dataset
 from lottery.identity import trial_keys
-from lottery.modes import MODES, Mode
+from lottery.modes import MODES, Mode, rounds_of
 from lottery.robustness import ShiftedSets, load_shifted
 from lottery.store import DenseStore
 from lottery.train import Job, pick_device, prepare
@@ -29,6 +29,7 @@ class Context:
     keys: dict[str, str]  # cell_key and config_key (lottery.identity)
     rewind: int  # the epoch i the ticket rewinds to (0 unless the mode rewinds)
     remove: int  # blocks the ticket loses (0 for the dense reference)
+    rounds: int  # in which they go (prune.rounds resolved: 0 is one block per round)
     store: DenseStore
     data: Dataset | None = None  # loaded by ``load``
     shifted: ShiftedSets | None = None
@@ -41,7 +42,7 @@ class Context:
         device = pick_device(cfg.device)
         remove = blocks_to_remove(cfg.density, len(anatomy.removable)) if mode.prunes else 0
         return cls(cfg, mode, anatomy, device, tracking.start(cfg.tracking, cfg.paths.root), trial_keys(cfg, device),
-                   mode.rewind_epoch(cfg), remove, DenseStore(cfg.store.root))
+                   mode.rewind_epoch(cfg), remove, rounds_of(cfg, remove), DenseStore(cfg.store.root))
 
     def load(self) -> "Context":
         """The data on the training device and the shifted test sets drawn from it."""

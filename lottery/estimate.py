@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from lottery import models, tracking
 from lottery.data import shape_of, train_images
 from lottery.identity import dense_spec_for, trial_keys
-from lottery.modes import MODES
+from lottery.modes import MODES, rounds_of
 from lottery.store import DenseStore, content_key
 from lottery.train import pick_device, prepare
 
@@ -155,7 +155,8 @@ def estimate(states: list[TrialState], cells: list[tuple[dict, object]], speed: 
         anatomy = models.anatomy(models.skeleton(cfg.model, shape_of(cfg.data)))
         removed = blocks_to_remove(cfg.density, len(anatomy.removable))
         start = mode.rewind_epoch(cfg) if mode.resumes_schedule else 0
-        work = network_flops(cfg, removed) * images * (cfg.train.epochs - start)
+        trainings = rounds_of(cfg, removed) if mode.iterates(rounds_of(cfg, removed)) == "retrain" else 1  # IMP
+        work = network_flops(cfg, removed) * images * (cfg.train.epochs - start) * trainings
         key = content_key(dense_spec_for(cfg, pick_device(cfg.device)))
         if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():
             dense_needed.add(key)

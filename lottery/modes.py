@@ -17,17 +17,29 @@ class Mode:
     resumes_schedule: bool  # trains epochs i..n with the dense LR schedule, else 0..n
     rewinds: bool  # reads rewind_epoch
     paper: str
+    rounds: str | None = None  # prune.rounds > 1: "rescore" (at the same weights) or "retrain" (IMP); None: one-shot
 
     def check(self, cfg, anatomy, model: str) -> None:
-        """The density a pruning mode removes and the rewind point a rewinding mode reads."""
+        """The density a pruning mode removes, its rounds, and the rewind point a rewinding mode reads."""
         if self.prunes:
             _check_density(cfg.density, anatomy, model)
+            count = blocks_to_remove(cfg.density, len(anatomy.removable))
+            _check_rounds(cfg.prune.rounds, count, self)
         if self.rewinds:
             _check_rewind(cfg.rewind_epoch, cfg.train.epochs)
+
+    def iterates(self, rounds: int) -> str | None:
+        """How a trial of ``rounds`` rounds goes ("rescore" or "retrain"), or None for one shot."""
+        return self.rounds if rounds > 1 else None
 
     def rewind_epoch(self, cfg) -> int:
         """The epoch i this mode's ticket rewinds to (0 for a mode that does not rewind)."""
         return epoch_of(cfg.rewind_epoch, cfg.train.epochs) if self.rewinds else 0
+
+
+def rounds_of(cfg, count: int) -> int:
+    """The rounds ``prune.rounds`` asks for when ``count`` blocks go (0: one block per round)."""
+    return count if cfg.prune.rounds == 0 else cfg.prune.rounds
 
 
 def _check_density(d, anatomy, model: str) -> None:
@@ -41,6 +53,15 @@ def _check_density(d, anatomy, model: str) -> None:
                                       f"({len(anatomy.removable)} removable, every stage keeps one)")
 
 
+def _check_rounds(rounds: int, count: int, mode: "Mode") -> None:
+    if not 0 <= rounds <= count:
+        raise bad_value("prune.rounds", rounds, f"give 1 (one shot) to {count} (one block per round: the density), "
+                                                "or 0 for one block per round")
+    if (count if rounds == 0 else rounds) > 1 and mode.rounds is None:
+        defined = ", ".join(f"mode={m.name}" for m in MODES.values() if m.rounds)
+        raise bad_value("prune.rounds", rounds, f"mode={mode.name} has no rounds; they are defined for {defined}")
+
+
 def _check_rewind(r, epochs: int) -> None:
     if isinstance(r, float) and not r.is_integer() and not 0 <= r < 1:
         raise bad_value("rewind_epoch", r, "give an epoch (int) or a fraction in [0, 1)")
@@ -52,10 +73,12 @@ MODES: dict[str, Mode] = {
     m.name: m
     for m in (
         Mode("dense", False, None, None, False, False, "the reference network F"),
-        Mode("rewind", True, "final", "rewind", True, True, "Algorithm 1 (LTH with rewinding), Table 1"),
+        Mode("rewind", True, "final", "rewind", True, True, "Algorithm 1 (LTH with rewinding), Table 1; with "
+             "prune.rounds, layer-wise IMP", "retrain"),
         Mode("lr_rewind", True, "final", "final", True, True, "learning-rate rewinding (Renda et al. 2020)"),
         Mode("reinit", True, "final", "fresh", False, False, "random re-initialisation (Liu et al. 2019)"),
-        Mode("init", True, "init", "init", False, False, "Algorithm 2 (tickets at initialization), Tables 2-5"),
+        Mode("init", True, "init", "init", False, False, "Algorithm 2 (tickets at initialization), Tables 2-5; "
+             "with prune.rounds, re-scored after each round", "rescore"),
     )
 }
 

@@ -1,17 +1,19 @@
-"""What a trial removes: whole blocks (the paper's layer tickets) or filters (the structured-LTH
-baseline of Table 3), chosen from criterion scores, as a record plus the surgery that builds it."""
+"""What a trial removes: whole blocks (the paper's layer tickets, at once or in rounds), filters
+(the structured-LTH baseline of Table 3) or both together (``joint``), chosen from criterion
+scores, as a record plus the surgery that builds it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from torch import nn
 
 from lottery import models
-from lottery.criteria import (CRITERIA, ScoringSet, filter_criteria, score_blocks, score_blocks_and_filters,
-                              score_filters)
-from lottery.errors import LotteryError
+from lottery.config import choice
+from lottery.criteria import (CRITERIA, ScoringSet, additive_criteria, filter_criteria, score_blocks,
+                              score_blocks_and_filters, score_filters)
+from lottery.errors import LotteryError, bad_value, check_choice
 from lottery.surgery import check_filter_target, select_blocks, select_filters
 
 
@@ -29,39 +31,84 @@ class Pruning:
 class Request:
     """What a structure is asked to remove from a network scored at some weights."""
 
-    cfg: object  # the trial config (criterion, seed, scope, target_filters)
-    count: int  # blocks to remove (a filter ticket: the layer ticket's)
+    cfg: object  # the trial config (criterion, seed, scope, target_filters, match)
+    count: int  # blocks to remove (a filter or joint ticket: the layer ticket's)
     model: nn.Module  # the network at the weights the mode scores on
     scoring: ScoringSet | None
+    rounds: int = 1  # re-scoring rounds at these weights (prune.rounds at initialization)
+
+
+def rounds_of(count: int, rounds: int) -> list[int]:
+    """``count`` blocks over ``rounds`` rounds as evenly as possible, the earlier rounds taking the one more."""
+    base, extra = divmod(count, rounds)
+    return [base + (r < extra) for r in range(rounds)]
 
 
 def layers(req: Request) -> Pruning:
-    """Remove the lowest-scoring residual blocks (every stage keeps one)."""
+    """Remove the lowest-scoring residual blocks (every stage keeps one), in ``req.rounds`` rounds
+    at the same weights: the smaller network is scored again after each round (no training is
+    needed between them), and ``blocks.json`` holds every round's scores and choices."""
     c = req.cfg.criterion
-    return _remove_blocks(req, score_blocks(c.name, req.model, req.scoring, c, req.cfg.seed))
+    model, rounds = req.model, []
+    for count in rounds_of(req.count, req.rounds):
+        scores = score_blocks(c.name, model, req.scoring, c, req.cfg.seed)
+        anatomy = models.anatomy(model)
+        removed = select_blocks(anatomy, scores, count)
+        rounds.append(_chosen(anatomy, scores, removed))
+        model = models.without(model, removed)
+    return in_rounds(req.model, rounds)
 
 
-def _remove_blocks(req: Request, scores) -> Pruning:
-    anatomy = models.anatomy(req.model)
-    removed = select_blocks(anatomy, scores, req.count)
-    record = {"removable": [b.path for b in anatomy.removable], "stage": [b.stage for b in anatomy.removable],
-              "scores": scores.tolist(), "removed": removed}
-    summary = f"block scores [{' '.join(f'{s:.3g}' for s in scores.tolist())}] -> removing blocks {removed}"
-    return Pruning(lambda m: models.without(m, removed), record, {"blocks_removed": len(removed)}, f"p{req.count}",
-                   "blocks.json", summary)
+def in_rounds(dense: nn.Module, rounds: list[dict]) -> Pruning:
+    """The pruning that removes each round's blocks (named in the network of that round) from the
+    dense network in turn; its record holds every round and the removed blocks in the dense
+    network's names."""
+    model, gone = dense, []
+    names = {b.path: b.path for b in models.anatomy(model).blocks}  # a block's path now -> in the dense network
+    for chosen in rounds:
+        before = models.anatomy(model)
+        gone += [names[p] for p in chosen["removed"]]
+        model = models.without(model, chosen["removed"])
+        names = dict(zip((b.path for b in models.anatomy(model).blocks),
+                         (names[b.path] for b in before.blocks if b.path not in chosen["removed"])))
+    order = [b.path for b in models.anatomy(dense).blocks]
+    record = {**rounds[0], "removed": sorted(gone, key=order.index), "rounds": rounds}
+    summary = "; ".join(f"block scores [{' '.join(f'{s:.3g}' for s in r['scores'])}] -> removing blocks {r['removed']}"
+                        for r in rounds)
+    label = f"p{len(gone)}" + (f"-{len(rounds)}rounds" if len(rounds) > 1 else "")
+    steps = [r["removed"] for r in rounds]
+    return Pruning(lambda m: _apply_removals(m, steps), record, {"blocks_removed": len(gone)}, label, "blocks.json",
+                   summary)
+
+
+def _chosen(anatomy: models.Anatomy, scores, removed: list[str]) -> dict:
+    """What one scoring of the blocks chose: every removable block, its stage and score, the removed."""
+    return {"removable": [b.path for b in anatomy.removable], "stage": [b.stage for b in anatomy.removable],
+            "scores": scores.tolist(), "removed": removed}
+
+
+def _apply_removals(model: nn.Module, steps: list[list[str]]) -> nn.Module:
+    for removed in steps:
+        model = models.without(model, removed)
+    return model
 
 
 def filters(req: Request) -> Pruning:
     """Remove the lowest-scoring filters of the narrowable convolutions down to a filter count: by
-    default the count of the layer ticket of the same density, so both tickets are equally sparse."""
+    default the count of the layer ticket of the same density, so both tickets are equally sparse
+    (``match=flops``: down to the layer ticket's FLOPs, by score per FLOP, as ``joint`` ranks)."""
     c, model = req.cfg.criterion, req.model
+    if req.cfg.match == "flops":
+        return _at_layer_flops(req, with_blocks=False)
     if req.cfg.target_filters is not None:
         target, layer_record = req.cfg.target_filters, None
         scores = score_filters(c.name, model, req.scoring, c, req.cfg.seed)
     else:
         block_scores, scores = score_blocks_and_filters(c.name, model, req.scoring, c, req.cfg.seed)
-        layer = _remove_blocks(req, block_scores)
-        target, layer_record = models.count_filters(layer.apply(model)), layer.record
+        anatomy = models.anatomy(model)
+        removed = select_blocks(anatomy, block_scores, req.count)
+        target, layer_record = models.count_filters(models.without(model, removed)), _chosen(anatomy, block_scores,
+                                                                                             removed)
     total = models.count_filters(model)
     keep = select_filters(models.narrowables(model), scores, total, target, req.cfg.scope)
     record = {"target_filters": target, "scope": req.cfg.scope, "kept": keep,
@@ -72,9 +119,33 @@ def filters(req: Request) -> Pruning:
                    summary)
 
 
+def joint(req: Request) -> Pruning:
+    """Remove blocks and filters together, greedily by criterion score per FLOP saved, down to the
+    forward FLOPs of the layer ticket of the same density (``lottery.joint``)."""
+    return _at_layer_flops(req, with_blocks=True)
+
+
+def _at_layer_flops(req: Request, with_blocks: bool) -> Pruning:
+    from lottery.joint import apply, greedy, module_flops
+
+    layer = layers(replace(req, rounds=1))
+    target = module_flops(layer.apply(req.model))[0]
+    plan = greedy(req, target, with_blocks)
+    kind = "joint" if with_blocks else "filter"
+    record = {"target_flops": target, "flops": plan.flops, "steps": plan.steps, "layer_ticket": layer.record,
+              "blocks_removed": plan.blocks, "filters_removed": plan.filters}
+    metrics = {"target_flops": target, "blocks_removed": plan.blocks, "filters_removed": plan.filters}
+    summary = (f"{plan.blocks} blocks and {plan.filters} filters removed: {plan.flops} FLOPs for a target of "
+               f"{target} (the layer ticket's)")
+    return Pruning(lambda m: apply(m, plan.steps), record, metrics, f"p{req.count}-{kind}", f"{kind}.json", summary)
+
+
 def check_filters(cfg, net: nn.Module, name: str) -> None:
-    """Filter tickets need a criterion that scores filters, a family that has narrowable
-    convolutions, and a reachable filter count."""
+    """Filter tickets need a criterion that scores filters (an additive one to match FLOPs), a
+    family that has narrowable convolutions, and a reachable filter count."""
+    check_choice("match", cfg.match, MATCHES)
+    if cfg.match == "flops":
+        return check_joint(cfg, net, name, "structure=filter match=flops")
     if CRITERIA[cfg.criterion.name].filters is None:
         raise LotteryError(f"structure=filter needs a criterion that scores filters: "
                            f"{', '.join(filter_criteria())} (got {cfg.criterion.name})")
@@ -84,6 +155,31 @@ def check_filters(cfg, net: nn.Module, name: str) -> None:
                             f"target_filters={cfg.target_filters}", name)
 
 
+def check_joint(cfg, net: nn.Module, name: str, what: str = "structure=joint") -> None:
+    """Units scored in the same currency (an additive criterion, summed), at initialization, on a
+    family with filters; one round."""
+    crit = CRITERIA[cfg.criterion.name]
+    if not crit.additive or choice(cfg.criterion.aggregate) != "sum":
+        raise LotteryError(f"{what} compares a block's and a filter's summed saliency: use an additive criterion "
+                           f"({', '.join(additive_criteria())}) with criterion.aggregate=sum "
+                           f"(got {cfg.criterion.name}, {choice(cfg.criterion.aggregate)})")
+    if cfg.mode.name != "init":
+        raise LotteryError(f"{what} prunes at initialization: use mode=init (got mode={cfg.mode.name})")
+    models.narrowables(net)  # one line if the family has no filters to remove
+
+
+def _one_pass(check):
+    """A structure that removes its units in one pass refuses rounds (layer tickets alone have them)."""
+
+    def checked(cfg, net: nn.Module, name: str) -> None:
+        if cfg.prune.rounds != 1:
+            raise bad_value("prune.rounds", cfg.prune.rounds, f"structure={cfg.structure} removes its units in one "
+                                                              "pass; rounds are for structure=layer")
+        check(cfg, net, name)
+
+    return checked
+
+
 @dataclass(frozen=True)
 class Structure:
     prune: Callable[[Request], Pruning]
@@ -91,5 +187,7 @@ class Structure:
 
 
 STRUCTURES: dict[str, Structure] = {"layer": Structure(layers, lambda cfg, net, name: None),
-                                    "filter": Structure(filters, check_filters)}
+                                    "filter": Structure(filters, _one_pass(check_filters)),
+                                    "joint": Structure(joint, _one_pass(check_joint))}
 SCOPES = ("global", "layerwise")
+MATCHES = ("filters", "flops")

@@ -42,6 +42,7 @@ class Sweep:
     kind: str = "table"
     note: str = ""
     experiment: str = ""  # MLflow experiment of its runs; default: the sweep's name
+    difference: dict | None = None  # {of, minus, label}: a column of the paired difference of two columns' cells
     model: str | None = None  # the model config it runs on instead of its own (MODEL=...), not read from the file
 
     def __post_init__(self):

@@ -5,6 +5,7 @@ history streamed per epoch) and ends FINISHED with its results and weights, or F
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,23 +19,31 @@ from lottery.criteria import ScoringSet
 from lottery.data import describe, scoring_set
 from lottery.metrics import Phase, compare, console, dense_side
 from lottery.modes import REINIT_SEED_OFFSET
-from lottery.pruning import STRUCTURES, Pruning, Request
+from lottery.files import save_atomic
+from lottery.pruning import STRUCTURES, Pruning, Request, in_rounds, layers, rounds_of
 from lottery.stats import discordant, mcnemar_from
 from lottery.store import Entry, content_key
 from lottery.tickets import TICKET_FILE, ticket_file
-from lottery.train import Trained, accuracy, conditions, held_out_accuracy, precision, predict, train
+from lottery.train import (Trained, accuracy, conditions, cpu_state, held_out_accuracy, load_checkpoint, precision,
+                           predict, train)
 
 log = logging.getLogger("lottery")
 
 
 def prune(ctx: Context, entry: Entry) -> Pruning:
-    """Score the network at the weights the mode scores on and choose what to remove."""
+    """Score the network at the weights the mode scores on and choose what to remove (in
+    ``prune.rounds`` re-scoring rounds at those weights, when the mode re-scores)."""
     cfg = ctx.cfg
     scored = dense.model_at(ctx, entry, 0 if ctx.mode.score_on == "init" else "final")
-    scoring = ScoringSet(*scoring_set(ctx.data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
-    pruning = STRUCTURES[cfg.structure].prune(Request(cfg, ctx.remove, scored, scoring))
+    rounds = ctx.rounds if ctx.mode.iterates(ctx.rounds) == "rescore" else 1
+    pruning = STRUCTURES[cfg.structure].prune(Request(cfg, ctx.remove, scored, scoring(ctx), rounds))
     log.info("%s: %s", cfg.criterion.name, pruning.summary)
     return pruning
+
+
+def scoring(ctx: Context) -> ScoringSet:
+    cfg = ctx.cfg
+    return ScoringSet(*scoring_set(ctx.data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
 
 
 @dataclass
@@ -59,7 +68,18 @@ class TrainedTicket:
     done: Trained
     footprint: carbon.Footprint
     predictions: torch.Tensor  # on the test split
-    state: Path  # resumable state, deleted once the run is logged
+    state: Path  # resumable state (a file, or an IMP trial's folder of rounds), deleted once the run is logged
+
+    def kept(self) -> dict:
+        """What a finished IMP round keeps of its training (plain data), restored after a kill."""
+        f = self.footprint
+        return {"seconds": self.done.seconds, "started": self.done.started, "history": self.done.history,
+                "resumed_from": self.done.resumed_from, "footprint": [f.co2_kg, f.energy_kwh, f.power, f.hardware]}
+
+    @classmethod
+    def restored(cls, kept: dict, predictions: torch.Tensor, state: Path) -> "TrainedTicket":
+        done = Trained(kept["seconds"], kept["started"], history=kept["history"], resumed_from=kept["resumed_from"])
+        return cls(done, carbon.Footprint(*kept["footprint"]), predictions, state)
 
 
 def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: tracking.LiveRun) -> TrainedTicket:
@@ -68,6 +88,56 @@ def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: tracking.LiveRu
         done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, state_path=state, desc="ticket",
                                                      on_epoch=run.epoch))
     return TrainedTicket(done, footprint, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
+
+
+def one_shot(ctx: Context, entry: Entry, live: tracking.LiveRun) -> tuple[Pruning, Ticket, TrainedTicket, str]:
+    """Prune, build the ticket from the mode's weights, train it (resumable): the paper's trial."""
+    pruning = prune(ctx, entry)
+    ticket = make_ticket(ctx, pruning, entry)
+    key = content_key({"dense": entry.key, "mode": ctx.mode.name, "pruned": pruning.record, "rewind": ctx.rewind,
+                       "seed": ctx.cfg.seed})
+    return pruning, ticket, train_ticket(ctx, ticket, ctx.store.root / "trials" / f"{key}.state.pt", live), key
+
+
+def imp(ctx: Context, entry: Entry, live: tracking.LiveRun) -> tuple[Pruning, Ticket, TrainedTicket, str]:
+    """Layer-wise iterative LTH (Frankle & Carbin 2019, blocks instead of weights): score the
+    trained network, remove density / R of its blocks, rewind the kept blocks to theta_i, train
+    n - i epochs; R rounds, each scoring the previous round's trained ticket. Each round's ticket
+    is a child run of the trial; its choice and trained weights are kept in the store, so a killed
+    trial resumes in the round it was in (and there after its last epoch)."""
+    cfg = ctx.cfg
+    key = content_key({"dense": entry.key, "mode": ctx.mode.name, "rewind": ctx.rewind, "seed": cfg.seed,
+                       "remove": ctx.remove, "rounds": ctx.rounds,
+                       "criterion": OmegaConf.to_container(cfg.criterion, resolve=True, enum_to_str=True)})
+    folder = ctx.store.root / "trials" / f"{key}.rounds"
+    scored, chosen = dense.model_at(ctx, entry, "final"), []
+    name = run_name(ctx, f"p{ctx.remove}-{ctx.rounds}rounds")
+    for r, count in enumerate(rounds_of(ctx.remove, ctx.rounds), 1):
+        saved = folder / f"round-{r}.pt"
+        done = load_checkpoint(saved, "IMP round") if saved.exists() else None
+        chosen.append(done["chosen"] if done else layers(Request(cfg, count, scored, scoring(ctx))).record["rounds"][0])
+        rewound = dense.model_at(ctx, entry, ctx.rewind)
+        pruning = in_rounds(rewound, chosen)
+        ticket = Ticket(pruning.apply(rewound), ctx.rewind)
+        tags = {"role": "round", "round": r, "config_key": ctx.keys["config_key"], "restored": done is not None}
+        with tracking.live(ctx.experiment, f"{name}-round{r}", tags, {"round": r}, live.run_id) as run:
+            if done is None:
+                trained = train_ticket(ctx, ticket, folder / f"round-{r}.state.pt", run)
+                save_atomic({"chosen": chosen[-1], "weights": cpu_state(ticket.model), **trained.kept()}, saved)
+                (folder / f"round-{r}.state.pt").unlink(missing_ok=True)
+            else:
+                ticket.model.load_state_dict(done["weights"])
+                trained = TrainedTicket.restored(done, predict(ticket.model, ctx.data, cfg.train, ctx.device), saved)
+                run.history(done["history"])
+            run.finish(tracking.Results({"round": r, "accuracy": accuracy(trained.predictions, ctx.data.test),
+                                         "blocks_removed": len(pruning.record["removed"]),
+                                         "flops": measure.flops(ticket.model),
+                                         "params": models.count_params(ticket.model),
+                                         "train_seconds": trained.done.seconds}))
+        log.info("IMP round %d of %d: %s", r, ctx.rounds, pruning.summary.split("; ")[-1])
+        scored = ticket.model
+    live.history(trained.done.history)  # the trial's own curves: its last round's
+    return pruning, ticket, TrainedTicket(trained.done, trained.footprint, trained.predictions, folder), key
 
 
 def run_name(ctx: Context, label: str) -> str:
@@ -126,11 +196,8 @@ def ticket_trial(ctx: Context, live: tracking.LiveRun) -> dict:
     cfg = ctx.load().cfg
     tracking.log_dataset(live.run_id, **describe(cfg.data, ctx.data))
     entry, dense_run = dense.reference(ctx)
-    pruning = prune(ctx, entry)
-    ticket = make_ticket(ctx, pruning, entry)
-    trial_key = content_key({"dense": entry.key, "mode": ctx.mode.name, "pruned": pruning.record,
-                             "rewind": ctx.rewind, "seed": cfg.seed})
-    trained = train_ticket(ctx, ticket, ctx.store.root / "trials" / f"{trial_key}.state.pt", live)
+    steps = imp if ctx.mode.iterates(ctx.rounds) == "retrain" else one_shot
+    pruning, ticket, trained, trial_key = steps(ctx, entry, live)
     metrics, measured_tags = ticket_metrics(ctx, ticket, trained, pruning, entry)
     tags = {"dense_key": entry.key, "dense_run_id": dense_run, "trial_key": trial_key, **ctx.shifted.tags(),
             "dense_power_source": entry.tags.get("power_source", "unavailable"), **measured_tags}
@@ -139,7 +206,10 @@ def ticket_trial(ctx: Context, live: tracking.LiveRun) -> dict:
     saved = ticket_file(ticket.model)
     live.finish(tracking.Results(metrics, tags, artifacts, {TICKET_FILE: saved}, name,
                                  network=saved if cfg.tracking.log_model else None, outbox=ctx.outbox))
-    trained.state.unlink(missing_ok=True)
+    if trained.state.is_dir():
+        shutil.rmtree(trained.state)
+    else:
+        trained.state.unlink(missing_ok=True)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
              "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
              metrics["delta_pp"], "wins" if metrics["winning"] else "loses", metrics["mcnemar_p"],

@@ -22,7 +22,8 @@ def test_every_sweep_composes_under_every_profile(name, profile):
 
 
 def test_every_paper_artefact_has_a_sweep():
-    assert set(sweeps.available()) == {"table1", "table1_reinit", "table2", "table3", "table4", "table5", "figure3"}
+    assert set(sweeps.available()) == {"table1", "table1_reinit", "table2", "table3", "table4", "table5", "figure3",
+                                       "iterative", "joint"}
     assert len(sweeps.load("table4").cells()) == 7 and len(sweeps.load("table1").cells()) == 20
 
 

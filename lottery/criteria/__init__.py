@@ -48,6 +48,7 @@ class Criterion:
     doc: str
     per_weight: Callable | None = None  # same arguments -> {parameter name: per-weight scores}
     layout: str | None = None  # "maps": defined only where block outputs are (N, C, H, W) feature maps
+    additive: bool = False  # a saliency that sums over weights: a block and a filter in the same units
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -77,9 +78,10 @@ def register_filters(name: str):
     return wrap
 
 
-def register_per_weight(name: str, needs_data: bool = True):
+def register_per_weight(name: str, needs_data: bool = True, additive: bool = False):
     """A criterion defined per weight: ``fn`` returns {parameter name: per-weight scores},
-    aggregated (``criterion.aggregate``) per block and per filter."""
+    aggregated (``criterion.aggregate``) per block and per filter; ``additive`` when its sum over
+    any set of weights is that set's saliency (what scoring blocks and filters together needs)."""
 
     def wrap(fn):
         def blocks(model, scoring, cfg, seed):
@@ -88,7 +90,7 @@ def register_per_weight(name: str, needs_data: bool = True):
         def filters(model, scoring, cfg, seed):
             return per_filter(model, fn(model, scoring, cfg, seed), cfg.aggregate)
 
-        CRITERIA[name] = Criterion(name, blocks, filters, needs_data, _doc(fn), per_weight=fn)
+        CRITERIA[name] = Criterion(name, blocks, filters, needs_data, _doc(fn), per_weight=fn, additive=additive)
         return fn
 
     return wrap
@@ -153,6 +155,18 @@ def score_blocks_and_filters(name: str, model: nn.Module, scoring: ScoringSet | 
     weights = _run(crit.per_weight, name, model, scoring, seed, cfg)
     return (_block_scores(name, model, per_block(model, weights, cfg.aggregate)),
             _filter_scores(name, model, per_filter(model, weights, cfg.aggregate)))
+
+
+def score_weights(name: str, model: nn.Module, scoring: ScoringSet | None, cfg, seed: int) -> dict[str, torch.Tensor]:
+    """The per-weight scores of a per-weight criterion (CPU, float64), keyed by parameter name."""
+    weights = _run(CRITERIA[name].per_weight, name, model, scoring, seed, cfg)
+    out = {k: v.detach().double().cpu() for k, v in weights.items()}
+    _finite(name, list(out.values()), "the weights", list(out))
+    return out
+
+
+def additive_criteria() -> list[str]:
+    return sorted(n for n, c in CRITERIA.items() if c.additive)
 
 
 def check(cfg, data_cfg, prunes: bool, anatomy: models.Anatomy, model: str) -> None:

@@ -41,7 +41,7 @@ def hessian_gradient_product(model, params: list[torch.Tensor], scoring, tempera
     return hg
 
 
-@register_per_weight("snip")
+@register_per_weight("snip", additive=True)
 def snip(model, scoring, cfg, seed):
     """SNIP connection sensitivity |theta * dL/dtheta| per weight (Lee et al. 2019).
 
@@ -55,7 +55,7 @@ def snip(model, scoring, cfg, seed):
     return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}
 
 
-@register_per_weight("grasp")
+@register_per_weight("grasp", additive=True)
 def grasp(model, scoring, cfg, seed):
     """GraSP gradient-flow score theta * Hg per weight (Wang et al. 2020); the lowest go first.
 
@@ -70,7 +70,7 @@ def grasp(model, scoring, cfg, seed):
     return {k: p.detach() * h for (k, p), h in zip(named.items(), hg)}
 
 
-@register_per_weight("synflow", needs_data=False)
+@register_per_weight("synflow", needs_data=False, additive=True)
 def synflow(model, scoring, cfg, seed):
     """SynFlow (Tanaka et al. 2020): data-free |theta * dR/dtheta|, R = sum of the output.
 

@@ -31,6 +31,7 @@ class Cell:
     sign_agrees: bool | None = None
     mark: str = ""  # best | second
     na: str | None = None  # why the model cannot run this cell's trial (e.g. p above its maximum)
+    difference: bool = False  # the paired per-seed difference of two of the row's cells, not a trial's
     replaced: int = 0  # older runs of the same identity and seed, superseded
     runs: list[dict] = field(default_factory=list, repr=False)
 
@@ -80,12 +81,35 @@ def build(sweep: Sweep, runs: list[dict], cell_keys: list[str], xi: str = "0",
             if sweep.signed and c.ours is not None:
                 _verdict(c, sweep, chosen, xi)
             cells.append(c)
+    if sweep.difference:
+        cells += differences(sweep, cells)
     if sweep.marks == "best_second":
         for row in {c.row for c in cells}:
             ranked = sorted((c for c in cells if c.row == row and c.ours), key=lambda c: -c.ours.mean)
             for c, mark in zip(ranked, ("best", "second")):
                 c.mark = mark
     return cells
+
+
+def differences(sweep: Sweep, cells: list[Cell]) -> list[Cell]:
+    """Per row, the paired difference (same seed: same dense network, same data order) of the
+    ``of`` column's metric minus the ``minus`` column's, with its 95 % interval."""
+    d, out = sweep.difference, []
+    at = {(c.row, c.column, c.metric): c for c in cells}
+    for row in dict.fromkeys(c.row for c in cells):
+        for metric in sweep.metrics:
+            a, b = at.get((row, str(d["of"]), metric)), at.get((row, str(d["minus"]), metric))
+            if a is None or b is None:
+                continue
+            mine = {r["tags"].get("seed", "0"): r["metrics"].get(metric) for r in b.runs}
+            pairs = [r["metrics"].get(metric) - mine[s] for r in a.runs if (s := r["tags"].get("seed", "0")) in mine
+                     and r["metrics"].get(metric) is not None and mine[s] is not None]
+            stat = summarize(pairs)
+            c = Cell(row, d["label"], metric, stat, None, difference=True, runs=[])
+            if stat is not None and stat.n >= 2:
+                c.p_value, c.significant = stat.p_value, stat.significant
+            out.append(c)
+    return out
 
 
 def _values(runs: list[dict], read) -> str:

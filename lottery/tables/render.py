@@ -33,12 +33,14 @@ def _number(sweep: Sweep, value: float) -> str:
 
 
 def ours_text(sweep: Sweep, c: Cell | None) -> str:
-    if c is not None and c.na:
+    if c is None:
+        return "—"  # not a cell of the sweep's grids
+    if c.na:
         return NA
-    if c is None or c.ours is None:
+    if c.ours is None:
         return MISSING
     s = c.ours
-    text = ("(+) " if c.winning else "(-) ") if sweep.signed else ""
+    text = ("(+) " if c.winning else "(-) ") if sweep.signed and not c.difference else ""
     text += _number(sweep, s.mean)
     if s.std is not None:
         text += f" ± {s.std:.2f}"
@@ -71,6 +73,8 @@ def _marked(c: Cell | None, text: str, best: str, second: str) -> str:
 
 def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
     """What was measured, how it is judged, and on what budget."""
+    diffs = [c for c in cells if c.difference]
+    cells = [c for c in cells if not c.difference]
     filled = [c for c in cells if c.ours is not None]
     text = f"{len(filled)}/{len(cells)} cells measured"
     if sweep.signed:
@@ -85,6 +89,11 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
         text += f"; {replaced} older run(s) replaced by newer runs of the same trial and seed"
     if sweep.marks == "best_second":
         text += "; **bold** best and <u>underlined</u> second per row"
+    if diffs:
+        judged = [c for c in diffs if c.significant is not None]
+        text += (f"; {sweep.difference['label']}: {sum(c.ours is not None for c in diffs)} of {len(diffs)} rows "
+                 f"paired, {sum(c.significant for c in judged)} of {len(judged)} significant (a single seed has "
+                 "no interval)")
     na = [c for c in cells if c.na and c.metric == sweep.metrics[0]]
     if na:
         text += f"; {len(na)} cell(s) n/a on this model ({na[0].na})"
