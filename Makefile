@@ -25,7 +25,7 @@ BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
 TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
 BEYOND := iterative joint
 
-.PHONY: help install test demo ui bench bench-amp bench-gpu search server clean clean-store tables report $(TABLES) $(BEYOND)
+.PHONY: help install test demo ui bench bench-amp bench-gpu gpu-check search server clean clean-store tables report $(TABLES) $(BEYOND)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -92,8 +92,11 @@ bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off 
 	$(PY) benchmarks/amp.py --seeds $(AMP_SEEDS) $(if $(JSON),--json $(JSON)) \
 		data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) paths.root=$(ROOT) $(OVERRIDES)
 
-bench-gpu: install  ## one GPU: img/s eager/compiled x fp32/bf16, 1/2/4 trials at once, paper tables' GPU-hours
+bench-gpu: install  ## one GPU: the trainer's img/s eager/compiled/CUDA graph x fp32/bf16, 1/2/4 trials at once, tables' GPU-hours
 	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
+
+gpu-check: install  ## every GPU check in one run (<= 8 min on one GPU): cuda tests, rates, determinism, memory, Table 2's GPU-minutes
+	$(PY) benchmarks/gpu_check.py --json $(or $(JSON),$(ROOT)/gpu-check.json)
 
 clean:  ## delete caches, tables, reports and logs under ROOT (keeps the dense store and the MLflow runs)
 	rm -rf $(ROOT)/cache $(ROOT)/tables $(ROOT)/report $(ROOT)/hydra $(ROOT)/codecarbon $(ROOT)/search

@@ -24,7 +24,8 @@ from lottery.checks import validate  # noqa: E402
 from lottery.config import register  # noqa: E402
 from lottery.data import load_dataset  # noqa: E402
 from lottery import models  # noqa: E402
-from lottery.train import Job, evaluate, pick_device, precision, prepare, train  # noqa: E402
+from lottery.devices import pick_device, precision  # noqa: E402
+from lottery.train import Job, evaluate, prepare, train  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

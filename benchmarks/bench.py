@@ -34,7 +34,8 @@ from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
 from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
 from lottery.tickets import ticket_file  # noqa: E402
-from lottery.train import Job, precision, prepare, synchronize, train  # noqa: E402
+from lottery.devices import precision, synchronize  # noqa: E402
+from lottery.train import Job, prepare, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:

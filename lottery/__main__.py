@@ -21,7 +21,9 @@ register()
 def _trial(cfg, overrides: list[str]) -> dict:
     from lottery import trial
 
-    return trial.run(cfg, overrides=overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    return trial.run(cfg, overrides=overrides, job=HydraConfig.get().job.get("num", 0))
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ class Footprint:
                 "co2_covers": "all" if resumed_from is None else f"epochs after {resumed_from} (resumed)"}
 
 
-def _start(cfg, label: str, jobs: int):
+def _start(cfg, label: str, jobs: int, device):
     """A started offline tracker, or None (with a warning) when codecarbon cannot start."""
     try:
         os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # read when codecarbon is imported
@@ -46,7 +46,7 @@ def _start(cfg, label: str, jobs: int):
         tracker = OfflineEmissionsTracker(
             country_iso_code=cfg.country, output_dir=str(out), project_name=label, log_level="error",
             measure_power_secs=cfg.power_interval_s, save_to_file=True,
-            tracking_mode="process" if jobs > 1 else "machine")
+            tracking_mode="process" if jobs > 1 else "machine", **gpu_ids(device))
         tracker.start()
         return tracker
     except Exception as e:  # noqa: BLE001 - any failure of the tracker is only a warning
@@ -70,16 +70,25 @@ def _stop(tracker, result: Footprint, label: str) -> None:
         log.warning("codecarbon failed for %s (%s: %s); CO2 not measured", label, type(e).__name__, e)
 
 
+def gpu_ids(device) -> dict:
+    """codecarbon's GPUs to read: the trial's own (every GPU of the box is summed otherwise)."""
+    if device is None or device.type != "cuda":
+        return {}
+    return {"gpu_ids": [device.index or 0]}
+
+
 @contextlib.contextmanager
-def tracked(cfg, label: str, jobs: int = 1):
+def tracked(cfg, label: str, jobs: int = 1, device=None):
     """Yields a Footprint filled in when the block exits (left empty if codecarbon fails).
 
     With ``jobs > 1`` trials at once on this machine, codecarbon follows this process alone
-    (``tracking_mode="process"``), so no trial is charged for its neighbours' power. The tracker
-    is stopped however the block exits.
+    (``tracking_mode="process"``) for CPU and RAM; a GPU is read as a whole device, the trial's
+    own only (``gpu_ids``), so beside other trials on it its energy is shared: such phases are
+    compared only under equal conditions with one trial at a time (``lottery.metrics``). The
+    tracker is stopped however the block exits.
     """
     result = Footprint()
-    tracker = _start(cfg, label, jobs) if cfg.carbon else None
+    tracker = _start(cfg, label, jobs, device) if cfg.carbon else None
     try:
         yield result
     except BaseException:

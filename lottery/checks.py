@@ -10,7 +10,8 @@ from lottery import criteria, data, models, robustness
 from lottery.errors import bad_value, check_choice
 from lottery.modes import MODES
 from lottery.pruning import SCOPES, STRUCTURES
-from lottery.train import check_device, check_recipe, pick_device
+from lottery.devices import check_device, pick_device
+from lottery.train import check_recipe
 
 
 def validate(cfg) -> models.Anatomy:

@@ -121,7 +121,15 @@ class TrainConfig:
     eval_batch_size: int = opt(1000, "evaluation batch size")
     amp: Amp = opt(Amp.auto, "precision: auto = bf16 where the device has it natively, off = fp32, bf16")
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions)")
-    compile: bool = opt(False, "torch.compile the training step (on CUDA captured as a CUDA graph)")
+    compile: bool = opt(False, "torch.compile the network once per architecture, static shapes (the last partial "
+                               "batch of an epoch is dropped)")
+    compile_backend: str = opt("inductor", "torch.compile backend (eager: dynamo alone, for tests)")
+    cuda_graph: bool = opt(False, "CUDA: capture the whole training step (augmentation, forward, backward, optimizer) "
+                                  "once and replay it (the last partial batch is dropped)")
+    deterministic: bool = opt(True, "deterministic algorithms, no cuDNN autotuning: a rerun, a resume or a replay "
+                                    "gives the same weights")
+    save_every_s: float = opt(60.0, "resumable state at most this often (seconds) and at the end; kept rewind points "
+                                    "are written once, when reached", execution=True)
     progress: bool = opt(True, "progress bars on a terminal, one line per epoch otherwise", execution=True)
 
 

@@ -16,7 +16,8 @@ from lottery.identity import trial_keys
 from lottery.modes import MODES, Mode, rounds_of
 from lottery.robustness import ShiftedSets, load_shifted
 from lottery.store import DenseStore
-from lottery.train import Job, pick_device, prepare
+from lottery.devices import pick_device
+from lottery.train import Job, prepare
 
 
 @dataclass
@@ -35,11 +36,12 @@ class Context:
     shifted: ShiftedSets | None = None
 
     @classmethod
-    def open(cls, cfg) -> "Context":
-        """Validate the config (one line for any mistake, before any work) and derive the rest."""
+    def open(cls, cfg, job: int = 0) -> "Context":
+        """Validate the config (one line for any mistake, before any work) and derive the rest
+        (``job``: the trial's number in a multirun, which places it on one of the box's GPUs)."""
         anatomy = validate(cfg)
         mode = MODES[cfg.mode.name]
-        device = pick_device(cfg.device)
+        device = pick_device(cfg.device, job)
         remove = blocks_to_remove(cfg.density, len(anatomy.removable)) if mode.prunes else 0
         return cls(cfg, mode, anatomy, device, tracking.start(cfg.tracking, cfg.paths.root), trial_keys(cfg, device),
                    mode.rewind_epoch(cfg), remove, rounds_of(cfg, remove), DenseStore(cfg.store.root))

@@ -20,18 +20,29 @@ def robustness_key(cfg) -> str:
 
 
 def network_costs(ctx, model, suffix: str = "") -> tuple[dict, dict]:
-    """FLOPs, training memory, latency and shifted-set accuracies of one network of the trial
-    (``ctx``: its ``lottery.context.Context``), and the tags that say how they were measured."""
-    cfg, device = ctx.cfg, ctx.device
-    t = cfg.train
-    out, tags = {"flops": measure.flops(model)}, {}  # counted, not timed: cheap enough for every run
-    if cfg.measure.enabled:
-        out["memory_bytes"], tags["memory_method"] = measure.training_memory(model, t, device)
-        out["latency_ms_b1"] = measure.latency_ms(model, 1, device, cfg.measure.latency_repeats, t.channels_last)
-        out["latency_ms_b128"] = measure.latency_ms(model, 128, device, cfg.measure.latency_repeats, t.channels_last)
-    for k, v in shifted_accuracies(model, ctx.data, ctx.shifted, t, device).items():
+    """FLOPs, the device costs and shifted-set accuracies of one network of the trial (``ctx``:
+    its ``lottery.context.Context``), and the tags that say how they were measured."""
+    out, tags = device_costs(ctx, model)
+    out["flops"] = measure.flops(model)  # counted, not timed: cheap enough for every run
+    for k, v in shifted_accuracies(model, ctx.data, ctx.shifted, ctx.cfg.train, ctx.device).items():
         out[f"{k}{suffix}"] = v
     return out, tags
+
+
+def device_costs(ctx, model) -> tuple[dict, dict]:
+    """Training memory, latency and training throughput on the trial's device, in its precision
+    (nothing when ``measure.enabled`` is off). Measured in the trial's own process for the ticket
+    and its dense network alike, so the two sides are the same device, method and moment."""
+    cfg, device, m = ctx.cfg, ctx.device, ctx.cfg.measure
+    if not m.enabled:
+        return {}, {}
+    t = cfg.train
+    memory, method = measure.training_memory(model, t, device)
+    return {"memory_bytes": memory,
+            "latency_ms_b1": measure.latency_ms(model, 1, device, m.latency_repeats, t),
+            "latency_ms_b128": measure.latency_ms(model, 128, device, m.latency_repeats, t),
+            "throughput_img_s": measure.throughput(model, t, device, m.throughput_steps, m.warmup_steps)}, \
+        {"memory_method": method}
 
 
 def cka_to_dense(ticket, dense, data, cfg) -> float:

@@ -279,9 +279,9 @@ def check_memory(cfg, device: torch.device) -> None:
     per_image = int(np.prod(IMAGE_SHAPE))
     need, available = 3 * images(cfg) * per_image, psutil.virtual_memory().available
     if need > available / 2:
-        raise LotteryError(f"data {cfg.name} with these sizes ({images(cfg)} images) needs about {need / 2**30:.1f} GiB "
-                           f"of memory, and this machine has {available / 2**30:.1f} GiB available: use smaller "
-                           "data.train_size / test_size / val_size")
+        raise LotteryError(f"data {cfg.name} with these sizes ({images(cfg)} images) needs about "
+                           f"{need / 2**30:.1f} GiB of memory, and this machine has {available / 2**30:.1f} GiB "
+                           "available: use smaller data.train_size / test_size / val_size")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         resident = images(cfg) * per_image
@@ -431,25 +431,41 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> to
     ]
 
 
-def train_batches(data: Dataset, batch_size: int, seed: int, epoch: int, augment: bool = True,
-                  channels_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented, normalised batches; a function of (seed, epoch) alone."""
-    split = data.train
-    n = len(split)
+def drops_last(t) -> bool:
+    """Whether the recipe drops an epoch's last partial batch: a compiled step or a captured CUDA
+    graph trains on one static batch shape (dense and ticket alike: the choice is the recipe's)."""
+    return bool(t.compile or t.cuda_graph)
+
+
+def epoch_plan(data: Dataset, t, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch's batches as (indices, crop offsets, flips) on the data's device: a function of
+    (seed, epoch) alone, so a resumed run sees exactly the data an uninterrupted one would."""
+    n, size = len(data.train), t.batch_size
     g = epoch_generator(seed, epoch)
     perm = torch.randperm(n, generator=g)
     offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
     flips = torch.rand(n, generator=g) < 0.5
-    device = split.x.device
+    device = data.train.x.device
     perm, offsets, flips = perm.to(device), offsets.to(device), flips.to(device)
-    for start in range(0, n, batch_size):
-        idx = perm[start:start + batch_size]
-        if len(idx) < 2:  # a batch of one cannot train BatchNorm
+    for start in range(0, n, size):
+        idx = perm[start:start + size]
+        if len(idx) < 2 or (len(idx) < size and drops_last(t)):  # a batch of one cannot train BatchNorm
             break
-        x = split.x[idx]
-        if augment:
-            x = crop_flip(x, offsets[start:start + batch_size], flips[start:start + batch_size])
-        yield data.normalize(x, channels_last), split.y[idx]
+        yield idx, offsets[start:start + size], flips[start:start + size]
+
+
+def batch(data: Dataset, t, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor):
+    """The augmented, normalised training batch of the given images (gathered on the device)."""
+    x = data.train.x[idx]
+    if t.augment:
+        x = crop_flip(x, offsets, flips)
+    return data.normalize(x, t.channels_last), data.train.y[idx]
+
+
+def train_batches(data: Dataset, t, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented, normalised batches of the recipe ``t``."""
+    for idx, offsets, flips in epoch_plan(data, t, seed, epoch):
+        yield batch(data, t, idx, offsets, flips)
 
 
 def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bool = True):
@@ -457,9 +473,9 @@ def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bo
         yield data.normalize(split.x[start:start + batch_size], channels_last), split.y[start:start + batch_size]
 
 
-def num_batches(n: int, batch_size: int) -> int:
-    full, rest = divmod(n, batch_size)
-    return full + (rest >= 2)
+def num_batches(n: int, t) -> int:
+    full, rest = divmod(n, t.batch_size)
+    return full + (rest >= 2 and not drops_last(t))
 
 
 def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,8 @@ from lottery.identity import dense_spec_for
 from lottery.errors import one_line
 from lottery.store import DenseResult, Entry, content_key
 from lottery.tickets import ticket_file
-from lottery.train import accuracy, conditions, cpu_state, held_out_accuracy, predict, train
+from lottery.devices import conditions
+from lottery.train import accuracy, cpu_state, discard, held_out_accuracy, predict, train
 
 log = logging.getLogger("lottery")
 
@@ -47,7 +48,7 @@ def train_dense(ctx: Context, partial, keep: set[int], run: tracking.LiveRun) ->
     ``keep`` (resumable), its history streamed to ``run``."""
     cfg = ctx.cfg
     model = ctx.build(cfg.seed)
-    with carbon.tracked(cfg.measure, "dense", cfg.jobs) as footprint:
+    with carbon.tracked(cfg.measure, "dense", cfg.jobs, ctx.device) as footprint:
         done = train(model, ctx.data, ctx.job(keep=frozenset(keep), state_path=partial / "state.pt", desc="dense",
                                               on_epoch=run.epoch))
     predictions = predict(model, ctx.data, cfg.train, ctx.device)
@@ -55,7 +56,8 @@ def train_dense(ctx: Context, partial, keep: set[int], run: tracking.LiveRun) ->
                "epochs": cfg.train.epochs, "train_images": len(ctx.data.train), "params": models.count_params(model),
                "filters": models.count_filters(model), **footprint.metrics(),
                **held_out_accuracy(model, ctx.data, cfg.train, ctx.device)}
-    tags = {"train_conditions": conditions(ctx.device, cfg.train, cfg.jobs), **footprint.tags(done.resumed_from)}
+    tags = {"train_conditions": conditions(ctx.device, cfg.train, cfg.jobs), "compiled": done.compiled,
+            **footprint.tags(done.resumed_from)}
     extra = {"predictions": predictions.tolist(), "history": done.history,
              "trained": {"start_ms": int(done.started * 1000), "end_ms": int(time.time() * 1000)}}
     return DenseResult(done.checkpoints, cpu_state(model), metrics, done.optimizers, extra, tags)
@@ -123,7 +125,7 @@ def with_rewind_point(ctx: Context, entry: Entry) -> Entry:
         done = train(model, ctx.data, ctx.job(start=start, stop=epoch, optimizer_state=entry.optimizer(start),
                                               keep=frozenset({epoch}), state_path=state, desc=f"replay theta_{epoch}"))
         entry = store.add_checkpoint(entry, epoch, done.checkpoints[epoch], done.optimizers[epoch])
-        state.unlink(missing_ok=True)
+        discard(state)
         with contextlib.suppress(OSError):
             state.parent.rmdir()  # unless another replay's state waits there
         return entry

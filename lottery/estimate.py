@@ -20,7 +20,8 @@ from lottery.data import shape_of, train_images
 from lottery.identity import dense_spec_for, trial_keys
 from lottery.modes import MODES, rounds_of
 from lottery.store import DenseStore, content_key
-from lottery.train import pick_device, prepare
+from lottery.devices import pick_device
+from lottery.train import prepare
 
 
 TIMED_STEPS = 5  # of the dense network, when no finished training tells the speed
@@ -42,8 +43,10 @@ class Speed:
     source: str
 
 
-def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str) -> list[TrialState]:
-    """Every trial of the sweep (cell x seed) with its state in the experiment."""
+def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str,
+           precision: str | None = None) -> list[TrialState]:
+    """Every trial of the sweep (cell x seed) with its state in the experiment (``precision``:
+    what ``amp`` resolves to on the workers' device, when they are not this machine)."""
     from lottery.sweeps import inapplicable
 
     out = []
@@ -53,7 +56,7 @@ def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str) -> lis
                 out.append(TrialState(cell, seed, "n/a", why))
                 continue
             c = with_seed(cfg, seed)
-            key = trial_keys(c, pick_device(c.device))["config_key"]
+            key = trial_keys(c, pick_device(c.device), precision)["config_key"]
             runs = sorted(tracking.find_runs(experiment, role="ticket", config_key=key),
                           key=lambda r: r.info.start_time, reverse=True)
             by = {r.info.status: r for r in reversed(runs)}  # the newest run of each status

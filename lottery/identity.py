@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from lottery.config import execution_paths
 from lottery.data import fingerprint
 from lottery.store import content_key
-from lottery.train import precision
+from lottery.devices import precision
 
 EXECUTION = execution_paths()  # dotted config paths that never change a trial's results
 DENSE_READS = ("model", "data", "train")  # the config groups a dense run's training depends on
@@ -53,10 +53,11 @@ def resolved(cfg, device) -> tuple[str, str]:
     return fingerprint(cfg.data), precision(device, cfg.train.amp)
 
 
-def trial_keys(cfg, device) -> dict:
-    """The trial's cell and config keys, as tagged on its run (and looked up to skip it)."""
+def trial_keys(cfg, device, precision: str | None = None) -> dict:
+    """The trial's cell and config keys, as tagged on its run (and looked up to skip it); with
+    ``precision``, for a worker whose device resolves ``amp`` so (a sweep surveyed from a login node)."""
     data_id, amp = resolved(cfg, device)
-    return {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, amp)}
+    return {"cell_key": cell_key(cfg, data_id), "config_key": config_key(cfg, data_id, precision or amp)}
 
 
 def dense_spec_for(cfg, device) -> dict:

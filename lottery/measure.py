@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from lottery import models
-from lottery.train import autocast, make_optimizer, synchronize
+from lottery.devices import autocast, synchronize
+from lottery.train import compiled, make_optimizer
 
 
 def _attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -65,7 +66,7 @@ def _batch(model: nn.Module, batch_size: int, device, channels_last: bool):
 def training_memory(model: nn.Module, t, device) -> tuple[int, str]:
     """Peak bytes of one training step at the training batch size, and how they were measured."""
     m = copy.deepcopy(model).train()
-    opt = make_optimizer(m, t)
+    opt = make_optimizer(m, t, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
     if device.type == "cuda":
         return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
@@ -107,25 +108,33 @@ def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
 
 
 def throughput(model: nn.Module, t, device, steps: int, warmup: int) -> float:
-    """Steady-state training images per second (after warm-up), on a copy of the model."""
+    """Steady-state training images per second (after warm-up) of the recipe's step: its
+    precision, its optimizer, compiled when it trains compiled; on a copy of the model."""
     m = copy.deepcopy(model).train()
-    opt = make_optimizer(m, t)
+    opt = make_optimizer(m, t, device)
+    stepped = compiled(m, t, device) if t.compile else m
     x, y = _batch(m, t.batch_size, device, t.channels_last)
     for _ in range(warmup):
-        _step(m, opt, x, y, device, t.amp)
+        _step(stepped, opt, x, y, device, t.amp)
     synchronize(device)
     began = time.perf_counter()
     for _ in range(steps):
-        _step(m, opt, x, y, device, t.amp)
+        _step(stepped, opt, x, y, device, t.amp)
     synchronize(device)
     return steps * t.batch_size / (time.perf_counter() - began)
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, channels_last: bool) -> float:
-    """Median inference latency (ms) of one forward pass at the given batch size."""
+def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, t) -> float:
+    """Median inference latency (ms) of one forward pass at the given batch size, in the
+    recipe's precision and memory format."""
     m = copy.deepcopy(model).eval()
-    x, _ = _batch(m, batch_size, device, channels_last)
+    x, _ = _batch(m, batch_size, device, t.channels_last)
+    with autocast(device, t.amp):
+        return _median_ms(m, x, device, repeats)
+
+
+def _median_ms(m: nn.Module, x: torch.Tensor, device, repeats: int) -> float:
     for _ in range(2):
         m(x)
     times = []

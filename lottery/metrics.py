@@ -59,6 +59,9 @@ def ratio(t, d, tp: Phase, dp: Phase):
 def per_epoch_reduction(t, d, tp: Phase, dp: Phase):
     if tp.resumed or dp.resumed:
         raise Absent("a training phase was resumed: its energy covers part of a run")
+    why = wall_clock_difference(dp, tp)
+    if why is not None:
+        raise Absent(why)
     return None if t is None or d is None else reduction(t / max(tp.epochs, 1), d / max(dp.epochs, 1), tp, dp)
 
 
@@ -91,13 +94,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("filters", "output channels of every convolution"),
     Metric("flops", "forward FLOPs per image (torch.utils.flop_counter)", rule=reduction,
            compared="flops_reduction_pct", console="FLOPs -{:.1f}%"),
-    Metric("memory_bytes", "training step at the training batch (see measure.training_memory)", rule=reduction,
-           compared="memory_reduction_pct", console="memory -{:.1f}%"),
+    Metric("memory_bytes", "training step at the training batch (see measure.training_memory), both nets in this "
+           "process", dense=LIVE, rule=reduction, compared="memory_reduction_pct", console="memory -{:.1f}%"),
     Metric("throughput_img_s", "steady-state training images/s, both nets back to back in this process",
            dense=LIVE, rule=ratio, compared="speedup", console="speed-up {:.2f}x"),
     Metric("train_seconds", "wall time of the training epochs", rule=wall_ratio, compared="speedup_wall"),
-    Metric("latency_ms_b1", "median forward latency at batch 1"),
-    Metric("latency_ms_b128", "median forward latency at batch 128"),
+    Metric("latency_ms_b1", "median forward latency at batch 1, in the training precision", dense=LIVE),
+    Metric("latency_ms_b128", "median forward latency at batch 128, in the training precision", dense=LIVE),
     Metric("co2_kg", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
            compared="co2_reduction_pct", console="CO2 per epoch -{:.1f}%"),
     Metric("energy_kwh", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,

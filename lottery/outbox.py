@@ -36,9 +36,10 @@ def keep(folder: Path, run, results) -> Path:
         save_atomic(obj, tmp / "files" / name)
     if results.network is not None:
         save_atomic(results.network, tmp / NETWORK)
-    write_json(tmp / RECORD, {"run_id": run.run_id, "started": run.tags, "metrics": results.metrics, "tags": results.tags,
-                              "artifacts": results.artifacts, "files": sorted(results.files), "name": results.name,
-                              "end_ms": results.end_ms, "history": [[ms, line] for ms, line in run.pending]})
+    write_json(tmp / RECORD, {"run_id": run.run_id, "started": run.tags, "metrics": results.metrics,
+                              "tags": results.tags, "artifacts": results.artifacts, "files": sorted(results.files),
+                              "name": results.name, "end_ms": results.end_ms,
+                              "history": [[ms, line] for ms, line in run.pending]})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final

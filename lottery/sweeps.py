@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -239,6 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="list every trial as finished / failed / missing with "
                                                           "the estimated time of the rest, and run nothing")
+    p.add_argument("--worker-precision", choices=["bf16", "fp32"], default=None,
+                   help="what train.amp resolves to on the workers (default: this machine's; with --launcher slurm, "
+                        "bf16, as on every GPU since Ampere)")
     args = p.parse_intermixed_args(argv)
     from lottery import tracking
 
@@ -251,7 +255,8 @@ def main(argv=None) -> int:
     parented = Setting(setting.profile, setting.data, setting.data_root,
                        (*setting.extra, f"tracking.parent={run or '<the sweep run>'}"))
     skip = tuple(cell for (cell, _), why in zip(cells, inapplicable(cells)) if why)
-    cmds = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
+    tickets = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
+    cmds = [*dense_first(tickets), *tickets]
     if args.dry_run:
         print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
         return 0
@@ -267,17 +272,46 @@ def main(argv=None) -> int:
     return status
 
 
+def dense_first(tickets: list[list[str]]) -> list[list[str]]:
+    """The multiruns that train the sweep's dense networks (each grid's, once), run before its
+    tickets: a ticket never holds a GPU (or a SLURM job) while it waits on its dense network."""
+    out = []
+    for cmd in tickets:
+        head, rest = cmd[:4], cmd[4:]  # python -m lottery -m
+        dense = [o for o in rest if re.split(r"[./]", o.split("=", 1)[0].lstrip("+~"))[0] in DENSE_KEYS]
+        dense.append("mode=dense")
+        if [*head, *dense] not in out:
+            out.append([*head, *dense])
+    return out
+
+
+# What a dense network's trial reads (lottery.identity.DENSE_READS), and where and how it runs.
+DENSE_KEYS = ("model", "data", "train", "seed", "profile", "paths", "store", "tracking", "measure", "robustness",
+              "device", "threads", "jobs", "hydra")
+
+
+def worker_precision(args, cfg) -> str:
+    """What ``amp`` resolves to where the trials run: this machine, or SLURM's GPUs."""
+    from lottery.config import choice
+    from lottery.devices import pick_device, precision
+
+    if args.worker_precision:
+        return args.worker_precision
+    if args.launcher == "slurm" and choice(cfg.train.amp) == "auto":
+        return "bf16"
+    return precision(pick_device(cfg.device), cfg.train.amp)
+
+
 def survey(sweep: Sweep, args, cells, experiment: str) -> str:
     """The sweep's trials (finished / failed / running / missing) and the estimated time of the rest."""
     from lottery import estimate
-    from lottery.train import pick_device, precision
 
-    states = estimate.survey(cells, args.seeds, experiment)
     cfg = cells[0][1]
+    amp = worker_precision(args, cfg)
+    states = estimate.survey(cells, args.seeds, experiment, amp)
     speed, dense = None, 0
     if any(s.status in ("failed", "missing") for s in states):
-        speed = (estimate.measured_speed(experiment, cfg.store.root, precision(pick_device(cfg.device), cfg.train.amp))
-                 or estimate.timed_speed(cfg))
+        speed = estimate.measured_speed(experiment, cfg.store.root, amp) or estimate.timed_speed(cfg)
         dense = estimate.estimate(states, cells, speed)
     return estimate.render(sweep.name, args.profile, states, speed, dense, args.jobs)
 

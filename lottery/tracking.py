@@ -320,7 +320,7 @@ def log_network(run_id: str, saved: dict) -> None:
         return  # already logged (a sync resumed after it)
     network = from_file(saved)
     example = np.zeros((2, *models.input_shape(network)), np.float32)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    requirements = [f"{m.__name__}=={m.__version__.split('+')[0]}" for m in (torch, torchvision)]
     with mlflow.start_run(run_id=run_id):
         try:
             mlflow.pytorch.log_model(network, name="network", input_example=example, pip_requirements=requirements)

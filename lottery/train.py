@@ -1,16 +1,17 @@
-"""SGD training with a multistep schedule, resumable from its last completed epoch.
+"""SGD training with a multistep schedule, resumable from its last saved epoch.
 
 The learning rate is a pure function of the absolute epoch, and the data order a pure function
 of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule from epoch i
-on, and a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
+on, and a run resumed from a checkpoint ends with the same weights as an uninterrupted one (on a
+GPU too, with ``train.deterministic``). The step runs eager, compiled once per architecture
+(``train.compile``), or captured whole as a CUDA graph (``train.cuda_graph``); an epoch never
+waits for the host (loss and accuracy accumulate on the device and are read once at its end).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery.data import Dataset, eval_batches, num_batches, train_batches
-from lottery.config import choice
-from lottery.files import save_atomic
+from lottery.data import Dataset, batch, epoch_plan, eval_batches, num_batches
+from lottery.devices import autocast, configure, synchronize
 from lottery.errors import LotteryError, bad_value
+from lottery.files import save_atomic
 
 log = logging.getLogger("lottery")
 
@@ -42,25 +43,12 @@ def check_recipe(t) -> None:
     if list(t.milestones) != sorted(set(t.milestones)):
         raise bad_value("train.milestones", list(t.milestones), "must be strictly increasing")
     for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
-                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]")):
+                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]"),
+                          ("save_every_s", t.save_every_s >= 0, ">= 0")):
         if not ok:
             raise bad_value(f"train.{key}", getattr(t, key), f"must be {rule}")
-
-
-def check_device(name: str) -> None:
-    if name not in ("auto", "cpu") and not name.startswith("cuda"):
-        raise bad_value("device", name, "use auto, cpu or cuda[:N]")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LotteryError(f"device={name} but no CUDA device is available; use device=cpu")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return device
+    if t.compile and t.cuda_graph:
+        raise bad_value("train.cuda_graph", True, "captures the eager step; choose it or train.compile, not both")
 
 
 def lr_at(epoch: int, t) -> float:
@@ -68,42 +56,35 @@ def lr_at(epoch: int, t) -> float:
     return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
 
 
-def make_optimizer(model: nn.Module, t) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                           nesterov=t.nesterov, weight_decay=t.weight_decay)
+def make_optimizer(model: nn.Module, t, device: torch.device | None = None) -> torch.optim.SGD:
+    """SGD of the recipe; on CUDA fused (one kernel for the whole update), and, for a captured
+    step, with the learning rate a device tensor that the graph reads each epoch."""
+    cuda = device is not None and device.type == "cuda"
+    lr = torch.tensor(t.lr, device=device) if cuda and t.cuda_graph else t.lr
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, nesterov=t.nesterov,
+                           weight_decay=t.weight_decay, fused=cuda or None)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 matmuls and convolutions natively (not emulated)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
-def precision(device: torch.device, amp) -> str:
-    """The dtype training computes in on this device: ``bf16`` or ``fp32`` (``amp=auto`` resolved)."""
-    amp = choice(amp)
-    if amp == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return "bf16" if amp == "bf16" else "fp32"
+def compiled(model: nn.Module, t, device: torch.device) -> nn.Module:
+    """The network compiled for one architecture with static shapes: dynamo's caches are reset
+    first, so a process that trains many tickets never reaches its recompile limit (and falls
+    back to eager unnoticed); ``Trained.compiled`` says whether training stayed on the graph."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch.compile(model, backend=t.compile_backend, dynamic=False)
 
 
-def autocast(device: torch.device, amp) -> contextlib.AbstractContextManager:
-    """bf16 autocast (loss, softmax and BatchNorm stay fp32, as autocast keeps them) or nothing."""
-    if precision(device, amp) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def compiled(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model compiled once per architecture; on CUDA its step is captured as a CUDA graph
-    (``reduce-overhead``): a small ResNet at batch 128 is otherwise bound by kernel launches."""
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def graphs_compiled() -> int:
+    """How many graphs dynamo captured since ``compiled`` (1: one graph, no recompilation)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def load_checkpoint(path: Path, what: str) -> dict:
@@ -136,26 +117,52 @@ class Trained:
     optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
     history: list[dict] = field(default_factory=list)  # one record per trained epoch (``Trained.record``)
     resumed_from: int | None = None
+    compiled: str = "no"  # no | stayed (one graph) | recompiled N graphs | graph (a captured CUDA graph)
 
     def state(self, model: nn.Module, opt, epoch: int) -> dict:
-        """Everything a killed run needs to go on after ``epoch`` epochs."""
+        """Everything a killed run needs to go on after ``epoch`` epochs, but the kept rewind
+        points: those are written once, when reached (``Kept``)."""
         return {"model": cpu_state(model), "optimizer": cpu_tree(opt.state_dict()), "epoch": epoch,
-                "seconds": self.seconds, "started": self.started, "checkpoints": self.checkpoints,
-                "optimizers": self.optimizers, "history": self.history}
+                "seconds": self.seconds, "started": self.started, "kept": sorted(self.checkpoints),
+                "history": self.history}
 
 
-def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, epoch: int, desc: str) -> int:
-    """Continue from the state a killed run left after its last completed epoch, if any."""
+class Kept:
+    """Rewind points written once, beside the resumable state, when a training reaches them."""
+
+    def __init__(self, state_path: Path | None):
+        self.path = state_path
+
+    def _file(self, kind: str, epoch: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{kind}_{epoch}.pt")
+
+    def write(self, result: Trained, epoch: int) -> None:
+        if self.path is not None:
+            save_atomic(result.checkpoints[epoch], self._file("theta", epoch))
+            save_atomic(result.optimizers[epoch], self._file("optim", epoch))
+
+    def read(self, result: Trained, epochs: list[int]) -> None:
+        for e in epochs:
+            result.checkpoints[e] = load_checkpoint(self._file("theta", e), "kept rewind point")
+            result.optimizers[e] = load_checkpoint(self._file("optim", e), "kept optimizer state")
+
+    def remove(self) -> None:
+        if self.path is not None:
+            for f in self.path.parent.glob(f"{self.path.stem}.*_*.pt"):
+                f.unlink(missing_ok=True)
+
+
+def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, job: "Job") -> int:
+    """Continue from the state a killed run left after its last saved epoch, if any."""
     if state_path is None or not state_path.exists():
-        return epoch
+        return job.start
     state = load_checkpoint(state_path, "training state")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     result.seconds, result.resumed_from = state["seconds"], state["epoch"]
     result.started, result.history = state.get("started", result.started), state.get("history", [])
-    result.checkpoints = {int(k): v for k, v in state["checkpoints"].items()}
-    result.optimizers = {int(k): v for k, v in state.get("optimizers", {}).items()}
-    log.info("%s: resuming from the state saved after epoch %d (%s)", desc, state["epoch"], state_path)
+    Kept(state_path).read(result, state.get("kept", []))
+    log.info("%s: resuming from the state saved after epoch %d (%s)", job.desc, state["epoch"], state_path)
     return state["epoch"]
 
 
@@ -171,7 +178,7 @@ class Job:
     stop: int | None = None  # first epoch not trained (default: the schedule's end)
     optimizer_state: dict | None = None  # the optimizer's state at ``start``, when replaying part of a run
     keep: frozenset[int] = frozenset()  # epochs e whose starting weights theta_e and optimizer state are returned
-    state_path: Path | None = None  # resumable state, written after every epoch; resumed from if it exists
+    state_path: Path | None = None  # resumable state (train.save_every_s); resumed from if it exists
     desc: str = "train"
     on_epoch: Callable[[dict], None] | None = None  # each epoch's history record, a resumed run's earlier ones first
 
@@ -184,27 +191,92 @@ class EpochStats:
     images: int
 
 
-def _epoch(step_model, opt, data: Dataset, job: Job, epoch: int, bar) -> EpochStats:
-    """One epoch of SGD steps; loss and accuracy accumulate on the device (no sync per step)."""
-    t, device = job.recipe, job.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    synchronize(device)
-    began = time.perf_counter()
-    for x, y in train_batches(data, t.batch_size, job.seed, epoch, t.augment, t.channels_last):
-        with autocast(device, t.amp):
-            out = step_model(x)
+class Step:
+    """One SGD step on device-resident data: gather and augment the batch, forward, backward,
+    update; loss and correct predictions accumulate on the device. With ``capture`` (CUDA) the
+    whole step is recorded once as a CUDA graph on static buffers and replayed: a ResNet32 step
+    is ~400 kernel launches for ~1.5 ms of GPU work. Without it the same body runs eagerly on the
+    same buffers (what the tests check against the plain loop on a CPU)."""
+
+    def __init__(self, model: nn.Module, opt, data: Dataset, job: Job, capture: bool):
+        t, device = job.recipe, job.device
+        self.model, self.opt, self.data, self.t, self.device = model, opt, data, t, device
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.graph = None
+        if capture:
+            self.static = (torch.zeros(t.batch_size, dtype=torch.long, device=device),
+                           torch.zeros(t.batch_size, 2, dtype=torch.long, device=device),
+                           torch.zeros(t.batch_size, dtype=torch.bool, device=device))
+            self.graph = self._capture()
+
+    def _body(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
+        x, y = batch(self.data, self.t, idx, offsets, flips)
+        with autocast(self.device, self.t.amp):
+            out = self.model(x)
             loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
+        self.opt.step()
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+
+    def _capture(self):
+        """Record the step once on the static buffers. Its warm-up steps (which allocate the
+        momentum buffers) run on a side stream and are undone, so the training is unchanged: a
+        zero momentum buffer makes the first update SGD's first update."""
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in self.opt.state.items()}
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._body(*self.static)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(weights[k])
+            for p, s in self.opt.state.items():
+                for k, v in s.items():
+                    if torch.is_tensor(v) and k in state.get(p, {}):
+                        v.copy_(state[p][k])
+                    elif torch.is_tensor(v):
+                        v.zero_()
+            self.loss_sum.zero_()
+            self.correct.zero_()
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._body(*self.static)
+        return graph
+
+    def __call__(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
+        if self.graph is None:
+            self._body(idx, offsets, flips)
+            return
+        for buffer, value in zip(self.static, (idx, offsets, flips)):
+            buffer.copy_(value, non_blocking=True)
+        self.graph.replay()
+
+    def read(self) -> tuple[float, int]:
+        """Loss sum and correct count of the epoch so far (the epoch's one host sync), then reset."""
+        out = self.loss_sum.item(), self.correct.item()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return out
+
+
+def _epoch(step: Step, job: Job, epoch: int, bar) -> EpochStats:
+    """One epoch of SGD steps; the host reads loss and accuracy once, at its end."""
+    seen = 0
+    synchronize(job.device)
+    began = time.perf_counter()
+    for idx, offsets, flips in epoch_plan(step.data, job.recipe, job.seed, epoch):
+        step(idx, offsets, flips)
+        seen += len(idx)
         bar.update()
-    synchronize(device)
-    return EpochStats(loss_sum.item() / seen, 100 * correct.item() / seen, time.perf_counter() - began, seen)
+    loss_sum, correct = step.read()
+    return EpochStats(loss_sum / seen, 100 * correct / seen, time.perf_counter() - began, seen)
 
 
 def _bar(t, steps: int, desc: str, epoch: int):
@@ -231,37 +303,53 @@ def record(epoch: int, lr: float, stats: EpochStats) -> dict:
 
 
 def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
-    """Train epochs ``job.start .. job.stop - 1`` in place (see ``Job``); the caller deletes the
-    resumable state once the result is safely stored."""
+    """Train epochs ``job.start .. job.stop - 1`` in place (see ``Job``). The resumable state is
+    saved at most every ``train.save_every_s`` seconds and after the last epoch; the caller
+    deletes it (``discard``) once the result is safely stored."""
     t = job.recipe
-    opt = make_optimizer(model, t)
+    configure(job.device, t)
+    opt = make_optimizer(model, t, job.device)
     if job.optimizer_state is not None:
         opt.load_state_dict(job.optimizer_state)
-    result = Trained(0.0)
-    epoch = _resume(job.state_path, model, opt, result, job.start, job.desc)
+    result, kept = Trained(0.0), Kept(job.state_path)
+    epoch = _resume(job.state_path, model, opt, result, job)
     for line in result.history if job.on_epoch else ():
         job.on_epoch(line)
-    step_model = compiled(model, job.device) if t.compile else model
-    steps = num_batches(len(data.train), t.batch_size)
-    stop = t.epochs if job.stop is None else job.stop
+    step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job,
+                capture=t.cuda_graph and job.device.type == "cuda")
+    steps, stop, saved = num_batches(len(data.train), t), t.epochs if job.stop is None else job.stop, time.time()
     while True:
-        if epoch in job.keep:
+        if epoch in job.keep and epoch not in result.checkpoints:
             result.checkpoints[epoch], result.optimizers[epoch] = cpu_state(model), cpu_tree(opt.state_dict())
+            kept.write(result, epoch)
         if epoch >= stop:
-            return result
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, t)
+            break
+        set_lr(opt, lr_at(epoch, t))
         model.train()
         with _bar(t, steps, job.desc, epoch) as bar:
-            stats = _epoch(step_model, opt, data, job, epoch, bar)
+            stats = _epoch(step, job, epoch, bar)
         result.seconds += stats.seconds
         _report(stats, t, job.desc, epoch, result.seconds)
         epoch += 1
         result.history.append(record(epoch, lr_at(epoch - 1, t), stats))
         if job.on_epoch:
             job.on_epoch(result.history[-1])
-        if job.state_path is not None:
+        if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):
             save_atomic(result.state(model, opt, epoch), job.state_path)
+            saved = time.time()
+    if t.compile:
+        graphs = graphs_compiled()
+        result.compiled = "stayed" if graphs == 1 else f"recompiled: {graphs} graphs"
+    elif step.graph is not None:
+        result.compiled = "graph"
+    return result
+
+
+def discard(state_path: Path | None) -> None:
+    """Delete a finished training's resumable state and the rewind points written beside it."""
+    if state_path is not None:
+        Kept(state_path).remove()
+        state_path.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -291,14 +379,6 @@ def evaluate(model: nn.Module, data: Dataset, t, device: torch.device, split=Non
     """Top-1 accuracy (%) on the test split (or ``split``)."""
     split = split if split is not None else data.test
     return accuracy(predict(model, data, t, device, split), split)
-
-
-def conditions(device: torch.device, t, jobs: int) -> str:
-    """What a training's wall time depends on besides the network: recorded with every training,
-    so that two trainings' times are compared only when these match."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return (f"device={device.type}:{name.replace(' ', '_')} threads={torch.get_num_threads()} "
-            f"amp={precision(device, t.amp)} channels_last={t.channels_last} compile={t.compile} jobs={jobs}")
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

@@ -16,7 +16,8 @@ from torch import nn
 from lottery import carbon, costs, dense, measure, models, outbox, tracking
 from lottery.context import Context
 from lottery.criteria import ScoringSet
-from lottery.data import describe, scoring_set
+from lottery.data import describe, scoring_set, train_images
+from lottery.estimate import network_flops
 from lottery.metrics import Phase, compare, console, dense_side
 from lottery.modes import REINIT_SEED_OFFSET
 from lottery.files import save_atomic
@@ -24,8 +25,9 @@ from lottery.pruning import STRUCTURES, Pruning, Request, in_rounds, layers, rou
 from lottery.stats import discordant, mcnemar_from
 from lottery.store import Entry, content_key
 from lottery.tickets import TICKET_FILE, ticket_file
-from lottery.train import (Trained, accuracy, conditions, cpu_state, held_out_accuracy, load_checkpoint, precision,
-                           predict, train)
+from lottery.devices import conditions, name_of, precision
+from lottery.train import (Trained, accuracy, cpu_state, discard, held_out_accuracy, load_checkpoint, predict,
+                           train)
 
 log = logging.getLogger("lottery")
 
@@ -84,7 +86,7 @@ class TrainedTicket:
 
 def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: tracking.LiveRun) -> TrainedTicket:
     cfg = ctx.cfg
-    with carbon.tracked(cfg.measure, "ticket", cfg.jobs) as footprint:
+    with carbon.tracked(cfg.measure, "ticket", cfg.jobs, ctx.device) as footprint:
         done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, state_path=state, desc="ticket",
                                                      on_epoch=run.epoch))
     return TrainedTicket(done, footprint, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
@@ -124,7 +126,7 @@ def imp(ctx: Context, entry: Entry, live: tracking.LiveRun) -> tuple[Pruning, Ti
             if done is None:
                 trained = train_ticket(ctx, ticket, folder / f"round-{r}.state.pt", run)
                 save_atomic({"chosen": chosen[-1], "weights": cpu_state(ticket.model), **trained.kept()}, saved)
-                (folder / f"round-{r}.state.pt").unlink(missing_ok=True)
+                discard(folder / f"round-{r}.state.pt")
             else:
                 ticket.model.load_state_dict(done["weights"])
                 trained = TrainedTicket.restored(done, predict(ticket.model, ctx.data, cfg.train, ctx.device), saved)
@@ -155,12 +157,12 @@ def finished(ctx: Context) -> dict | None:
     return {**done[0].data.metrics, "run_id": done[0].info.run_id, "skipped": True}
 
 
-def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
+def run(cfg, overrides: list[str] = (), tags: dict | None = None, job: int = 0) -> dict:
     """Run one trial and return its metrics (also logged to MLflow, with ``overrides`` and ``tags``
     as tags). A trial whose identity and seed already finished in the experiment is skipped, so
     re-running a sweep completes exactly the missing trials; an earlier run of it that a killed
-    process left RUNNING is marked KILLED."""
-    ctx = Context.open(cfg)
+    process left RUNNING is marked KILLED. ``job``: its number in a multirun (its GPU)."""
+    ctx = Context.open(cfg, job)
     if ctx.mode.prunes:
         synced = outbox.sync_all(ctx.outbox, ctx.keys["config_key"])  # results MLflow missed last time
         if synced:
@@ -169,6 +171,8 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
             return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    log.info("device: %s", name_of(ctx.device))
+    warn_if_slow(ctx)
     if not ctx.mode.prunes:
         return dense_trial(ctx)
     tracking.mark_killed(ctx.experiment, role="ticket", config_key=ctx.keys["config_key"])
@@ -179,6 +183,21 @@ def run(cfg, overrides: list[str] = (), tags: dict | None = None) -> dict:
                   **(tags or {})}
     with tracking.live(ctx.experiment, run_name(ctx, label), start_tags, params(ctx), cfg.tracking.parent) as live:
         return ticket_trial(ctx, live)
+
+
+SLOW_EPOCHS = 50  # a profile longer than this on a CPU is worth a warning
+
+
+def warn_if_slow(ctx: Context) -> None:
+    """``device=auto`` that found no GPU, for a long profile: say so, and what one network costs here."""
+    cfg = ctx.cfg
+    if cfg.device != "auto" or ctx.device.type != "cpu" or cfg.train.epochs <= SLOW_EPOCHS:
+        return
+    from lottery.estimate import timed_speed
+
+    hours = cfg.train.epochs * train_images(cfg.data) * network_flops(cfg, 0) / timed_speed(cfg).flop_s / 3600
+    log.warning("device=auto found no GPU: training on the CPU, where one dense network of this profile (%d epochs) "
+                "takes about %.1f h; set device=cpu to silence this, or run on a GPU", cfg.train.epochs, hours)
 
 
 def params(ctx: Context) -> dict:
@@ -209,7 +228,7 @@ def ticket_trial(ctx: Context, live: tracking.LiveRun) -> dict:
     if trained.state.is_dir():
         shutil.rmtree(trained.state)
     else:
-        trained.state.unlink(missing_ok=True)
+        discard(trained.state)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
              "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
              metrics["delta_pp"], "wins" if metrics["winning"] else "loses", metrics["mcnemar_p"],
@@ -223,7 +242,8 @@ def accuracy_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, entry
     held-out validation accuracy when there is a validation split."""
     data, dm = ctx.data, entry.metrics
     acc = accuracy(trained.predictions, data.test)
-    only_ticket, only_dense = discordant(trained.predictions, torch.tensor(entry.meta["predictions"]), data.test.y.cpu())
+    dense_predictions = torch.tensor(entry.meta["predictions"])
+    only_ticket, only_dense = discordant(trained.predictions, dense_predictions, data.test.y.cpu())
     out = {"accuracy": acc, "winning": float(acc + ctx.cfg.xi >= dm["accuracy"]),
            "mcnemar_p": mcnemar_from(only_ticket, only_dense), "ticket_only_correct": only_ticket,
            "dense_only_correct": only_dense, "train_images": len(data.train), "test_images": len(data.test)}
@@ -243,19 +263,16 @@ def ticket_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, pruning
         "train_seconds": trained.done.seconds, "ticket_epochs": epochs,
         **dense_side(entry.metrics, f"@{costs.robustness_key(cfg)}"), **measured, **trained.footprint.metrics(),
     }
-    if cfg.measure.enabled:
-        m = cfg.measure
+    if cfg.measure.enabled:  # the dense side's device costs measured here, beside the ticket's
         dense_model = dense.model_at(ctx, entry, "final")
-        metrics["throughput_img_s"] = measure.throughput(ticket.model, cfg.train, ctx.device, m.throughput_steps,
-                                                         m.warmup_steps)
-        metrics["dense_throughput_img_s"] = measure.throughput(dense_model, cfg.train, ctx.device, m.throughput_steps,
-                                                               m.warmup_steps)
+        metrics.update({f"dense_{k}": v for k, v in costs.device_costs(ctx, dense_model)[0].items()})
         metrics["cka"] = costs.cka_to_dense(ticket.model, dense_model, ctx.data, cfg)
     phase = Phase(trained.done.seconds, epochs, metrics.get("co2_kg"), metrics.get("energy_kwh"),
                   conditions(ctx.device, cfg.train, cfg.jobs), trained.done.resumed_from is not None)
     compared, absent = compare(metrics, phase, Phase.of(entry))
     metrics.update(compared)
-    return metrics, {**absent, **tags, **trained.footprint.tags(trained.done.resumed_from)}
+    return metrics, {**absent, **tags, "compiled": trained.done.compiled,
+                     **trained.footprint.tags(trained.done.resumed_from)}
 
 
 def override_tags(overrides) -> dict[str, str]:

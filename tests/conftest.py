@@ -14,6 +14,15 @@ register()
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run where there is a GPU (make gpu-check), and are skipped, saying why, elsewhere."""
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs it on a GPU)")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One MLflow SQLite store per test session (creating one costs seconds)."""

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from lottery.train import precision
+from lottery.devices import precision
 from tests.helpers import REPO
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup",
@@ -45,7 +45,7 @@ def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(ben
 def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--model", "8", "--batch-size", "4",
-                        "--steps", "1", "--warmup", "1", "--concurrency", "1,2", "--no-compile", "--json", str(out)],
+                        "--steps", "1", "--concurrency", "1,2", "--no-compile", "--json", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     f = json.loads(out.read_text())
@@ -71,3 +71,13 @@ def test_gpu_projection_counts_every_training_of_each_sweep():
     dense = 2 * PAPER_EPOCHS * (epoch_h32 + epoch_h56)
     tables_without_dense = sum(hours.values()) - 2 * PAPER_EPOCHS * (6 * epoch_h32 + epoch_h56)  # six sweeps train ResNet32
     assert total == pytest.approx(tables_without_dense + dense)
+
+
+def test_gpu_check_on_a_machine_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: make gpu-check runs the real checks")
+    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--json", str(tmp_path / "g.json")], cwd=REPO,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0 and r.stdout.strip() == ("gpu-check: no CUDA device on this machine; run `make gpu-check` "
+                                                      "on a GPU host (nothing checked here)")
+    assert not (tmp_path / "g.json").exists()

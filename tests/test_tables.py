@@ -15,10 +15,10 @@ from tests.helpers import compose_cfg
 @pytest.mark.parametrize("name", sweeps.available())
 def test_every_sweep_composes_under_every_profile(name, profile):
     sweep = sweeps.load(name)
-    for cell in sweep.cells():
-        overrides = [*sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), f"profile={profile}",
-                     "data=synthetic"]
-        validate(compose_cfg(*overrides))
+    cells = sweeps.compose_cells(sweep, sweeps.Setting(profile, "synthetic", extra=("device=cpu",)))
+    assert [c for c, _ in cells] == sweep.cells()
+    for _, cfg in cells:
+        validate(cfg)
 
 
 def test_every_paper_artefact_has_a_sweep():

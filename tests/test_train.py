@@ -78,6 +78,7 @@ def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path):
     """Kill a smoke dense run after its first epoch; the re-run ends where an uninterrupted one does."""
     common = ["profile=smoke", "data=synthetic", "model=resnet20", "mode=dense", "train.epochs=3", "device=cpu",
               "data.train_size=256", "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false",
+              "train.save_every_s=0",
               "train.milestones=[2]", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}", "tracking.log_model=false",
               f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
 

@@ -283,3 +283,14 @@ def test_a_rerun_with_jobs_2_after_a_serial_run_skips_every_trial(shared):
     parallel = [o for o in launcher_overrides(2, None) if not o.startswith("hydra")]
     assert "jobs=2" in parallel and any(o.startswith("threads=") for o in parallel)
     assert trial.run(shared("mode=init", "criterion=grasp", "density=2", *parallel))["skipped"]
+
+
+def test_beside_other_trials_a_trial_compares_no_energy_and_says_why(smoke):
+    """jobs=2: codecarbon reads a whole GPU and the machine's neighbours; no reduction is claimed."""
+    out = trial.run(smoke("model.depth=14", "data.train_size=128", "criterion=random", "jobs=2",
+                          "robustness.enabled=false"))
+    run = mlflow.get_run(out["run_id"])
+    assert "co2_reduction_pct" not in run.data.metrics and "energy_reduction_pct" not in run.data.metrics
+    assert run.data.tags["co2_reduction_absent"] == "trained beside other trials"
+    assert run.data.tags["energy_reduction_absent"] == "trained beside other trials"
+    assert run.data.metrics["co2_kg"] > 0 and "speedup_wall" not in run.data.metrics

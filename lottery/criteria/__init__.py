@@ -22,6 +22,7 @@ from torch import nn
 
 from lottery import models
 from lottery.criteria.weights import per_block, per_filter
+from lottery.devices import exact_matmuls
 from lottery.errors import LotteryError, bad_value, check_choice
 
 
@@ -97,11 +98,14 @@ def register_per_weight(name: str, needs_data: bool = True, additive: bool = Fal
 
 
 def _run(fn, name: str, model: nn.Module, scoring, seed: int, cfg):
+    """The criterion on a copy of the network (scoring may switch modes, cast or overwrite
+    weights), in full fp32 (no TF32 on a GPU: near-ties rank as on a CPU)."""
     crit = CRITERIA[name]
-    work = copy.deepcopy(model)  # scoring may switch modes, cast or overwrite weights
+    work = copy.deepcopy(model)
     for p in work.parameters():
         p.grad = None
-    return fn(work, scoring if crit.needs_data else None, cfg, seed)
+    with exact_matmuls():
+        return fn(work, scoring if crit.needs_data else None, cfg, seed)
 
 
 def _finite(name: str, scores: list[torch.Tensor], what: str, labels: list) -> None:

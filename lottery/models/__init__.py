@@ -154,11 +154,23 @@ def build(cfg, shape: Shape) -> nn.Module:
     return net
 
 
+_SKELETONS: dict[str, nn.Module] = {}
+
+
 def skeleton(cfg, shape: Shape) -> nn.Module:
-    """The network on the meta device: its structure without memory or initialisation (what
-    validation and the sweep estimate read)."""
-    with torch.device("meta"):
-        return build(cfg, shape)
+    """The network on the meta device: its structure without memory (what validation and the
+    sweep estimate read; memoised per model config and shape, as a sweep validates many cells of
+    one model). Read it, or derive new networks from it; never change it in place."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    key = json.dumps([OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), shape.input, shape.classes],
+                     sort_keys=True, default=str)
+    if key not in _SKELETONS:
+        with torch.device("meta"):
+            _SKELETONS[key] = build(cfg, shape)
+    return _SKELETONS[key]
 
 
 def check(cfg, shape: Shape) -> nn.Module:

@@ -154,7 +154,8 @@ class ResNet(nn.Module):
                 m.reset_parameters()
 
     def forward(self, x):
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+        # Global average pooling as a mean: its backward is deterministic on CUDA (adaptive pooling's is not).
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
 def build(plan: Plan) -> ResNet:

@@ -82,8 +82,9 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
         judged = [c for c in filled if c.significant is not None]
         text += (f"; {sum(c.winning for c in filled)} winning by Eq. 1; {sum(c.significant for c in judged)} of "
                  f"{len(judged)} significant (95 % Student-t interval of the paired delta excludes 0; n = 1: "
-                 f"McNemar's exact p < {ALPHA}), the rest n.s. (a sign on noise); sign agrees with the paper in "
-                 f"{sum(c.sign_agrees for c in agree)}/{len(agree)}")
+                 f"McNemar's exact p < {ALPHA}), the rest n.s. (a sign on noise)")
+        if sweep.paper:
+            text += f"; sign agrees with the paper in {sum(c.sign_agrees for c in agree)}/{len(agree)}"
     replaced = sum(c.replaced for c in cells if c.metric == sweep.metrics[0])  # once per cell, not per metric
     if replaced:
         text += f"; {replaced} older run(s) replaced by newer runs of the same trial and seed"
@@ -104,16 +105,19 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
 
 
 def markdown(sweep: Sweep, cells: list[Cell]) -> str:
+    """Ours beside the paper's value in every column (a sweep without paper values: ours alone)."""
     rows, columns, at = _layout(cells)
     head = [" / ".join(sweep.rows)]
     for col in columns:
-        head += [f"{_col_label(sweep, col)} ours", f"{_col_label(sweep, col)} paper"]
+        head += [f"{_col_label(sweep, col)} ours", f"{_col_label(sweep, col)} paper"] if sweep.paper else \
+            [_col_label(sweep, col)]
     lines = [f"### {sweep.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         out = [_row_label(sweep, row)]
         for col in columns:
             c = at.get((row, col))
-            out += [_marked(c, ours_text(sweep, c), "**{}**", "<u>{}</u>"), paper_text(sweep, c)]
+            out.append(_marked(c, ours_text(sweep, c), "**{}**", "<u>{}</u>"))
+            out += [paper_text(sweep, c)] if sweep.paper else []
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join([*lines, "", *footer(sweep, cells)]) + "\n"
 
@@ -149,18 +153,19 @@ def _tex(s: str) -> str:
 
 def latex(sweep: Sweep, cells: list[Cell]) -> str:
     rows, columns, at = _layout(cells)
-    spec = "l" + "rr" * len(columns)
-    head = [_tex(" / ".join(sweep.rows))] + [rf"\multicolumn{{2}}{{c}}{{{_tex(_col_label(sweep, c))}}}"
-                                              for c in columns]
+    pair = bool(sweep.paper)  # ours and the paper's, or ours alone
+    spec = "l" + ("rr" if pair else "r") * len(columns)
+    head = [_tex(" / ".join(sweep.rows))] + [rf"\multicolumn{{2}}{{c}}{{{_tex(_col_label(sweep, c))}}}" if pair
+                                              else _tex(_col_label(sweep, c)) for c in columns]
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(sweep.title)}}}",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(head) + r" \\",
-             " & ".join([""] + ["ours", "paper"] * len(columns)) + r" \\", r"\midrule"]
+             *([" & ".join([""] + ["ours", "paper"] * len(columns)) + r" \\"] if pair else []), r"\midrule"]
     for row in rows:
         out = [_tex(_row_label(sweep, row))]
         for col in columns:
             c = at.get((row, col))
             out += [_marked(c, _tex(ours_text(sweep, c)), r"\textbf{{{}}}", r"\underline{{{}}}"),
-                    _tex(paper_text(sweep, c))]
+                    *([_tex(paper_text(sweep, c))] if pair else [])]
         lines.append(" & ".join(out) + r" \\")
     notes = [_tex(line.replace("**", "")) for line in footer(sweep, cells)]
     lines += [r"\bottomrule", r"\end{tabular}", *(rf"\par\footnotesize {n}" for n in notes), r"\end{table}"]
