@@ -21,7 +21,7 @@ from tests.helpers import compose_cfg, randomize
 TINY = ("model.depth=14", "data.train_size=128", "measure.enabled=false", "robustness.enabled=false")
 
 
-def scoring(n=40):
+def scoring(n=20):
     g = torch.Generator().manual_seed(0)
     return ScoringSet(torch.randn(n, 3, 32, 32, generator=g), torch.arange(n) % 10, n)
 

@@ -171,7 +171,7 @@ def test_every_criterion_scores_every_family_or_says_why_not(name, criterion):
                                                "use one of expectabs, grasp, kl, l1, pls, random, snip, synflow"):
             validate(cfg)
         return
-    data = ScoringSet(images(20, 2), torch.arange(20) % 10, 10)
+    data = ScoringSet(images(10, 2), torch.arange(10) % 10, 10)
     scores = score_blocks(criterion, net, data, CriterionConfig(name=criterion), seed=0)
     assert scores.shape == (len(anatomy.removable),) and torch.isfinite(scores).all()
 

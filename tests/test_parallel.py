@@ -19,7 +19,7 @@ def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path):
         [sys.executable, "-m", "lottery", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
          "device=cpu",
          f"hydra.sweep.dir={tmp_path / 'sweep'}", "profile=smoke", "data=synthetic", "model.depth=14",
-         "criterion=random", "density=1,2", "measure.enabled=false", "robustness.enabled=false",
+         "criterion=random", "density=1,2", "measure.enabled=false", "robustness.enabled=false", "data.train_size=128",
          "measure.carbon=false", "threads=1", f"store.root={tmp_path / 'store'}", f"tracking.uri={uri}",
          "tracking.log_model=false",
          "tracking.experiment=par"],
