@@ -8,7 +8,6 @@ import pytest
 
 from lottery import sweeps, tables
 from lottery.checks import validate
-from tests.helpers import compose_cfg
 
 
 @pytest.mark.parametrize("profile", ["paper", "quick", "smoke"])
