@@ -33,7 +33,6 @@ from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingC
 from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.data import load_dataset, scoring_set  # noqa: E402
 from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
-from lottery.tickets import ticket_file  # noqa: E402
 from lottery.devices import precision, synchronize  # noqa: E402
 from lottery.train import Job, prepare, train  # noqa: E402
 
@@ -171,7 +170,7 @@ def tracking_seconds(depth: int, log_model: bool) -> tuple[float, float]:
             pass
         params = {f"param.{i}": str(i) for i in range(120)}
         metrics = {f"metric_{i}": float(i) for i in range(40)}
-        network = ticket_file(build(resnet_plan(depth))) if log_model else None  # as MLflow model, like a trial's
+        network = build(resnet_plan(depth)) if log_model else None  # as an MLflow model, like a trial's
         tracking.log_run(exp, "bench", {"role": "bench"}, params, tracking.Results(
             metrics, artifacts={"config.yaml": "a: 1\n", "blocks.json": {"scores": list(range(25))}}, network=network))
         return time.perf_counter() - began, created

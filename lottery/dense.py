@@ -17,7 +17,6 @@ from lottery.data import describe
 from lottery.identity import dense_spec_for
 from lottery.errors import one_line
 from lottery.store import DenseResult, Entry, content_key
-from lottery.tickets import ticket_file
 from lottery.devices import conditions
 from lottery.train import accuracy, cpu_state, discard, held_out_accuracy, predict, train
 
@@ -172,6 +171,6 @@ def log_run(ctx: Context, entry: Entry, run: tracking.LiveRun | None) -> str:
                                    run_params(cfg), cfg.tracking.parent, entry.meta.get("trained", {}).get("start_ms"))
             tracking.log_dataset(run.run_id, **describe(cfg.data, ctx.data))
             run.history(entry.meta.get("history", []))
-        network = ticket_file(model_at(ctx, entry, "final")) if cfg.tracking.log_model else None
+        network = model_at(ctx, entry, "final") if cfg.tracking.log_model else None
         return run.finish(tracking.Results(numbers, entry.tags, {"dense.json": meta},
                                            end_ms=entry.meta.get("trained", {}).get("end_ms"), network=network))

@@ -43,14 +43,12 @@ class Speed:
     source: str
 
 
-def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str,
-           precision: str | None = None) -> list[TrialState]:
+def survey(cells: list[tuple[dict, object]], seeds: int, experiment: str, precision: str | None,
+           na: list[str | None]) -> list[TrialState]:
     """Every trial of the sweep (cell x seed) with its state in the experiment (``precision``:
-    what ``amp`` resolves to on the workers' device, when they are not this machine)."""
-    from lottery.sweeps import inapplicable
-
+    what ``amp`` resolves to on the workers' device; ``na``: why a cell cannot run on the model)."""
     out = []
-    for (cell, cfg), why in zip(cells, inapplicable(cells)):
+    for (cell, cfg), why in zip(cells, na):
         for seed in range(seeds):
             if why:
                 out.append(TrialState(cell, seed, "n/a", why))

@@ -19,15 +19,16 @@ from pathlib import Path
 import torch
 
 from lottery.files import save_atomic, write_json
+from lottery.tickets import from_file, ticket_file
 
 log = logging.getLogger("lottery")
 RECORD = "run.json"
-NETWORK = "network.pt"  # the network to log as an MLflow model, a ticket file
+NETWORK = "network.pt"  # the network to log as an MLflow model, as a ticket file
 
 
 def keep(folder: Path, run, results) -> Path:
-    """Write the results of ``run`` (a ``tracking.LiveRun``) into the outbox; the entry appears
-    whole or not at all."""
+    """Write the results of ``run`` (a ``tracking.LiveRun``) that MLflow did not take into the
+    outbox; the entry appears whole or not at all."""
     final = Path(folder) / run.run_id
     tmp = final.with_name(f".{run.run_id}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,7 +36,7 @@ def keep(folder: Path, run, results) -> Path:
     for name, obj in results.files.items():
         save_atomic(obj, tmp / "files" / name)
     if results.network is not None:
-        save_atomic(results.network, tmp / NETWORK)
+        save_atomic(ticket_file(results.network), tmp / NETWORK)
     write_json(tmp / RECORD, {"run_id": run.run_id, "started": run.tags, "metrics": results.metrics,
                               "tags": results.tags, "artifacts": results.artifacts, "files": sorted(results.files),
                               "name": results.name, "end_ms": results.end_ms,
@@ -65,7 +66,7 @@ def sync(entry: Path) -> dict:
     record = json.loads((entry / RECORD).read_text())
     if _client().get_run(record["run_id"]).info.status != "FINISHED":
         files = {name: _load(entry / "files" / name) for name in record["files"]}
-        network = _load(entry / NETWORK) if (entry / NETWORK).exists() else None
+        network = from_file(_load(entry / NETWORK)) if (entry / NETWORK).exists() else None
         run = LiveRun.existing(record["run_id"], [(ms, line) for ms, line in record["history"]])
         run.finish(Results(record["metrics"], record["tags"], record["artifacts"], files, record["name"],
                            record["end_ms"], network))

@@ -308,7 +308,7 @@ def survey(sweep: Sweep, args, cells, experiment: str) -> str:
 
     cfg = cells[0][1]
     amp = worker_precision(args, cfg)
-    states = estimate.survey(cells, args.seeds, experiment, amp)
+    states = estimate.survey(cells, args.seeds, experiment, amp, inapplicable(cells))
     speed, dense = None, 0
     if any(s.status in ("failed", "missing") for s in states):
         speed = estimate.measured_speed(experiment, cfg.store.root, amp) or estimate.timed_speed(cfg)

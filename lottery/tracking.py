@@ -203,8 +203,7 @@ class Results:
     files: dict = field(default_factory=dict)  # name -> object written by torch.save
     name: str | None = None  # the run's final name
     end_ms: int | None = None  # the run's end time (default: now)
-    network: dict | None = None  # a ticket file (lottery.tickets) whose network is also logged as an MLflow model
-    outbox: Path | None = None  # where the results wait when MLflow does not take them (lottery.outbox)
+    network: object | None = None  # an nn.Module also logged as the run's MLflow model
 
 
 class LiveRun:
@@ -214,7 +213,7 @@ class LiveRun:
 
     Tracking never stops the work: history MLflow does not take (a server down or restarting) is
     kept, with a warning once, and written when MLflow answers again; results it does not take
-    at the end wait in the outbox (``Results.outbox``)."""
+    at the end raise ``Untaken``, for the caller to keep them (``lottery.outbox``)."""
 
     def __init__(self, experiment_id: str, name: str, tags: dict, params: dict, parent: str | None = None,
                  start_ms: int | None = None):
@@ -260,8 +259,8 @@ class LiveRun:
         self.pending.clear()
 
     def finish(self, results: Results) -> str:
-        """Results, artifacts, the network as an MLflow model, then FINISHED; if MLflow does not
-        take them, they wait in ``results.outbox`` and a one-line error says where."""
+        """Results, artifacts, the network as an MLflow model, then FINISHED; ``Untaken`` (with
+        the reason in a few words) if MLflow does not take them."""
         try:
             self._flush()
             _write(self.client, self.run_id, {}, results.metrics, results.artifacts, results.files)
@@ -272,14 +271,7 @@ class LiveRun:
                 self.client.update_run(self.run_id, name=results.name)
             self.client.set_terminated(self.run_id, "FINISHED", end_time=results.end_ms)
         except Exception as e:  # noqa: BLE001 - any failure of the tracking store
-            if results.outbox is None:
-                raise
-            from lottery.outbox import keep
-
-            kept = keep(results.outbox, self, results)
-            raise LotteryError(f"MLflow did not take the results of run {results.name or self.run_id} ({reason(e)}); "
-                               f"they are kept in {kept}: the next start of this trial, or `python -m "
-                               f"lottery.tracking sync`, logs them") from None
+            raise Untaken(reason(e)) from e
         return self.run_id
 
     def end(self, error: BaseException) -> None:
@@ -294,6 +286,10 @@ class LiveRun:
                         self.run_id, reason(e))
 
 
+class Untaken(Exception):
+    """MLflow did not take a run's results (its message says why, in a few words)."""
+
+
 def reason(e: BaseException) -> str:
     """Why a tracking call failed, in a few words (MLflow's own messages run to several lines)."""
     text = str(e)
@@ -304,21 +300,22 @@ def reason(e: BaseException) -> str:
     return one_line(e)[:200]
 
 
-def log_network(run_id: str, saved: dict) -> None:
-    """The network of a ticket file as an MLflow model of the run (``mlflow.pytorch.load_model``
-    returns it), exported with torch.export (loading runs no pickled code), with an input example
-    and its signature; once per run. A network torch.export cannot trace is a warning."""
+def log_network(run_id: str, model) -> None:
+    """The network as an MLflow model of the run (``mlflow.pytorch.load_model`` returns it),
+    exported with torch.export from a CPU copy in eval mode (loading runs no pickled code), with an
+    input example and its signature; once per run. A network torch.export cannot trace is a warning."""
+    import copy
+
     import mlflow
     import numpy as np
     import torch
     import torchvision
 
     from lottery import models
-    from lottery.tickets import from_file
 
     if any(o.model_id for o in (_client().get_run(run_id).outputs.model_outputs or [])):
         return  # already logged (a sync resumed after it)
-    network = from_file(saved)
+    network = copy.deepcopy(model).cpu().float().eval()
     example = np.zeros((2, *models.input_shape(network)), np.float32)
     requirements = [f"{m.__name__}=={m.__version__.split('+')[0]}" for m in (torch, torchvision)]
     with mlflow.start_run(run_id=run_id):

@@ -20,6 +20,7 @@ from lottery.data import describe, scoring_set, train_images
 from lottery.estimate import network_flops
 from lottery.metrics import Phase, compare, console, dense_side
 from lottery.modes import REINIT_SEED_OFFSET
+from lottery.errors import LotteryError
 from lottery.files import save_atomic
 from lottery.pruning import STRUCTURES, Pruning, Request, in_rounds, layers, rounds_of
 from lottery.stats import discordant, mcnemar_from
@@ -222,9 +223,14 @@ def ticket_trial(ctx: Context, live: tracking.LiveRun) -> dict:
             "dense_power_source": entry.tags.get("power_source", "unavailable"), **measured_tags}
     name = run_name(ctx, pruning.label)
     artifacts = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record}
-    saved = ticket_file(ticket.model)
-    live.finish(tracking.Results(metrics, tags, artifacts, {TICKET_FILE: saved}, name,
-                                 network=saved if cfg.tracking.log_model else None, outbox=ctx.outbox))
+    results = tracking.Results(metrics, tags, artifacts, {TICKET_FILE: ticket_file(ticket.model)}, name,
+                               network=ticket.model if cfg.tracking.log_model else None)
+    try:
+        live.finish(results)
+    except tracking.Untaken as why:
+        kept = outbox.keep(ctx.outbox, live, results)
+        raise LotteryError(f"MLflow did not take the results of run {name} ({why}); they are kept in {kept}: the "
+                           "next start of this trial, or `python -m lottery.tracking sync`, logs them") from None
     if trained.state.is_dir():
         shutil.rmtree(trained.state)
     else:
