@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 5000
 PYTEST_ARGS ?=
+# make test runs the test files side by side, one pytest-xdist worker per core (at most 4); each file
+# stays on one worker, in order, so module fixtures (a dense network trained once) are built once.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 # paths.root: every store, cache, database, table and log lives below it
 ROOT ?= .lottery
 STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
@@ -45,7 +48,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed  ## create .venv and install lottery and its dev tools at the versions of constraints.txt (FLOAT=1: newest)
 
 test: install  ## run the test suite (no tests collected counts as a failure)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \
 	exit $$rc
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +13,21 @@ from lottery.config import register
 from tests.helpers import compose_cfg
 
 register()
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Each pytest-xdist worker gets its share of the cores (oversubscribed OpenMP threads spin and crawl).
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
+
+# The files whose end-to-end trials take longest start first, so that with one file per worker
+# (make test: pytest-xdist --dist loadfile) no long file is left running alone at the end.
+LONGEST_FIRST = ("test_trial.py", "test_tracking.py", "test_tables.py", "test_bench.py", "test_sweeps.py",
+                 "test_config.py", "test_train.py", "test_beyond.py", "test_parallel.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests run where there is a GPU (make gpu-check), and are skipped, saying why, elsewhere."""
+    """Longest files first (the order inside a file kept); GPU tests run where there is a GPU
+    (make gpu-check), and are skipped, saying why, elsewhere."""
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs it on a GPU)")
         for item in items:
@@ -24,9 +36,34 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tracking_uri(tmp_path_factory) -> str:
-    """One MLflow SQLite store per test session (creating one costs seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def blank_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created once: creating one runs MLflow's schema migrations
+    (about 5 s here), which every test that needs a store of its own would otherwise repeat."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("blank") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def new_store(blank_store):
+    """new_store(path) -> the URI of an empty MLflow SQLite store at ``path``, a copy of the blank one."""
+
+    def make(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(blank_store, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory, blank_store) -> str:
+    """One MLflow SQLite store per test session (per worker)."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(blank_store, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture

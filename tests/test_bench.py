@@ -43,14 +43,14 @@ def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(ben
 
 
 def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):
-    out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--model", "8", "--batch-size", "4",
-                        "--steps", "1", "--concurrency", "1,2", "--no-compile", "--json", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-2000:]
+    from benchmarks.gpu import main
+
+    out = tmp_path / "gpu.json"  # in this process; its two concurrent trials are processes of their own
+    assert main(["--device", "cpu", "--model", "8", "--batch-size", "4", "--steps", "1", "--concurrency", "2",
+                 "--no-compile", "--json", str(out)]) == 0
     f = json.loads(out.read_text())
     assert set(f["one_trial_img_s"]) == {"eager_fp32", "eager_bf16"}
-    assert set(f["concurrent_img_s"]) == {"1", "2"} and all(v > 0 for v in f["concurrent_img_s"].values())
+    assert set(f["concurrent_img_s"]) == {"2"} and f["concurrent_img_s"]["2"] > 0
     assert "table2" in f["projected_gpu_hours"] and "table5" not in f["projected_gpu_hours"]  # Table 4's runs
 
 

@@ -135,7 +135,8 @@ def test_help_lists_groups_from_the_registries_and_every_key_with_its_help():
     assert " +paths.root = .lottery:" in r.stdout  # an execution setting, marked
 
 
-def test_a_failing_trial_never_stops_a_multirun_and_the_summary_names_it(tmp_path):
+def test_a_failing_trial_never_stops_a_multirun_and_the_summary_names_it(tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")  # the default store below paths.root
     r = run_cli("-m", "profile=smoke", "data=synthetic", "model=resnet20", "density=99,1", f"paths.root={tmp_path}",
                 "data.train_size=128",
                 "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false", "tracking.log_model=false",

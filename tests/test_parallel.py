@@ -13,8 +13,8 @@ from lottery.errors import LotteryError
 from tests.helpers import REPO, compose_cfg
 
 
-def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_submitit_local_sweep_trains_the_shared_dense_once(tmp_path, new_store):
+    uri = new_store(tmp_path / "db.sqlite")
     r = subprocess.run(
         [sys.executable, "-m", "lottery", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20",
          "device=cpu",
@@ -45,7 +45,8 @@ def fake_search_cfg(tmp_path, trials):
     return cfg
 
 
-def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, monkeypatch, capsys):
+def test_search_records_a_failing_trial_resumes_and_prints_the_front(tmp_path, monkeypatch, capsys, new_store):
+    new_store(tmp_path / "db.sqlite")
     calls = []
 
     def fake_run(cfg, overrides=(), tags=None):

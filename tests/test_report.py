@@ -91,8 +91,8 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, capsys):
-    tracking_uri = f"sqlite:///{tmp_path / 'own.db'}"  # no other test's tables
+def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, capsys, new_store):
+    tracking_uri = new_store(tmp_path / "own.db")  # no other test's tables
     mlflow.set_tracking_uri(tracking_uri)
     sweep = sweeps.load("table2")
     exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
@@ -126,8 +126,8 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     assert len(runs) == 1
 
 
-def test_a_report_without_runs_says_what_to_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+def test_a_report_without_runs_says_what_to_run(tmp_path, new_store):
+    uri = new_store(tmp_path / "empty.db")
     assert report.main(["--profile", "quick", "--root", str(tmp_path), "--tracking-uri", uri]) == 0
     md = (tmp_path / "report" / "quick" / "report.md").read_text()
     assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
@@ -135,10 +135,10 @@ def test_a_report_without_runs_says_what_to_run(tmp_path):
     assert md.count("**not run**") == 11  # C1-C9, and Q1-Q2 beyond the paper
 
 
-def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path):
+def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path, new_store):
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'own.db'}")
+    mlflow.set_tracking_uri(new_store(tmp_path / "own.db"))
     exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     client = MlflowClient()
     for key, statuses in (("a", ("FAILED", "FINISHED")), ("b", ("KILLED",)), ("c", ("RUNNING",)),
@@ -150,8 +150,8 @@ def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path
     assert report._failed(exp, "smoke") == 1  # b; a finished on its retry, c still runs
 
 
-def test_an_unknown_profile_is_one_line_naming_the_profiles_with_tables(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'own.db'}"
+def test_an_unknown_profile_is_one_line_naming_the_profiles_with_tables(tmp_path, capsys, new_store):
+    uri = new_store(tmp_path / "own.db")
     mlflow.set_tracking_uri(uri)
     exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=exp):

@@ -27,7 +27,8 @@ def tiny(tmp_path, monkeypatch):
             "data.train_size=128"]
 
 
-def test_a_sweep_runs_under_one_parent_and_its_dry_run_lists_what_is_left(tiny, tmp_path, capsys):
+def test_a_sweep_runs_under_one_parent_and_its_dry_run_lists_what_is_left(tiny, tmp_path, capsys, new_store):
+    new_store(tmp_path / "root" / "mlflow.db")  # the sweep's default store below paths.root
     assert sweeps.main([*tiny, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "tiny (smoke): 2 trials: 0 finished, 0 failed, 0 running, 2 missing" in out

@@ -78,9 +78,10 @@ def ticket_runs(uri: str) -> list:
     return mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string="tags.role = 'ticket'")
 
 
-def test_a_server_killed_while_a_trial_trains_loses_nothing_and_logs_the_trial_once(tmp_path):
+def test_a_server_killed_while_a_trial_trains_loses_nothing_and_logs_the_trial_once(tmp_path, new_store, capsys):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
+    new_store(tmp_path / "server" / "db.sqlite")
     server = serve(tmp_path / "server", port)
     args = [sys.executable, "-m", "lottery", "profile=smoke", "data=synthetic", "model.depth=14", "train.epochs=4",
             "data.train_size=128", "train.progress=true", "criterion=random", "density=1", "device=cpu",
@@ -108,9 +109,9 @@ def test_a_server_killed_while_a_trial_trains_loses_nothing_and_logs_the_trial_o
         server = serve(tmp_path / "server", port)  # restarted on the same backend
         before = ticket_runs(uri)
         assert [r.info.status for r in before] == ["RUNNING"]  # created when the trial started; not finished
-        sync = subprocess.run([sys.executable, "-m", "lottery.tracking", "sync", "--root", str(tmp_path / "root"),
-                               "--tracking-uri", uri], cwd=REPO, capture_output=True, text=True, timeout=1200)
-        assert sync.returncode == 0 and "1 run(s) logged from the outbox" in sync.stdout, sync.stderr[-2000:]
+        capsys.readouterr()  # `python -m lottery.tracking sync`, in this process
+        assert tracking.main(["sync", "--root", str(tmp_path / "root"), "--tracking-uri", uri]) == 0
+        assert "1 run(s) logged from the outbox" in capsys.readouterr().out
         after = ticket_runs(uri)
         assert len(after) == 1 and after[0].info.status == "FINISHED" and after[0].info.run_id == before[0].info.run_id
         client = mlflow.MlflowClient()

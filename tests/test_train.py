@@ -74,12 +74,13 @@ def test_same_seed_same_weights_and_kept_checkpoints():
     assert not torch.equal(done.checkpoints[3]["fc.weight"], theta0["fc.weight"])
 
 
-def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path):
+def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path, new_store):
     """Kill a smoke dense run after its first epoch; the re-run ends where an uninterrupted one does."""
     common = ["profile=smoke", "data=synthetic", "model=resnet20", "mode=dense", "train.epochs=3", "device=cpu",
               "data.train_size=256", "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false",
               "train.save_every_s=0",
-              "train.milestones=[2]", f"tracking.uri=sqlite:///{tmp_path / 'db.sqlite'}", "tracking.log_model=false",
+              "train.milestones=[2]", f"tracking.uri={new_store(tmp_path / 'db.sqlite')}", "tracking.log_model=false",
+              f"threads={torch.get_num_threads()}",  # both runs alike: a thread count can change the sums
               f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
 
     def cli(store, **kw):
