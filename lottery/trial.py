@@ -113,12 +113,12 @@ def imp(ctx: Context, entry: Entry, live: tracking.LiveRun) -> tuple[Pruning, Ti
                        "remove": ctx.remove, "rounds": ctx.rounds,
                        "criterion": OmegaConf.to_container(cfg.criterion, resolve=True, enum_to_str=True)})
     folder = ctx.store.root / "trials" / f"{key}.rounds"
-    scored, chosen = dense.model_at(ctx, entry, "final"), []
+    scored, chosen, data = dense.model_at(ctx, entry, "final"), [], scoring(ctx)
     name = run_name(ctx, f"p{ctx.remove}-{ctx.rounds}rounds")
     for r, count in enumerate(rounds_of(ctx.remove, ctx.rounds), 1):
         saved = folder / f"round-{r}.pt"
         done = load_checkpoint(saved, "IMP round") if saved.exists() else None
-        chosen.append(done["chosen"] if done else layers(Request(cfg, count, scored, scoring(ctx))).record["rounds"][0])
+        chosen.append(done["chosen"] if done else layers(Request(cfg, count, scored, data)).record["rounds"][0])
         rewound = dense.model_at(ctx, entry, ctx.rewind)
         pruning = in_rounds(rewound, chosen)
         ticket = Ticket(pruning.apply(rewound), ctx.rewind)
