@@ -275,19 +275,21 @@ def main(argv=None) -> int:
 def dense_first(tickets: list[list[str]]) -> list[list[str]]:
     """The multiruns that train the sweep's dense networks (each grid's, once), run before its
     tickets: a ticket never holds a GPU (or a SLURM job) while it waits on its dense network."""
-    out = []
+    from lottery.identity import DENSE_READS  # torch: not at the import of this module (--help stays fast)
+
+    keys, out = (*DENSE_READS, *DENSE_ALSO), []
     for cmd in tickets:
         head, rest = cmd[:4], cmd[4:]  # python -m lottery -m
-        dense = [o for o in rest if re.split(r"[./]", o.split("=", 1)[0].lstrip("+~"))[0] in DENSE_KEYS]
+        dense = [o for o in rest if re.split(r"[./]", o.split("=", 1)[0].lstrip("+~"))[0] in keys]
         dense.append("mode=dense")
         if [*head, *dense] not in out:
             out.append([*head, *dense])
     return out
 
 
-# What a dense network's trial reads (lottery.identity.DENSE_READS), and where and how it runs.
-DENSE_KEYS = ("model", "data", "train", "seed", "profile", "paths", "store", "tracking", "measure", "robustness",
-              "device", "threads", "jobs", "hydra")
+# Besides lottery.identity.DENSE_READS, what a dense network's trial reads, and where and how it runs.
+DENSE_ALSO = ("seed", "profile", "paths", "store", "tracking", "measure", "robustness", "device", "threads", "jobs",
+              "hydra")
 
 
 def worker_precision(args, cfg) -> str:
