@@ -462,12 +462,6 @@ def batch(data: Dataset, t, idx: torch.Tensor, offsets: torch.Tensor, flips: tor
     return data.normalize(x, t.channels_last), data.train.y[idx]
 
 
-def train_batches(data: Dataset, t, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled, augmented, normalised batches of the recipe ``t``."""
-    for idx, offsets, flips in epoch_plan(data, t, seed, epoch):
-        yield batch(data, t, idx, offsets, flips)
-
-
 def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bool = True):
     for start in range(0, len(split), batch_size):
         yield data.normalize(split.x[start:start + batch_size], channels_last), split.y[start:start + batch_size]

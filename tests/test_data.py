@@ -59,9 +59,11 @@ def test_crop_flip_matches_per_image_reference():
 def test_epoch_batches_depend_only_on_seed_and_epoch():
     ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
     t = OmegaConf.structured(TrainConfig(batch_size=32))
-    first = [x for x, _ in D.train_batches(ds, t, seed=1, epoch=2)]
-    again = [x for x, _ in D.train_batches(ds, t, seed=1, epoch=2)]
-    other = [x for x, _ in D.train_batches(ds, t, seed=1, epoch=3)]
+
+    def batches(epoch):  # what the trainer's step gathers: the epoch's plan, each batch built on the device
+        return [D.batch(ds, t, *planned)[0] for planned in D.epoch_plan(ds, t, seed=1, epoch=epoch)]
+
+    first, again, other = batches(2), batches(2), batches(3)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0], other[0])
     assert [len(x) for x in first] == [32, 32, 32, 4]
