@@ -25,13 +25,18 @@ DRY_RUN ?=
 TRIALS ?= 20
 AMP_SEEDS ?= 3
 BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
-TABLES := table1 table1_reinit table2 table3 table4 table5 figure3
-BEYOND := iterative joint
+# One target per sweep file: the paper's tables and figure (sweeps/table*.yaml, figure*.yaml), and
+# the questions beyond it (every other sweep file).
+SWEEP_FILES := $(basename $(notdir $(wildcard sweeps/*.yaml)))
+TABLES := $(filter table% figure%,$(SWEEP_FILES))
+BEYOND := $(filter-out $(TABLES),$(SWEEP_FILES))
 
-.PHONY: help install test demo ui bench bench-amp bench-gpu gpu-check search server clean clean-store tables report $(TABLES) $(BEYOND)
+.PHONY: help install lint test demo ui bench bench-amp bench-gpu gpu-check search server clean clean-store tables report $(TABLES) $(BEYOND)
 
 help:  ## list the targets
-	@grep -hE '^[a-z0-9_ ]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@echo "  $(TABLES): run a paper table's sweep, then print it beside the paper"
+	@echo "  $(BEYOND): beyond the paper: run the sweep, then print its table"
 
 # The exact versions a reproduction ran with (constraints.txt); FLOAT=1 takes the newest of everything.
 FLOAT ?=
@@ -47,7 +52,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed  ## create .venv and install lottery and its dev tools at the versions of constraints.txt (FLOAT=1: newest)
 
-test: install  ## run the test suite (no tests collected counts as a failure)
+lint: install  ## the architecture's layers (import-linter contracts in pyproject.toml): no upward import, no cycle
+	@$(VENV)/bin/lint-imports --no-cache
+
+test: lint  ## check the layers, then run the test suite (no tests collected counts as a failure)
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \
 	exit $$rc
@@ -63,24 +71,20 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 # A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.
 # DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
 $(TABLES) $(BEYOND): install
-	$(PY) -m lottery.sweeps $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(PY) -m lottery sweep $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
 		paths.root=$(ROOT) $(OVERRIDES); \
 	status=$$?; $(if $(DRY_RUN),exit $$status;) \
-	$(PY) -m lottery.tables $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(PY) -m lottery table $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
-
-table1 table1_reinit table2 table3 table4 table5 figure3:  ## run a paper table's sweep, then print it beside the paper
-iterative:  ## beyond the paper (Q1): one-shot vs one-block-per-round layer tickets at initialization
-joint:  ## beyond the paper (Q2): layers vs filters vs both together at equal FLOPs
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 
 report: install  ## one page (HTML + md) of every paper claim with our verdict, every table and plot (PROFILE=...)
-	$(PY) -m lottery.report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL))
+	$(PY) -m lottery report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL))
 
 search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
-	$(PY) -m lottery.search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
+	$(PY) -m lottery search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
 		search.trials=$(TRIALS) paths.root=$(ROOT) $(OVERRIDES)
 
 server: install  ## MLflow tracking server on 127.0.0.1:$(PORT) (BACKEND_URI=postgresql://... for PostgreSQL)

@@ -20,12 +20,12 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.checks import validate  # noqa: E402
+from lottery import networks  # noqa: E402
 from lottery.config import register  # noqa: E402
-from lottery.data import load_dataset  # noqa: E402
-from lottery import models  # noqa: E402
-from lottery.devices import pick_device, precision  # noqa: E402
-from lottery.train import Job, evaluate, prepare, train  # noqa: E402
+from lottery.experiment.design import validate  # noqa: E402
+from lottery.training.data import load_dataset  # noqa: E402
+from lottery.training.devices import pick_device, precision  # noqa: E402
+from lottery.training.trainer import Job, evaluate, prepare, train  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -41,7 +41,7 @@ def compose_quick(overrides: list[str], amp: str):
 def one_run(cfg, data, device, seed: int) -> tuple[float, float]:
     """(test accuracy %, training seconds per epoch) of one dense training."""
     torch.manual_seed(seed)
-    model = prepare(models.build(cfg.model, data.shape), device, cfg.train.channels_last)
+    model = prepare(networks.build(cfg.model, data.shape), device, cfg.train.channels_last)
     done = train(model, data, Job(cfg.train, seed, device, desc=f"{cfg.train.amp.value} s{seed}"))
     return evaluate(model, data, cfg.train, device), done.seconds / cfg.train.epochs
 

@@ -28,21 +28,27 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery import carbon, tracking  # noqa: E402
-from lottery.config import CriterionConfig, DataConfig, MeasureConfig, TrackingConfig, TrainConfig  # noqa: E402
-from lottery.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
-from lottery.data import load_dataset, scoring_set  # noqa: E402
-from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
-from lottery.devices import precision, synchronize  # noqa: E402
-from lottery.train import Job, prepare, train  # noqa: E402
+from lottery.config import DataConfig, MeasureConfig, TrackingConfig, TrainConfig  # noqa: E402
+from lottery.measure import carbon  # noqa: E402
+from lottery.networks.cifar_resnet import resnet  # noqa: E402
+from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
+from lottery.tracking import runs  # noqa: E402
+from lottery.training.data import CIFAR, SOURCES, load_dataset, scoring_set  # noqa: E402
+from lottery.training.devices import precision, synchronize  # noqa: E402
+from lottery.training.trainer import Job, prepare, train  # noqa: E402
 
 
 def data_config(args, n_train: int) -> DataConfig:
     cache = str(Path(args.root) / "cache")
     if args.data == "synthetic":
-        return OmegaConf.structured(DataConfig(name="synthetic", train_size=n_train, test_size=100, cache=cache))
-    return OmegaConf.structured(DataConfig(name="imagefolder", root=args.data, train_size=n_train, test_size=100,
-                                           cache=cache))
+        return synthetic(n_train, cache=cache)
+    return OmegaConf.structured(SOURCES.settings_of("imagefolder")(name="imagefolder", root=args.data,
+                                                                   train_size=n_train, test_size=100, cache=cache))
+
+
+def synthetic(n_train: int, **more) -> DataConfig:
+    return OmegaConf.structured(SOURCES.settings_of("synthetic")(name="synthetic", train_size=n_train, test_size=100,
+                                                                 **more))
 
 
 def recipe(args, amp: str = "off") -> TrainConfig:
@@ -51,12 +57,12 @@ def recipe(args, amp: str = "off") -> TrainConfig:
 
 
 def lottery_throughput(args, data, device, amp: str) -> float:
-    """Images/s of lottery.train.train over one epoch of ``steps`` batches (after a warm-up)."""
+    """Images/s of lottery.training.trainer.train over one epoch of ``steps`` batches (after a warm-up)."""
     t = recipe(args, amp)
     times = []
     for r in range(args.repeats + 1):  # the first is the warm-up
         torch.manual_seed(0)
-        model = prepare(build(resnet_plan(args.model)), device, True)
+        model = prepare(resnet(args.model, CIFAR), device, True)
         done = train(model, data, Job(t, r, device))
         if r:
             times.append(len(data.train) / done.seconds)
@@ -93,7 +99,7 @@ def reference_throughput(args, data, device) -> float:
     times = []
     for r in range(args.repeats + 1):
         torch.manual_seed(0)
-        model = build(resnet_plan(args.model)).to(device)
+        model = resnet(args.model, CIFAR).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
                               weight_decay=t.weight_decay)
         model.train()
@@ -114,7 +120,7 @@ def reference_throughput(args, data, device) -> float:
 
 
 def training_flops_per_image(args, device) -> float:
-    model = prepare(build(resnet_plan(args.model)), device, True)
+    model = prepare(resnet(args.model, CIFAR), device, True)
     x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
     with FlopCounterMode(display=False) as counter:
@@ -140,12 +146,12 @@ def peak_matmul_flops(device, dtype: str) -> float:
 
 
 def criteria_seconds(device, depth: int, scoring_size: int | None) -> dict[str, float]:
-    data = load_dataset(OmegaConf.structured(DataConfig(name="synthetic", train_size=1000, test_size=100)), device)
+    data = load_dataset(synthetic(1000), device)
     torch.manual_seed(0)
-    model = prepare(build(resnet_plan(depth)), device, True)
+    model = prepare(resnet(depth, CIFAR), device, True)
     out = {}
     for name in sorted(CRITERIA):
-        cfg = OmegaConf.structured(CriterionConfig(name=name))
+        cfg = OmegaConf.structured(CRITERIA.settings_of(name)(name=name))
         if scoring_size:
             cfg.scoring_size = scoring_size
         scoring = ScoringSet(*scoring_set(data, cfg.scoring_size, 0), cfg.batch_size)
@@ -162,7 +168,7 @@ def tracking_seconds(depth: int, log_model: bool) -> tuple[float, float]:
     the ResNet as an MLflow model) + codecarbon start/stop."""
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        exp = tracking.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
+        exp = runs.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
         created = time.perf_counter() - began  # one-off per store, not per trial
         cfg = OmegaConf.structured(MeasureConfig(carbon_dir=f"{tmp}/cc"))
         began = time.perf_counter()
@@ -170,8 +176,8 @@ def tracking_seconds(depth: int, log_model: bool) -> tuple[float, float]:
             pass
         params = {f"param.{i}": str(i) for i in range(120)}
         metrics = {f"metric_{i}": float(i) for i in range(40)}
-        network = build(resnet_plan(depth)) if log_model else None  # as an MLflow model, like a trial's
-        tracking.log_run(exp, "bench", {"role": "bench"}, params, tracking.Results(
+        network = resnet(depth, CIFAR) if log_model else None  # as an MLflow model, like a trial's
+        runs.log_run(exp, "bench", {"role": "bench"}, params, runs.Results(
             metrics, artifacts={"config.yaml": "a: 1\n", "blocks.json": {"scores": list(range(25))}}, network=network))
         return time.perf_counter() - began, created
 

@@ -2,7 +2,7 @@
 what every paper table costs at the paper profile.
 
 ``make bench-gpu`` (``python benchmarks/gpu.py [--json PATH]``) times lottery's own trainer
-(``lottery.train.train``: device-resident data, batched augmentation, the recipe's optimizer) on
+(``lottery.training.trainer.train``: device-resident data, batched augmentation, the recipe's optimizer) on
 the device ``pick_device`` gives, in a few minutes: images/s of one ResNet32 trial for eager /
 compiled (/ a captured CUDA graph, on CUDA) x fp32 / bf16; the aggregate images/s of 1, 2 and 4
 processes training at once on the same device (what ``JOBS=N`` does; a worker that dies is
@@ -29,13 +29,13 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.config import DataConfig, TrainConfig, epoch_of  # noqa: E402
-from lottery.data import load_dataset  # noqa: E402
-from lottery.devices import pick_device  # noqa: E402
-from lottery.measure import flops  # noqa: E402
-from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
-from lottery.sweeps import available, load  # noqa: E402
-from lottery.train import Job, prepare, train  # noqa: E402
+from lottery.config import TrainConfig  # noqa: E402
+from lottery.experiment.sweeps import available, load  # noqa: E402
+from lottery.measure.costs import flops  # noqa: E402
+from lottery.networks.cifar_resnet import resnet  # noqa: E402
+from lottery.training.data import CIFAR, SOURCES, load_dataset  # noqa: E402
+from lottery.training.devices import pick_device  # noqa: E402
+from lottery.training.trainer import Job, epoch_of, prepare, train  # noqa: E402
 
 PAPER_EPOCHS = 200
 PAPER_TRAIN_IMAGES = 50_000  # the paper profile trains on the whole CIFAR-10 training split
@@ -47,11 +47,11 @@ def trainer_rate(device: str, depth: int, batch: int, steps: int, variant: dict)
     first epoch that warms up (compilation, graph capture, cuDNN); ``variant``: recipe keys
     (amp, compile, cuda_graph, channels_last, deterministic)."""
     dev = pick_device(device)
-    data = load_dataset(OmegaConf.structured(DataConfig(name="synthetic", train_size=steps * batch, test_size=100)),
-                        dev)
+    synthetic = SOURCES.settings_of("synthetic")(name="synthetic", train_size=steps * batch, test_size=100)
+    data = load_dataset(OmegaConf.structured(synthetic), dev)
     t = OmegaConf.structured(TrainConfig(epochs=2, milestones=[], batch_size=batch, progress=False, **variant))
     torch.manual_seed(0)
-    model = prepare(build(resnet_plan(depth)), dev, t.channels_last)
+    model = prepare(resnet(depth, CIFAR), dev, t.channels_last)
     done = train(model, data, Job(t, 0, dev))
     return steps * batch / done.history[-1]["epoch_seconds"]
 
@@ -151,12 +151,12 @@ def main(argv=None) -> int:
         shared[n] = concurrent_rate(n, best_args)
         print(f"{n} trials at once ({best}): " + (f"{shared[n]:10.1f} img/s in all" if shared[n] else "failed"),
               flush=True)
-    base_flops = flops(build(resnet_plan(args.model)))
+    base_flops = flops(resnet(args.model, CIFAR))
     default = "eager_bf16" if "eager_bf16" in rates else best  # what make table2 runs: amp=auto, eager, one trial
     projected = {}
     for label, rate in (("default", rates[default]), ("best", max(v for v in (*rates.values(), *shared.values())
                                                                    if v))):
-        rate_at = {d: rate * base_flops / flops(build(resnet_plan(d))) for d in {32, 56, args.model}}
+        rate_at = {d: rate * base_flops / flops(resnet(d, CIFAR)) for d in {32, 56, args.model}}
         projected[label] = projection(rate_at, args.seeds)
     for name, h in projected["default"][0].items():
         print(f"{name:<14} {h:7.2f} GPU-hours at the paper profile as make {name} runs it ({args.seeds} seed(s)); "

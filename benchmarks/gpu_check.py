@@ -24,9 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gpu import concurrent_rate, trainer_rate  # noqa: E402
-from lottery import measure, models  # noqa: E402
+from lottery import networks  # noqa: E402
 from lottery.config import TrainConfig  # noqa: E402
-from lottery.models.cifar_resnet import build, resnet_plan  # noqa: E402
+from lottery.measure import costs  # noqa: E402
+from lottery.networks.cifar_resnet import resnet  # noqa: E402
+from lottery.training.data import CIFAR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_EPOCH_STEPS = 50_000 // 128  # one paper-profile epoch of CIFAR-10 at batch 128
@@ -76,8 +78,9 @@ def same_seed_smoke_trials() -> dict:
     """Two smoke trials of one config and seed, each in its own store: bit-equal weights?"""
     from hydra import compose, initialize_config_dir
 
-    from lottery import load_ticket, trial
+    from lottery import load_ticket
     from lottery.config import register
+    from lottery.experiment import trial
 
     register()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -91,11 +94,11 @@ def same_seed_smoke_trials() -> dict:
 
 def ballast() -> dict:
     device = torch.device("cuda")
-    model = build(resnet_plan(32)).to(device).to(memory_format=torch.channels_last)
+    model = resnet(32, CIFAR).to(device).to(memory_format=torch.channels_last)
     t = TrainConfig(batch_size=128)
-    alone, _ = measure.training_memory(model, t, device)
+    alone, _ = costs.training_memory(model, t, device)
     extra = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    beside, _ = measure.training_memory(model, t, device)
+    beside, _ = costs.training_memory(model, t, device)
     del extra
     return {"alone_bytes": alone, "beside_1GiB_bytes": beside, "moved_pct": round(100 * abs(beside - alone) / alone, 3)}
 
@@ -106,10 +109,10 @@ def table2_projection() -> dict:
     200 epochs each, every ticket costed at its FLOPs' share of the dense network's."""
     rate = trainer_rate("cuda", 32, 128, PAPER_EPOCH_STEPS, {"amp": "auto"})
     epoch_s = 50_000 / rate
-    dense = build(resnet_plan(32))
-    full = measure.flops(dense)
-    anatomy = models.anatomy(dense)
-    share = sum(measure.flops(models.without(dense, [b.path for b in anatomy.removable[:p]])) / full
+    dense = resnet(32, CIFAR)
+    full = costs.flops(dense)
+    anatomy = networks.anatomy(dense)
+    share = sum(costs.flops(networks.without(dense, [b.path for b in anatomy.removable[:p]])) / full
                 for p in (1, 2, 3, 4, 5)) * 2  # SNIP and GraSP remove p blocks each
     return {"epoch_seconds": round(epoch_s, 2), "img_s": round(rate, 1),
             "table2_gpu_minutes": round(200 * epoch_s * (1 + share) / 60, 1)}

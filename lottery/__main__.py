@@ -1,4 +1,5 @@
-"""``python -m lottery [hydra overrides]``: run one trial (or a sweep with ``-m``)."""
+"""``python -m lottery [hydra overrides]``: run one trial (a sweep of trials with ``-m``); or
+``python -m lottery COMMAND [...]`` for one of ``COMMANDS`` (``python -m lottery COMMAND --help``)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,41 @@ import tempfile
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 
 from lottery import cli
-from lottery.config import register
+from lottery.config import CONF, TrialConfig, register
+from lottery.experiment import search, sweeps, trial
+from lottery.help import text
+from lottery.paper import report, tables
+from lottery.tracking import outbox
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 register()
 
+# Each command: its entry point and what it does, in one line (``--help`` lists them).
+COMMANDS = {
+    "sweep": (sweeps.main, "run a paper table's sweep (python -m lottery sweep table2 --profile quick --dry-run)"),
+    "table": (tables.main, "build a table from MLflow beside the paper's numbers (same arguments as sweep)"),
+    "report": (report.main, "judge the paper's claims from the tables, on one page (--profile quick)"),
+    "search": (lambda argv: search.main(), "Optuna search of the accuracy-vs-FLOPs front ([hydra overrides])"),
+    "sync": (outbox.main, "log the results MLflow did not take (the outbox) into their runs"),
+}
 
-@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 @cli.task
-def _trial(cfg, overrides: list[str]) -> dict:
-    from lottery import trial
-
-    from hydra.core.hydra_config import HydraConfig
-
+def _trial(cfg: TrialConfig, overrides: list[str]) -> dict:
     return trial.run(cfg, overrides=overrides, job=HydraConfig.get().job.get("num", 0))
 
 
 def main() -> None:
     args = sys.argv[1:]
+    if args and args[0] in COMMANDS:
+        command, _ = COMMANDS[args[0]]
+        sys.argv = [f"{sys.argv[0]} {args[0]}", *args[1:]]  # Hydra (search) reads its overrides from argv
+        sys.exit(command(args[1:]))
     if {"--help", "-h"} & set(args):
-        from lottery.help import text
-
-        print(text())
+        print(text({name: doc for name, (_, doc) in COMMANDS.items()}))
         return
     if not {"-m", "--multirun"} & set(args):
         _trial()

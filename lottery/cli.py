@@ -5,6 +5,8 @@ multirun a trial's error never stops the sweep: a ``LotteryError`` is printed as
 and the next trial starts; any other exception goes to Hydra, which records the job as failed,
 launches the rest and reports the trace at the end. Every trial writes its outcome to a folder
 the launching process reads at the end, to print one summary and exit non-zero if any failed.
+
+This module imports only ``lottery.errors`` (and Hydra): every layer's entry point may use it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from lottery.errors import LotteryError, one_line
 
@@ -44,9 +49,6 @@ def task(fn):
 
     @functools.wraps(fn)
     def wrapped(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
         overrides = list(hc.overrides.task)
         try:

@@ -1,23 +1,38 @@
-"""Typed trial configuration (Hydra structured configs): every key, its type, its help, and
-whether it changes results.
+"""Typed trial configuration (Hydra structured configs), and the registries whose kinds extend it.
 
 The YAML files in ``conf/`` only choose values; the schema here fixes every key and type, so a
 typo or a wrong type fails when the config is composed. Each field carries its help (shown by
 ``--help`` and in that field's errors) and whether it is an *execution* setting, one that says
-how or where a trial runs but never changes its results (``lottery.identity`` leaves those out
-of a trial's identity). Every path derives from ``paths.root``. ``lottery.checks`` validates a
-composed config before any work.
+how or where a trial runs but never changes its results (``lottery.experiment.identity`` leaves
+those out of a trial's identity). Every path derives from ``paths.root``.
+
+A concept with several kinds (model families, criteria, data sources, structures, modes) is a
+``Registry``. A kind that has settings of its own declares them in its own module, as a dataclass
+extending its group's schema here (``ModelConfig``, ``CriterionConfig``, ``DataConfig``); the
+registry stores it with Hydra as ``schema/<group>/<name>``, and the kind's YAML file extends it
+(``defaults: [/schema/criterion/grasp@_here_, _self_]``). So a new criterion with a
+hyperparameter is one module and one YAML file, and this schema never names it.
+
+This module imports only ``lottery.errors`` (and Hydra's config store).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import math
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from pathlib import Path
+from typing import ClassVar, Generic, Iterator, List, Optional, TypeVar, Union
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from lottery.errors import LotteryError, check_choice
+
+T = TypeVar("T")
+CONF = Path(__file__).resolve().parent.parent / "conf"  # the YAML files that choose values
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, execution: bool = False, factory=None):
@@ -30,11 +45,6 @@ def opt(default=dataclasses.MISSING, help: str = "", *, execution: bool = False,
 
 def group(cls, help: str = ""):
     return field(default_factory=cls, metadata={"help": help, "execution": False})
-
-
-class Shortcut(enum.Enum):
-    A = "A"  # parameter-free: subsample and zero-pad the new channels
-    B = "B"  # 1x1 convolution projection + BN
 
 
 class Aggregate(enum.Enum):
@@ -64,43 +74,27 @@ class PathsConfig:
                     execution=True)
 
 
-class Stem(enum.Enum):
-    default = "default"  # the builder's own
-    cifar = "cifar"  # a ResNet's 7x7 stride-2 stem and max-pool replaced by a 3x3 stride-1 conv (32x32 images)
-
-
 @dataclass
 class ModelConfig:
-    family: str = opt("cifar_resnet", "model family: cifar_resnet (the paper's), torchvision (model.arch=NAME), "
-                                      "custom (model.target=pkg.module:factory)")
-    name: Optional[str] = opt(None, "the model's name in run names and tables (None: resnet<depth>, the torchvision "
-                                    "arch or the factory's name)", execution=True)
-    depth: int = opt(32, "cifar_resnet: depth 6n+2: 20, 32, 44, 56, 110")
-    shortcut: Shortcut = opt(Shortcut.B, "cifar_resnet: downsampling shortcut: B = 1x1 projection + BN, A = zero-pad")
-    arch: Optional[str] = opt(None, "torchvision: a torchvision.models builder or class, e.g. resnet18, "
-                                    "mobilenet_v2, VisionTransformer")
-    stem: Stem = opt(Stem.default, "torchvision ResNets: cifar = 3x3 stride-1 first conv and no max-pool")
-    kwargs: Dict[str, Any] = opt(help="torchvision and custom: arguments of the builder or factory, added with "
-                                      "++model.kwargs.NAME=VALUE (num_classes comes from the data)", factory=dict)
-    target: Optional[str] = opt(None, "custom: pkg.module:factory returning the network")
-    block_types: List[str] = opt(help="custom: residual block classes (pkg.module:Class, or a registered type such as "
-                                      "BasicBlock)", factory=list)
-    blocks: List[str] = opt(help="custom: residual blocks by module path (instead of block_types)", factory=list)
+    """What every model family reads; each family extends it with its own keys (``lottery.networks``)."""
+
+    family: str = opt("cifar_resnet", "model family, chosen by the model group's file (model=...); --help "
+                                      "lists the files")
+    name: Optional[str] = opt(None, "the model's name in run names and tables (None: the family's own, e.g. "
+                                    "resnet<depth> or the torchvision arch)", execution=True)
 
 
 @dataclass
 class DataConfig:
-    name: str = opt("cifar10", "data source: cifar10 (torchvision), imagefolder (data.root=DIR), synthetic")
-    root: Optional[str] = opt(None, "cifar10: download/find here (default PATHS/data); imagefolder: "
-                                    "DIR/train/<class>/*, DIR/test/<class>/*", execution=True)
-    download: bool = opt(True, "cifar10: download when missing", execution=True)
+    """What every data source reads; each source extends it with its own keys (``lottery.training.sources``)."""
+
+    name: str = opt("cifar10", "data source (the data group's files choose it)")
     train_size: Optional[int] = opt(None, "class-balanced training subset (None = the whole split)")
     test_size: Optional[int] = opt(None, "class-balanced test subset (None = the whole split)")
     val_size: Optional[int] = opt(None, "class-balanced validation images held out of the training split "
                                         "(what a search chooses on)")
     cache: str = opt("${paths.root}/cache", "decoded image arrays; never written into a data folder",
                      execution=True)
-    num_classes: int = opt(10, "synthetic only; real sets take it from their folders")
 
 
 @dataclass
@@ -135,13 +129,13 @@ class TrainConfig:
 
 @dataclass
 class CriterionConfig:
+    """What every criterion reads; a criterion with hyperparameters extends it (``lottery.pruning.criteria``)."""
+
     name: str = opt("grasp", "block-importance criterion (see the criterion group)")
     scoring_size: int = opt(500, "class-balanced, unaugmented training images the criterion scores on")
     batch_size: int = opt(250, "scoring chunk size (every chunk holds every class)")
     aggregate: Aggregate = opt(Aggregate.sum, "per-weight scores to a block or filter: sum or mean")
     weights: WeightSet = opt(WeightSet.conv, "weights scored: conv (and linear), or conv_bn (plus BN affine)")
-    temperature: float = opt(200.0, "grasp: logits divided by this temperature")
-    components: int = opt(10, "pls: number of PLS components")
 
 
 @dataclass
@@ -168,7 +162,8 @@ class TrackingConfig:
                                    "sqlite:///PATHS/mlflow.db)", execution=True)
     experiment: str = opt("lottery", "MLflow experiment", execution=True)
     parent: Optional[str] = opt(None, "run id of the parent run the trial's runs sit under (set by "
-                                      "lottery.sweeps: one role=sweep run per sweep and profile)", execution=True)
+                                      "python -m lottery sweep: one role=sweep run per sweep and profile)",
+                                execution=True)
     log_model: bool = opt(True, "also log every ticket and dense network as an MLflow model (torch.export; "
                                 "mlflow.pytorch.load_model returns it)", execution=True)
 
@@ -205,7 +200,7 @@ class TrialConfig:
     paths: PathsConfig = group(PathsConfig, "where everything is written")
     model: ModelConfig = group(ModelConfig, "the network")
     data: DataConfig = group(DataConfig, "the data")
-    train: TrainConfig = group(TrainConfig, "the training recipe (SPEC §5)")
+    train: TrainConfig = group(TrainConfig, "the training recipe (docs/design.md §5)")
     criterion: CriterionConfig = group(CriterionConfig, "how blocks are scored")
     mode: ModeConfig = group(ModeConfig, "how the ticket gets its weights")
     prune: PruneConfig = group(PruneConfig, "how the blocks go: at once or in rounds")
@@ -232,12 +227,95 @@ class TrialConfig:
     profile_name: str = opt("paper", "the profile's name (set by the profile group)")
 
 
+# --------------------------------------------------------------------------------------------
+# Registries: the kinds of one concept, each with its own settings
+
+
+class Registry(Generic[T]):
+    """The kinds of one concept by name: what ``--help``, validation, the search space and the
+    sweeps read, so no list of choices is written twice. ``group``: the config group whose
+    options the kinds are, under which a kind's own settings (a dataclass extending that group's
+    schema) are stored with Hydra as ``schema/<group>/<name>``."""
+
+    every: ClassVar[list["Registry"]] = []
+
+    def __init__(self, kind: str, group: str | None = None, base: type | None = None, key: str = "name"):
+        self.kind, self.group, self.base = kind, group, base  # base: the group's schema, which settings extend
+        self.key = key  # the group's key that names the kind
+        self._items: dict[str, T] = {}
+        self.settings: dict[str, type] = {}
+        Registry.every.append(self)
+
+    def add(self, name: str, item: T, settings: type | None = None) -> T:
+        if self._items.get(name, item) is not item:
+            raise ValueError(f"two {self.kind} kinds are both named {name}")
+        self._items[name] = item
+        if settings is not None:
+            self.settings[name] = settings
+            ConfigStore.instance().store(group=f"schema/{self.group}", name=name, node=settings)
+        return item
+
+    def registered(self, settings: type | None = None):
+        """Class decorator: one instance of the class under its ``name``, with its own settings."""
+
+        def wrap(cls):
+            self.add(cls.name, cls(), settings)
+            return cls
+
+        return wrap
+
+    def settings_of(self, name: str) -> type:
+        """The settings class of a kind: its own, else the group's schema."""
+        return self.settings.get(name, self.base)
+
+    def check_config(self, node) -> None:
+        """A group's composed config holds the settings of the kind it names: a name changed by
+        hand (``criterion.name=pls`` on GraSP's settings) is one line, not a missing key later."""
+        name = node[self.key]
+        self[name]  # a known kind, or one line naming them
+        held = OmegaConf.get_type(node)
+        if held is not self.settings_of(name):
+            chosen = next((n for n, s in self.settings.items() if s is held), "another kind")
+            raise LotteryError(f"{self.group}.{self.key}={name} does not match the {self.group} config chosen, which "
+                               f"holds {chosen}'s settings: choose the {self.group} with {self.group}=NAME (a file "
+                               f"of conf/{self.group}/; python -m lottery --help lists them)")
+
+    def __getitem__(self, name: str) -> T:
+        check_choice(self.kind, name, self._items)
+        return self._items[name]
+
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self):
+        return self._items.items()
+
+    def values(self):
+        return self._items.values()
+
+
+def import_kinds(package: str, path) -> None:
+    """Import every module of a package of kinds (``import_kinds(__name__, __path__)`` in its
+    ``__init__``): each registers itself, so adding a kind is its own module and nothing else."""
+    for found in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{found.name}")
+
+
 def register() -> None:
+    """Store the trial schema with Hydra; each kind's own settings are stored by its registry when
+    its module is imported (every entry point imports them all)."""
     ConfigStore.instance().store(name="trial_schema", node=TrialConfig)
 
 
 def schema_fields(cls=TrialConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
-    """Every leaf field of the schema as (dotted path, field)."""
+    """Every leaf field of a schema as (dotted path, field)."""
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.default_factory):  # a group of fields
             yield from schema_fields(f.default_factory, f"{prefix}{f.name}.")
@@ -245,34 +323,25 @@ def schema_fields(cls=TrialConfig, prefix: str = "") -> Iterator[tuple[str, data
             yield f"{prefix}{f.name}", f
 
 
+def kind_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """Every field a kind declares beyond its group's schema, as (dotted path, kind, field)."""
+    base = {p for p, _ in schema_fields()}
+    for registry in Registry.every:
+        for name, settings in registry.settings.items():
+            for path, f in schema_fields(settings, f"{registry.group}."):
+                if path not in base:
+                    yield path, name, f
+
+
 def help_of(path: str) -> str:
     """The help of a dotted config path (empty when it has none)."""
-    return next((f.metadata.get("help", "") for p, f in schema_fields() if p == path), "")
+    found = [f.metadata.get("help", "") for p, f in schema_fields() if p == path]
+    found += [f.metadata.get("help", "") for p, _, f in kind_fields() if p == path]
+    return found[0] if found else ""
 
 
-def execution_paths() -> tuple[str, ...]:
-    """The dotted paths of every execution setting: they never change a trial's results."""
-    return tuple(p for p, f in schema_fields() if f.metadata.get("execution"))
-
-
-# --------------------------------------------------------------------------------------------
-# Derived values every module agrees on
-
-
-def blocks_to_remove(density, removable: int) -> int:
-    """The number of blocks a density asks for (see ``TrialConfig.density``)."""
-    if isinstance(density, float) and not density.is_integer():
-        return max(1, round(density * removable))
-    return int(density)
-
-
-def epoch_of(point, epochs: int) -> int:
-    """An epoch given as an int, or as a fraction of a schedule of ``epochs`` epochs."""
-    if isinstance(point, float) and not point.is_integer():
-        return int(math.floor(point * epochs + 1e-9))
-    return int(point)
-
-
-def rewind_epochs(train: TrainConfig) -> list[int]:
-    """The epochs whose weights the dense run keeps (theta_0 always among them)."""
-    return sorted({0, *(epoch_of(float(f), train.epochs) if f < 1 else int(f) for f in train.rewind_points)})
+def bad_value(path: str, value, rule: str) -> LotteryError:
+    """``path=value: rule``, followed by the field's own help, so the fix is in the message."""
+    about = help_of(path)
+    rule = rule if rule.startswith(" ") else f": {rule}"  # " is above ..." reads on from the value
+    return LotteryError(f"{path}={value}{rule}" + (f" ({path}: {about})" if about else ""))

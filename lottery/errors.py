@@ -1,8 +1,9 @@
-"""The one exception type a user ever sees, and the shapes its one-line messages take."""
+"""The one exception type a user ever sees, and the shapes its one-line messages take.
+
+This module imports nothing of lottery's: every layer may raise these.
+"""
 
 from __future__ import annotations
-
-from lottery.config import help_of
 
 
 class LotteryError(Exception):
@@ -19,13 +20,6 @@ def unknown(kind: str, name: str, valid) -> LotteryError:
 def check_choice(kind: str, name: str, valid) -> None:
     if name not in valid:
         raise unknown(kind, name, valid)
-
-
-def bad_value(path: str, value, rule: str) -> LotteryError:
-    """``path=value: rule``, followed by the field's own help, so the fix is in the message."""
-    about = help_of(path)
-    rule = rule if rule.startswith(" ") else f": {rule}"  # " is above ..." reads on from the value
-    return LotteryError(f"{path}={value}{rule}" + (f" ({path}: {about})" if about else ""))
 
 
 def one_line(e: BaseException) -> str:

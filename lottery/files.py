@@ -1,11 +1,32 @@
-"""Writing files so that a reader never sees half of one: write beside, then rename."""
+"""Files a reader never sees half of (write beside, then rename), and names for content (a hash
+of its canonical JSON): what the store, the caches and every identity key are built on.
+
+This module imports nothing of lottery's.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
+
+KEY_FORMAT = 1  # part of every content key: a new format makes new keys
+
+
+def content_key(spec: dict) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of what defines a run."""
+    canonical = json.dumps({"format": KEY_FORMAT, **spec}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -30,7 +51,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename."""
+    """torch.save to a temporary file, then rename (torch imported here: the module stays light)."""
     import torch
 
     with atomic(path) as tmp:

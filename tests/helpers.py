@@ -10,6 +10,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from lottery.experiment import identity, sweeps
+from lottery.files import content_key
+from lottery.networks import cifar_resnet
+from lottery.training.data import IMAGE_SHAPE, fingerprint
+from lottery.training.devices import precision
+
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
@@ -43,3 +49,28 @@ def write_released(tmp_path, n=20):
     for name in ("gaussian_noise", "fog"):
         np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
     return root
+
+
+def resnet_plan(depth: int, shortcut: str = "B", num_classes: int = 10):
+    """The plan of the CIFAR ResNet of ``depth`` for CIFAR-shaped images (``num_classes`` of them)."""
+    return cifar_resnet.resnet_plan(depth, shortcut, num_classes, IMAGE_SHAPE)
+
+
+def trial_keys(cfg) -> dict:
+    """The cell and config keys of a composed trial on this machine's CPU."""
+    return identity.trial_keys(cfg, fingerprint(cfg.data), precision(torch.device("cpu"), cfg.train.amp))
+
+
+def dense_key(cfg) -> str:
+    """The store key of the dense network a composed trial on this machine's CPU prunes."""
+    return content_key(identity.dense_spec(cfg, fingerprint(cfg.data), precision(torch.device("cpu"), cfg.train.amp)))
+
+
+def cell_keys(sweep, setting) -> list:
+    """The identity of the trial a sweep launches for each of its cells (None where n/a)."""
+    return sweeps.keys_of(sweeps.designs(sweeps.compose_cells(sweep, setting)))
+
+
+def kind_config(registry, name: str, **values):
+    """A kind's own config (its settings class, or its group's schema) with ``values``."""
+    return registry.settings_of(name)(**{registry.key: name}, **values)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from lottery.devices import precision
+from lottery.training.devices import precision
 from tests.helpers import REPO
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup",

@@ -1,8 +1,14 @@
-"""The package reads as its layout says: families stay inside ``lottery/models``, the input size
-inside the data module, and no function grows a long chain of loose parameters."""
+"""The package reads as its layout says: at most eight modules at the top, layers checked by the
+linter (which fails on an upward import), families inside ``lottery/networks``, the input size
+inside the data module, every reference to the design document pointing at a section it has, and
+no function grows a long chain of loose parameters."""
 
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 from tests.helpers import REPO
 
@@ -32,11 +38,49 @@ def test_no_function_takes_more_than_six_parameters_besides_the_config_or_the_co
 def test_nothing_outside_the_models_package_names_a_familys_modules_or_parameters():
     internals = re.compile(r"resnet_plan|\.plan\b|\bPlan\b|\.fc\b|\bconv1\b|\bbn1\b|\.blocks\[|\"blocks\.\d|"
                            r"cifar_resnet\.|BasicBlock\(")
-    found = [f"{rel}: {m.group(0)}" for rel, text in sources(exclude=("models/", "config.py"))
+    found = [f"{rel}: {m.group(0)}" for rel, text in sources(exclude=("networks/", "config.py"))
              for m in internals.finditer(text)]
     assert not found, found
 
 
 def test_the_input_size_is_a_literal_of_the_data_module_alone():
-    found = [rel for rel, text in sources(exclude=("data.py",)) if re.search(r"\b32\s*,\s*32\b|3, 32\b", text)]
+    found = [rel for rel, text in sources(exclude=("training/data.py",)) if re.search(r"\b32\s*,\s*32\b|3, 32\b", text)]
     assert not found, found
+
+
+def test_at_most_eight_modules_at_the_top_and_each_package_says_what_it_may_import():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "import" in doc, f"{init.relative_to(REPO)}: its docstring says what it holds and may import"
+
+
+def test_every_design_reference_names_a_section_the_document_has():
+    design = (REPO / "docs" / "design.md").read_text()
+    sections = set(re.findall(r"^#+ (§[\d.]+)", design, re.M))
+    cited = {(rel, m) for rel, text in sources() for m in re.findall(r"docs/design\.md (§[\d.]+)", text)}
+    others = [*REPO.glob("conf/**/*.yaml"), *REPO.glob("sweeps/*.yaml"), REPO / "pyproject.toml", REPO / "README.md"]
+    cited |= {(str(p.relative_to(REPO)), m) for p in others for m in re.findall(r"docs/design\.md (§[\d.]+)",
+                                                                                  p.read_text())}
+    assert cited and not {m for _, m in cited} - sections, sorted(c for c in cited if c[1] not in sections)
+    assert not [rel for rel, text in sources() if "SPEC" in text]
+    assert not [p for p in others if "SPEC" in p.read_text()]
+
+
+def lint(package_root):
+    env = {**os.environ, "PYTHONPATH": str(package_root)}
+    linter = os.path.join(os.path.dirname(sys.executable), "lint-imports")  # import-linter's command, in the venv
+    return subprocess.run([linter, "--config", str(REPO / "pyproject.toml"), "--no-cache"], cwd=package_root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_linter_fails_on_an_upward_import(tmp_path):
+    copy = tmp_path / "lottery"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    clean = lint(tmp_path)
+    assert clean.returncode == 0 and "0 broken" in clean.stdout, clean.stdout + clean.stderr
+    networks = copy / "networks" / "surgery.py"
+    networks.write_text(networks.read_text() + "\nfrom lottery.experiment import trial  # noqa: E402,F401\n")
+    broken = lint(tmp_path)
+    assert broken.returncode != 0 and "lottery.networks.surgery -> lottery.experiment.trial" in broken.stdout

@@ -1,0 +1,311 @@
+"""Paper artefacts as sweep files (``sweeps/<name>.yaml``): the grid to run and the table layout.
+
+One file per table is the single source of truth: ``main`` (``python -m lottery sweep NAME``)
+turns its grids into Hydra multiruns (``python -m lottery -m ...``), and ``lottery.paper.tables``
+reads the same file to lay the results out beside the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lottery.cli import entry
+from lottery.config import CONF, TrialConfig, choice, register
+from lottery.errors import LotteryError, unknown
+from lottery.experiment import estimate
+from lottery.experiment.design import Design, derive
+from lottery.experiment.identity import DENSE_READS
+from lottery.tracking import runs
+from lottery.training import data
+from lottery.training.devices import pick_device, precision
+
+SWEEPS = CONF.parent / "sweeps"
+
+
+@dataclass
+class Sweep:
+    name: str
+    title: str
+    overrides: list[str]
+    grids: list[dict[str, list]]
+    rows: list[str]
+    columns: str | None  # a grid key, "metrics" (one column per metric) or None (one column)
+    metrics: list[str]
+    labels: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)  # "row|values" -> {column: value}
+    marks: str | None = None  # best_second: bold the best and underline the second of a row
+    signed: bool = True  # cells are ticket-minus-dense deltas, marked (+) winning or (-) losing
+    plot: dict | None = None
+    kind: str = "table"
+    note: str = ""
+    experiment: str = ""  # MLflow experiment of its runs; default: the sweep's name
+    difference: dict | None = None  # {of, minus, label}: a column of the paired difference of two columns' cells
+    model: str | None = None  # the model config it runs on instead of its own (MODEL=...), not read from the file
+
+    def __post_init__(self):
+        self.experiment = self.experiment or self.name
+        own = next((o.split("=", 1)[1] for o in self.overrides if o.startswith("model=")), "the network")
+        self.title = self.title.replace("{model}", self.model or own)
+
+    @property
+    def keys(self) -> list[str]:
+        """The swept keys (their values identify a cell)."""
+        return list(self.grids[0])
+
+    def cells(self) -> list[dict[str, str]]:
+        """Every combination of swept values, in file order, as strings."""
+        out = []
+        for grid in self.grids:
+            for combo in itertools.product(*grid.values()):
+                out.append({k: str(v) for k, v in zip(grid, combo)})
+        return out
+
+    def label(self, key: str, value: str) -> str:
+        return str(self.labels.get(key, {}).get(value, value))
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
+def model_configs() -> list[str]:
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def own_model_sweeps() -> list[str]:
+    """The sweeps that run on one model (their grids do not sweep ``model``): those MODEL applies to."""
+    grids = {n: yaml.safe_load((SWEEPS / f"{n}.yaml").read_text())["grids"] for n in available()}
+    return [n for n, g in grids.items() if not any("model" in grid for grid in g)]
+
+
+def load(name: str, model: str | None = None) -> Sweep:
+    """A sweep file, on its own model or, with ``model``, on that model config (``make table2
+    MODEL=resnet18``): its ``model=`` override replaced, so its cells are that model's alone."""
+    path = SWEEPS / f"{name}.yaml"
+    if not path.exists():
+        raise unknown("sweep", name, available())
+    raw = yaml.safe_load(path.read_text())
+    raw["paper"] = {str(r): {str(c): v for c, v in cols.items()} for r, cols in (raw.get("paper") or {}).items()}
+    raw["labels"] = {k: {str(a): b for a, b in v.items()} for k, v in (raw.get("labels") or {}).items()}
+    fields = {f.name for f in dataclasses.fields(Sweep)} - {"name", "model"}
+    required = {f.name for f in dataclasses.fields(Sweep) if f.default is f.default_factory is dataclasses.MISSING}
+    if set(raw) - fields or required - {"name"} - set(raw):
+        raise LotteryError(f"sweeps/{name}.yaml: unknown keys {sorted(set(raw) - fields)}, missing keys "
+                           f"{sorted(required - {'name'} - set(raw))}; a sweep file has {sorted(fields)}")
+    if model is not None:
+        if model not in model_configs():
+            raise unknown("model", model, model_configs())
+        if any("model" in g for g in raw["grids"]):
+            models = sorted({str(m) for g in raw["grids"] for m in g.get("model", [])})
+            raise LotteryError(f"{name} sweeps its own models ({', '.join(models)}); MODEL applies to the sweeps "
+                               f"of one model ({', '.join(own_model_sweeps())})")
+        raw["overrides"] = [o for o in raw["overrides"] if not o.startswith("model=")] + [f"model={model}"]
+    sweep = Sweep(name=name, model=model, **raw)
+    if any(list(g) != sweep.keys for g in sweep.grids):
+        raise LotteryError(f"sweeps/{name}.yaml: every grid must sweep the same keys {sweep.keys}")
+    return sweep
+
+
+def launcher_overrides(jobs: int, launcher: str | None) -> list[str]:
+    """Hydra launcher overrides: N trials at once on this box (joblib), or another launcher."""
+    if launcher:
+        return [f"hydra/launcher={launcher}"]
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or jobs) // jobs)
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"threads={threads}", f"jobs={jobs}"]
+    return []
+
+
+def default_data(profile: str) -> str | None:
+    """The data a profile runs on unless told: synthetic for smoke, else the config's (CIFAR-10)."""
+    return "synthetic" if profile == "smoke" else None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What names a sweep's trials besides its file, the same for running them and for building
+    their table: the profile, the data, and further overrides for every trial."""
+
+    profile: str
+    data: str | None = None  # a data config; default: synthetic for smoke, else cifar10
+    data_root: str | None = None
+    extra: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, args) -> "Setting":
+        return cls(args.profile, args.data, args.data_root, tuple(args.extra))
+
+    def overrides(self) -> list[str]:
+        data = self.data or default_data(self.profile)
+        return [f"profile={self.profile}", *([f"data={data}"] if data else []),
+                *([f"data.root={self.data_root}"] if self.data_root else [])]
+
+
+def commands(sweep: Sweep, setting: Setting, seeds: int, jobs: int = 1, launcher: str | None = None,
+             skip: tuple[dict, ...] = ()) -> list[list[str]]:
+    """One ``python -m lottery -m`` command per grid of the sweep; a swept value all of whose
+    cells are in ``skip`` (inapplicable to the model) is left out."""
+    profile, *data = setting.overrides()
+    common = [profile, f"seed={','.join(str(s) for s in range(seeds))}", f"tracking.experiment={sweep.experiment}",
+              *launcher_overrides(jobs, launcher), *data]
+    out = []
+    for grid in sweep.grids:
+        cells = [{k: str(v) for k, v in zip(grid, combo)} for combo in itertools.product(*grid.values())]
+        kept = {k: [v for v in values if any(c[k] == str(v) and c not in skip for c in cells)]
+                for k, values in grid.items()}
+        if all(kept.values()):
+            swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in kept.items()]
+            out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, *common, *setting.extra])
+    return out
+
+
+def compose_cells(sweep: Sweep, setting: Setting) -> list[tuple[dict, TrialConfig]]:
+    """Each cell of the sweep with the config of its trial (seed 0), composed exactly as the
+    sweep's multirun composes it."""
+    register()
+    GlobalHydra.instance().clear()
+    out = []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for cell in sweep.cells():
+            out.append((cell, compose(config_name="config", overrides=[
+                *sweep.overrides, *(f"{k}={v}" for k, v in cell.items()), *setting.overrides(),
+                f"tracking.experiment={sweep.experiment}",
+                *(o for o in setting.extra if not o.lstrip("+~").startswith("hydra"))])))
+    return out
+
+
+def designs(cells: list[tuple[dict, TrialConfig]]) -> list[Design | str]:
+    """Each composed cell's design, or why its trial cannot run (its one-line validation error:
+    e.g. a density above what another model can lose). The data, which every cell shares, are
+    checked first: a data set that cannot be read is one line for the whole sweep."""
+    data.check(cells[0][1].data)
+    out: list[Design | str] = []
+    for _, cfg in cells:
+        try:
+            out.append(derive(cfg))
+        except LotteryError as e:
+            out.append(str(e))
+    return out
+
+
+def inapplicable(found: list[Design | str]) -> list[str | None]:
+    """Why each cell's trial cannot run, or None."""
+    return [d if isinstance(d, str) else None for d in found]
+
+
+def keys_of(found: list[Design | str]) -> list[str | None]:
+    """The ``cell_key`` of each cell that can run (None for the others): the tables accept a run
+    into a cell only on this key."""
+    return [None if isinstance(d, str) else d.keys["cell_key"] for d in found]
+
+
+def parent(sweep: Sweep, profile: str, cfg: TrialConfig, experiment: str, create: bool = True) -> str | None:
+    """The run id of the sweep's one ``role=sweep`` run for this profile and data, found again by
+    its tags on every invocation (created when missing, unless ``create`` is False): the trials sit
+    under it, and the table builder attaches the table to it."""
+    tags = {"role": "sweep", "sweep": sweep.name, "profile": profile,
+            "data": data.digest(data.fingerprint(cfg.data)), "model": sweep.model or "default"}
+    name = f"{sweep.name}-{profile}" + (f"-{sweep.model}" if sweep.model else "")
+    return runs.find_or_create(experiment, name, tags, create)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """What names a sweep's trials, the same for running them and for building their table."""
+    p.add_argument("name", help=f"one of: {', '.join(available())}")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic); "
+                                                "default: synthetic for smoke, else cifar10")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--model", default=None, help="a model config (conf/model) to run the sweep on instead of its own")
+    p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
+
+
+@entry
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery sweep", description="Run a paper table's sweep.")
+    add_sweep_arguments(p)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (joblib launcher)")
+    p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
+    p.add_argument("--dry-run", action="store_true", help="list every trial as finished / failed / missing with "
+                                                          "the estimated time of the rest, and run nothing")
+    p.add_argument("--worker-precision", choices=["bf16", "fp32"], default=None,
+                   help="what train.amp resolves to on the workers (default: this machine's; with --launcher slurm, "
+                        "bf16, as on every GPU since Ampere)")
+    args = p.parse_intermixed_args(argv)
+    sweep, setting = load(args.name, args.model), Setting.of(args)
+    cells = compose_cells(sweep, setting)
+    cfg = cells[0][1]
+    found = designs(cells)
+    experiment = runs.start(cfg.tracking, cfg.paths.root)
+    run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
+    print(survey(sweep, args, cells, experiment, inapplicable(found)), flush=True)
+    parented = Setting(setting.profile, setting.data, setting.data_root,
+                       (*setting.extra, f"tracking.parent={run or '<the sweep run>'}"))
+    skip = tuple(cell for (cell, _), why in zip(cells, inapplicable(found)) if why)
+    tickets = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
+    cmds = [*dense_first(tickets), *tickets]
+    if args.dry_run:
+        print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
+        return 0
+    runs.reopen(run)
+    status, outcome = 0, "KILLED"  # unless every command returns
+    try:
+        for cmd in cmds:
+            print("+", " ".join(cmd[1:]), flush=True)
+            status = max(status, subprocess.call(cmd))  # a grid with a failed trial does not stop the next
+        outcome = "FINISHED" if status == 0 else "FAILED"
+    finally:
+        runs.close(run, outcome)
+    return status
+
+
+def dense_first(tickets: list[list[str]]) -> list[list[str]]:
+    """The multiruns that train the sweep's dense networks (each grid's, once), run before its
+    tickets: a ticket never holds a GPU (or a SLURM job) while it waits on its dense network."""
+    keys, out = (*DENSE_READS, *DENSE_ALSO), []
+    for cmd in tickets:
+        head, rest = cmd[:4], cmd[4:]  # python -m lottery -m
+        dense = [o for o in rest if re.split(r"[./]", o.split("=", 1)[0].lstrip("+~"))[0] in keys]
+        dense.append("mode=dense")
+        if [*head, *dense] not in out:
+            out.append([*head, *dense])
+    return out
+
+
+# Besides identity.DENSE_READS, what a dense network's trial reads, and where and how it runs.
+DENSE_ALSO = ("seed", "profile", "paths", "store", "tracking", "measure", "robustness", "device", "threads", "jobs",
+              "hydra")
+
+
+def worker_precision(args, cfg: TrialConfig) -> str:
+    """What ``amp`` resolves to where the trials run: this machine, or SLURM's GPUs."""
+    if args.worker_precision:
+        return args.worker_precision
+    if args.launcher == "slurm" and choice(cfg.train.amp) == "auto":
+        return "bf16"
+    return precision(pick_device(cfg.device), cfg.train.amp)
+
+
+def survey(sweep: Sweep, args, cells: list[tuple[dict, TrialConfig]], experiment: str,
+           na: list[str | None]) -> str:
+    """The sweep's trials (finished / failed / running / missing) and the estimated time of the rest."""
+    cfg = cells[0][1]
+    amp = worker_precision(args, cfg)
+    states = estimate.survey(cells, args.seeds, experiment, amp, na)
+    speed, dense = None, 0
+    if any(s.status in ("failed", "missing") for s in states):
+        speed = estimate.measured_speed(experiment, cfg.store.root, amp) or estimate.timed_speed(cfg)
+        dense = estimate.estimate(states, cells, speed)
+    return estimate.render(sweep.name, args.profile, states, speed, dense, args.jobs)

@@ -1,0 +1,143 @@
+"""Every number a ticket reports beside its dense network, one row each (docs/design.md §7).
+
+A row names the metric, says how it is measured, where its dense counterpart comes from, how the
+two compare (the rule and the name of the comparison) and how the console shows it. The dense
+side, the comparisons and the console line are all driven by this table: adding a metric is one
+row (plus its measurement, if new).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Phase:
+    """What is needed to compare one training phase (dense or ticket) with another."""
+
+    seconds: float
+    epochs: int
+    co2_kg: float | None
+    energy_kwh: float | None
+    conditions: str  # device, threads, precision, channels_last, compile, trials at once
+    resumed: bool  # an interrupted phase's energy and time are not one run's
+
+    @classmethod
+    def of(cls, entry) -> "Phase":
+        """The dense training, as its store entry recorded it (``lottery.tracking.store.Entry``)."""
+        m, t = entry.metrics, entry.tags
+        return cls(m["train_seconds"], m["epochs"], m.get("co2_kg"), m.get("energy_kwh"),
+                   t.get("train_conditions", "unrecorded"), t.get("co2_covers", "all") != "all")
+
+
+class Absent(Exception):
+    """A comparison that would not be like for like; its message says why."""
+
+
+def wall_clock_difference(dense: Phase, ticket: Phase) -> str | None:
+    """Why the two phases' wall times are not comparable, or None when they are."""
+    if dense.conditions != ticket.conditions:
+        return f"trained under other conditions (dense: {dense.conditions}; ticket: {ticket.conditions})"
+    if "jobs=1" not in ticket.conditions.split():
+        return "trained beside other trials"
+    return None
+
+
+def reduction(t, d, tp: Phase, dp: Phase):
+    return None if t is None or not d else 100.0 * (1.0 - t / d)
+
+
+def delta(t, d, tp: Phase, dp: Phase):
+    return None if t is None or d is None else t - d
+
+
+def ratio(t, d, tp: Phase, dp: Phase):
+    return None if not t or not d else t / d
+
+
+def per_epoch_reduction(t, d, tp: Phase, dp: Phase):
+    if tp.resumed or dp.resumed:
+        raise Absent("a training phase was resumed: its energy covers part of a run")
+    why = wall_clock_difference(dp, tp)
+    if why is not None:
+        raise Absent(why)
+    return None if t is None or d is None else reduction(t / max(tp.epochs, 1), d / max(dp.epochs, 1), tp, dp)
+
+
+def wall_ratio(t, d, tp: Phase, dp: Phase):
+    why = wall_clock_difference(dp, tp)
+    if why is not None:
+        raise Absent(why)
+    return (d / dp.epochs) / (t / tp.epochs)
+
+
+STORED, LIVE, NONE = "stored", "live", "none"  # where the dense counterpart comes from
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the ticket's key; its dense counterpart is logged as dense_<name>
+    how: str  # how it is measured
+    dense: str = STORED  # stored with the dense entry, measured live beside the ticket, or none
+    rule: Callable | None = None  # (ticket, dense, ticket phase, dense phase) -> comparison
+    compared: str = ""  # the comparison's key
+    console: str = ""  # format of the comparison (or of the value, without one) on the console line
+    shifted: bool = False  # stored per robustness set (key suffix)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "top-1 % on the test split after the last epoch", rule=delta, compared="delta_pp"),
+    Metric("val_accuracy", "top-1 % on the validation split held out of training (data.val_size)",
+           rule=delta, compared="val_delta_pp"),
+    Metric("params", "parameters"),
+    Metric("filters", "output channels of every convolution"),
+    Metric("flops", "forward FLOPs per image (torch.utils.flop_counter)", rule=reduction,
+           compared="flops_reduction_pct", console="FLOPs -{:.1f}%"),
+    Metric("memory_bytes", "training step at the training batch (see measure.training_memory), both nets in this "
+           "process", dense=LIVE, rule=reduction, compared="memory_reduction_pct", console="memory -{:.1f}%"),
+    Metric("throughput_img_s", "steady-state training images/s, both nets back to back in this process",
+           dense=LIVE, rule=ratio, compared="speedup", console="speed-up {:.2f}x"),
+    Metric("train_seconds", "wall time of the training epochs", rule=wall_ratio, compared="speedup_wall"),
+    Metric("latency_ms_b1", "median forward latency at batch 1, in the training precision", dense=LIVE),
+    Metric("latency_ms_b128", "median forward latency at batch 128, in the training precision", dense=LIVE),
+    Metric("co2_kg", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
+           compared="co2_reduction_pct", console="CO2 per epoch -{:.1f}%"),
+    Metric("energy_kwh", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
+           compared="energy_reduction_pct"),
+    Metric("cifar10c_accuracy", "mean top-1 % over CIFAR-10-C corruptions x severities", rule=delta,
+           compared="cifar10c_delta_pp", console="CIFAR-10-C {:+.2f} pp", shifted=True),
+    Metric("cifar102_accuracy", "top-1 % on CIFAR-10.2", rule=delta, compared="cifar102_delta_pp",
+           console="CIFAR-10.2 {:+.2f} pp", shifted=True),
+    Metric("cka", "linear CKA of penultimate features to the dense network", dense=NONE, console="CKA {:.3f}"),
+)
+
+
+def dense_side(dense_metrics: dict, suffix: str) -> dict:
+    """The stored dense values as ``dense_*`` metrics (shifted sets: this trial's, by ``suffix``)."""
+    return {f"dense_{m.name}": dense_metrics.get(f"{m.name}{suffix}" if m.shifted else m.name)
+            for m in METRICS if m.dense == STORED}
+
+
+def compare(metrics: dict, ticket: Phase, dense: Phase) -> tuple[dict, dict]:
+    """Every row's comparison of ``metrics`` (ticket values and their ``dense_*``), and tags that
+    say why a comparison is absent."""
+    out, tags = {}, {}
+    for m in METRICS:
+        if m.rule is None or metrics.get(m.name) is None or metrics.get(f"dense_{m.name}") is None:
+            continue
+        try:
+            out[m.compared] = m.rule(metrics[m.name], metrics[f"dense_{m.name}"], ticket, dense)
+        except Absent as why:
+            tags[f"{m.compared.removesuffix('_pct')}_absent"] = str(why)
+    return out, tags
+
+
+def console(metrics: dict) -> str:
+    """The costs part of a ticket's log line."""
+    parts = []
+    for m in METRICS:
+        key = m.compared or m.name
+        if m.console and metrics.get(key) is not None:
+            parts.append(m.console.format(metrics[key]))
+    return ", ".join(parts) or "costs not measured"

@@ -1,0 +1,136 @@
+"""What a model family fulfils, and the registry of families.
+
+A *family* (``model=...`` picks one through its YAML file, one module each) builds a network and
+answers, for any network it built, dense or ticket: which modules are its residual blocks and
+whether each one's shortcut is the identity (``candidates``), how to build a new, physically
+smaller network without some of them (``without``) or with narrower inner convolutions
+(``narrowables``/``narrowed``), and its plain-data architecture record (``record``/``rebuild``:
+what ``lottery.load_ticket`` rebuilds from). Its own config keys extend ``ModelConfig`` and are
+registered with it. Everything else is derived in ``lottery.networks`` the same way for every
+family, by probing the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+from torch import nn
+
+from lottery.config import ModelConfig, Registry
+from lottery.errors import LotteryError
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the data fixes about a network: the input of one example ((C, H, W) for images) and
+    the class count."""
+
+    input: tuple[int, ...]
+    classes: int
+
+
+@dataclass(frozen=True)
+class Block:
+    path: str  # module path in the network, e.g. "blocks.3" or "layer2.1"
+    stage: int
+    removable: bool
+
+
+@dataclass(frozen=True)
+class Narrowable:
+    """A convolution whose output channels couple to nothing outside its block: they feed only
+    its normalisation ``norm`` and the input channels of the next convolution ``next``."""
+
+    conv: str
+    norm: str
+    next: str
+    block: str
+    width: int
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """A network's blocks as probed (see ``lottery.networks``)."""
+
+    blocks: tuple[Block, ...]
+    layout: str  # maps | tokens: the shape of block outputs
+    head: str  # the classifier's module path
+    input: tuple[int, ...]
+
+    @property
+    def removable(self) -> list[Block]:
+        return [b for b in self.blocks if b.removable]
+
+    @property
+    def max_removable(self) -> int:
+        """Most blocks removable at once while every stage keeps at least one block."""
+        total = 0
+        for stage in {b.stage for b in self.blocks}:
+            members = [b for b in self.blocks if b.stage == stage]
+            removable = sum(b.removable for b in members)
+            total += removable - (1 if removable == len(members) else 0)
+        return total
+
+    def stage_sizes(self) -> dict[int, int]:
+        return {s: sum(b.stage == s for b in self.blocks) for s in {b.stage for b in self.blocks}}
+
+
+IdentityRule = Callable[[nn.Module], bool]  # whether a block's shortcut is the identity
+
+
+class Family:
+    """The contract a model family fulfils (see the module docstring); one subclass per family."""
+
+    name: ClassVar[str]
+
+    def check(self, cfg: ModelConfig, shape: Shape) -> None:
+        """Raise ``LotteryError`` (one line) for a model config this family cannot build."""
+
+    def build(self, cfg: ModelConfig, shape: Shape) -> nn.Module:
+        """A dense network, freshly initialised from torch's global RNG (seeded by the caller)."""
+        raise NotImplementedError
+
+    def label(self, cfg: ModelConfig) -> str:
+        """The model's short name in run names and tables, e.g. ``resnet32``."""
+        raise NotImplementedError
+
+    def candidates(self, model: nn.Module) -> list[tuple[str, bool]]:
+        """Every residual block's module path, in forward order, and whether its shortcut is the identity."""
+        raise NotImplementedError
+
+    def block_types(self) -> dict[type, IdentityRule]:
+        """The residual block types this family knows, each with its identity-shortcut rule: a
+        user's own network built from them is pruned without naming its blocks."""
+        return {}
+
+    def without(self, model: nn.Module, paths: list[str]) -> nn.Module:
+        """A new network without the blocks ``paths``, holding copies of every kept weight."""
+        raise NotImplementedError
+
+    def narrowables(self, model: nn.Module) -> list[Narrowable]:
+        """The convolutions whose filters a filter ticket may remove; ``LotteryError`` if none."""
+        raise LotteryError(f"structure=filter is not defined for model.family={self.name}: it has no "
+                           "convolutions whose filters couple only within their block")
+
+    def narrowed(self, model: nn.Module, keep: dict[str, list[int]]) -> nn.Module:
+        """A new network keeping only the listed output channels of each narrowable convolution."""
+        raise NotImplementedError
+
+    def record(self, model: nn.Module) -> dict:
+        """Plain data (str, int, float, lists, dicts) from which ``rebuild`` makes the same architecture."""
+        raise NotImplementedError
+
+    def rebuild(self, record: dict) -> nn.Module:
+        raise NotImplementedError
+
+
+FAMILIES: Registry[Family] = Registry("model.family", group="model", base=ModelConfig, key="family")
+
+
+def known_blocks() -> dict[type, IdentityRule]:
+    """Every block type some family knows, with its identity-shortcut rule."""
+    out: dict[type, IdentityRule] = {}
+    for family in FAMILIES.values():
+        out.update(family.block_types())
+    return out

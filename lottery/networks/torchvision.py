@@ -1,0 +1,133 @@
+"""Any ``torchvision.models`` classification network whose residual blocks are of a registered
+type: ``model=torchvision model.arch=NAME`` (``model.kwargs`` go to the builder; weights are
+never downloaded, every network starts from its builder's own initialisation).
+
+``residual_blocks()`` maps each block type to the rule saying when its shortcut is the identity:
+BasicBlock and Bottleneck (ResNet, ResNeXt, Wide ResNet) without a ``downsample``, MobileNetV2's
+InvertedResidual with ``use_res_connect``, ConvNeXt's CNBlock and the ViT EncoderBlock always.
+``model.stem=cifar`` gives a ResNet the usual CIFAR stem: a 3x3 stride-1 convolution and no
+max-pool. Filter tickets narrow the inner convolutions of ungrouped BasicBlocks and Bottlenecks
+(each couples only to its BN and the next convolution of the same block). torchvision is
+imported when a torchvision network is first built (about 2 s), not by every process.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from torch import nn
+
+from lottery.config import ModelConfig, opt
+from lottery.errors import LotteryError, one_line, unknown
+from lottery.networks.contract import FAMILIES, IdentityRule, Narrowable
+from lottery.networks.surgery import ModuleFamily, blocks_found
+
+
+class Stem(enum.Enum):
+    default = "default"  # the builder's own
+    cifar = "cifar"  # a ResNet's 7x7 stride-2 stem and max-pool replaced by a 3x3 stride-1 conv (32x32 images)
+
+
+@dataclass
+class TorchvisionSettings(ModelConfig):
+    arch: Optional[str] = opt(None, "a torchvision.models builder or class, e.g. resnet18, mobilenet_v2, "
+                                    "VisionTransformer")
+    stem: Stem = opt(Stem.default, "ResNets: cifar = 3x3 stride-1 first conv and no max-pool")
+    kwargs: Dict[str, Any] = opt(help="arguments of the builder, added with ++model.kwargs.NAME=VALUE (num_classes "
+                                      "comes from the data)", factory=dict)
+
+
+@functools.cache
+def residual_blocks() -> dict[type, IdentityRule]:
+    """Registered residual block types, each with the rule for an identity shortcut."""
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    return {BasicBlock: lambda m: m.downsample is None, Bottleneck: lambda m: m.downsample is None,
+            InvertedResidual: lambda m: m.use_res_connect, CNBlock: lambda m: True, EncoderBlock: lambda m: True}
+
+
+@functools.cache
+def inner() -> dict[type, list[tuple[str, str, str]]]:
+    """Inner convolutions of a block type: (conv, its norm, the next conv), relative to the block."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return {BasicBlock: [("conv1", "bn1", "conv2")], Bottleneck: [("conv1", "bn1", "conv2"), ("conv2", "bn2", "conv3")]}
+
+
+def architectures() -> list[str]:
+    """Classification builders (``resnet18``, ...) and model classes (``VisionTransformer``, ...)."""
+    import torchvision.models as tvm
+
+    classes = [n for n, v in vars(tvm).items() if isinstance(v, type) and issubclass(v, nn.Module)]
+    return sorted({*tvm.list_models(module=tvm), *classes})
+
+
+def cifar_stem(net: nn.Module) -> None:
+    """A 3x3 stride-1 first convolution and no max-pool: a ResNet for 32x32 images."""
+    first = net.conv1
+    net.conv1 = nn.Conv2d(first.in_channels, first.out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's ResNet
+    net.maxpool = nn.Identity()
+
+
+@FAMILIES.registered(TorchvisionSettings)
+class Torchvision(ModuleFamily):
+    name = "torchvision"
+
+    def check(self, cfg: TorchvisionSettings, shape):
+        if cfg.arch not in architectures():
+            raise unknown("model.arch", str(cfg.arch), architectures())
+
+    def arch(self, cfg: TorchvisionSettings, shape):
+        return {"arch": cfg.arch, "kwargs": dict(cfg.kwargs), "stem": cfg.stem.value}
+
+    def construct(self, arch):
+        import torchvision.models as tvm
+
+        kwargs = {**arch["kwargs"], "num_classes": arch["classes"]}
+        try:
+            net = getattr(tvm, arch["arch"])(**kwargs)
+        except Exception as e:  # noqa: BLE001 - a builder rejects arguments in many ways
+            raise LotteryError(f"torchvision.models.{arch['arch']}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
+                               f"failed: {one_line(e)}; check model.kwargs") from None
+        if arch["stem"] == "cifar":
+            if not isinstance(net, tvm.ResNet):
+                raise LotteryError(f"model.stem=cifar replaces a ResNet's 7x7 stem and max-pool; {arch['arch']} is "
+                                   "not a torchvision ResNet: use model.stem=default")
+            cifar_stem(net)
+        return net
+
+    def label(self, cfg: TorchvisionSettings):
+        return cfg.name or cfg.arch
+
+    def block_types(self):
+        return residual_blocks()
+
+    def candidates(self, model):
+        rules = residual_blocks()
+        found = blocks_found(model, rules)
+        if not found:
+            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torchvision")})
+            raise LotteryError(f"{model.lottery_arch['arch']} has no residual blocks of a registered type "
+                               f"({', '.join(t.__name__ for t in rules)}); its block types are "
+                               f"{', '.join(kinds) or 'none'}: use model=custom with model.block_types or model.blocks")
+        return [(path, rules[type(m)](m)) for path, m in found]
+
+    def narrowables(self, model):
+        out = []
+        convs = inner()
+        for path, block in blocks_found(model, convs):
+            for conv, norm, nxt in convs[type(block)]:
+                c, n = block.get_submodule(conv), block.get_submodule(nxt)
+                if c.groups == 1 and n.groups == 1:
+                    out.append(Narrowable(f"{path}.{conv}", f"{path}.{norm}", f"{path}.{nxt}", path, c.out_channels))
+        if not out:
+            raise LotteryError(f"structure=filter narrows the inner convolutions of ResNet blocks (BasicBlock, "
+                               f"Bottleneck, ungrouped); {model.lottery_arch['arch']} has none: use structure=layer")
+        return out

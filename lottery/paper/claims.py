@@ -1,0 +1,173 @@
+"""The paper's claims C1-C9 (docs/design.md §8.1), and our questions beyond it Q1-Q2 (§11), each
+judged from the cells of the table it rests on.
+
+A cell *agrees* when its 95 % interval lies wholly on the claimed side of 0, *disagrees* when it
+lies wholly on the other side, and is *inconclusive* otherwise (n = 1: McNemar's p < 0.05 and the
+sign decide). A claim about *all* its cells is supported when every cell agrees and contradicted
+when one disagrees; a claim about *most* is supported when more than half agree and contradicted
+when it fails even counting every inconclusive cell as agreeing. A claim whose cells are missing
+is *not run*. C6 and C9 are judged on means (costs are measured, not sampled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lottery.measure.stats import summarize
+
+AGREE, DISAGREE, INCONCLUSIVE = "agree", "disagree", "inconclusive"
+ALPHA = 0.05
+
+
+def side(cell: dict, claimed: int) -> str:
+    """Where one cell (mean, n, ci_low/ci_high or p_value) stands on a claim of sign ``claimed``."""
+    if cell.get("ci_low") is not None:
+        lo, hi = claimed * cell["ci_low"], claimed * cell["ci_high"]
+        return AGREE if min(lo, hi) > 0 else DISAGREE if max(lo, hi) < 0 else INCONCLUSIVE
+    if cell.get("p_value") is not None and cell["p_value"] < ALPHA:
+        return AGREE if claimed * cell["mean"] > 0 else DISAGREE
+    return INCONCLUSIVE
+
+
+def on_means(values: list[float]) -> str:
+    """A series that should rise: agree when every step rises, else disagree."""
+    return AGREE if all(b > a for a, b in zip(values, values[1:])) else DISAGREE
+
+
+def paired(a: dict, b: dict, key: str) -> dict | None:
+    """The cell of per-seed differences a - b of ``key`` (same seeds: same dense network)."""
+    common = sorted(set(a["seeds"]) & set(b["seeds"]))
+    values = [a["seeds"][s][key] - b["seeds"][s][key] for s in common
+              if a["seeds"][s].get(key) is not None and b["seeds"][s].get(key) is not None]
+    stat = summarize(values)
+    return None if stat is None else {"mean": stat.mean, "n": stat.n, "ci_low": stat.ci_low, "ci_high": stat.ci_high}
+
+
+def verdict(quantifier: str, sides: list[str], expected: int) -> str:
+    agree, disagree = sides.count(AGREE), sides.count(DISAGREE)
+    if not sides or len(sides) < expected:
+        return "not run"
+    if quantifier == "all":
+        return "supported" if agree == len(sides) else "contradicted" if disagree else "inconclusive"
+    if agree > len(sides) / 2:
+        return "supported"
+    return "contradicted" if len(sides) - disagree <= len(sides) / 2 else "inconclusive"
+
+
+def _cells(tables: dict, name: str, measured: bool = True, **where) -> list[dict]:
+    """A table's cells (measured ones only, by default; never those the model cannot run) whose
+    row values or column are in ``where``."""
+    t = tables.get(name)
+    if t is None:
+        return []
+    out = []
+    for c in t["cells"]:
+        row = {**dict(zip(t["rows"], c["row"])), "column": c["column"]}
+        if (c["n"] or not measured) and not c.get("na") and all(row.get(k) in v for k, v in where.items()):
+            out.append(c)
+    return out
+
+
+def _signed(name: str, claimed: int, **where) -> Callable[[dict], tuple[list[str], int]]:
+    """Every cell of the table (filtered) on the claimed side of 0."""
+
+    def judge(tables):
+        if name not in tables:
+            return [], 0
+        return [side(c, claimed) for c in _cells(tables, name, **where)], len(_cells(tables, name, False, **where))
+
+    return judge
+
+
+def _layers_beat_filters(tables):
+    sides = []
+    for crit in ("snip", "grasp"):
+        layer = _cells(tables, "table3", structure={"layer"}, column={crit})
+        filt = _cells(tables, "table3", structure={"filter"}, column={crit})
+        diff = paired(layer[0], filt[0], "delta_pp") if layer and filt else None
+        if diff is not None:
+            sides.append(side(diff, +1))
+    return sides, 2 if "table3" in tables else 0
+
+
+def _costs_rise(tables):
+    t = tables.get("table4")
+    if t is None:
+        return [], 0
+    sides, total = [], 0
+    for model in ("resnet32", "resnet56"):
+        for metric in ("flops_reduction_pct", "memory_reduction_pct", "co2_reduction_pct", "speedup"):
+            total += 1
+            cells = sorted((c for c in t["cells"] if c["row"][0] == model and c["column"] == metric),
+                           key=lambda c: float(c["row"][1]))
+            if cells and all(c["n"] for c in cells):
+                sides.append(on_means([c["mean"] for c in cells]))
+    return sides, total
+
+
+def _cka_grasp_above_snip(tables):
+    sides = []
+    for p in ("1", "2", "3", "4", "5"):
+        grasp = _cells(tables, "table2", density={p}, column={"grasp"})
+        snip = _cells(tables, "table2", density={p}, column={"snip"})
+        diff = paired(grasp[0], snip[0], "cka") if grasp and snip else None
+        if diff is not None:
+            sides.append(side(diff, +1))
+    return sides, 5 if "table2" in tables else 0
+
+
+def _l1_rises_by_stage(tables):
+    blocks = next((s["blocks"] for c in _cells(tables, "figure3") for s in c["seeds"].values() if s.get("blocks")),
+                  None)
+    if blocks is None:
+        return [], 0
+    stages = sorted(set(blocks["stage"]))
+    means = [sum(v for v, s in zip(blocks["scores"], blocks["stage"]) if s == st) / blocks["stage"].count(st)
+             for st in stages]
+    return [on_means([a, b]) for a, b in zip(means, means[1:])], 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    table: str
+    quantifier: str  # all | most
+    judge: Callable[[dict], tuple[list[str], int]]  # tables -> (sides of the measured cells, cells expected)
+
+
+CLAIMS = (
+    Claim("C1", "Tickets from a trained network with rewinding win for most criterion x rewind-point cells",
+          "table1", "most", _signed("table1", +1)),
+    Claim("C2", "Re-initialised tickets win (up to +0.85 pp)", "table1_reinit", "all", _signed("table1_reinit", +1)),
+    Claim("C3", "GraSP tickets at initialization win at every p = 1..5", "table2", "all",
+          _signed("table2", +1, column={"grasp"})),
+    Claim("C4", "SNIP tickets at initialization lose from p = 3 on", "table2", "all",
+          _signed("table2", -1, column={"snip"}, density={"3", "4", "5"})),
+    Claim("C5", "At p = 1, removing layers beats removing as many filters, for SNIP and GraSP", "table3", "all",
+          _layers_beat_filters),
+    Claim("C6", "FLOPs, memory and CO2 fall and training speed-up grows as p grows (means)", "table4", "all",
+          _costs_rise),
+    Claim("C7", "Tickets keep or improve CIFAR-10-C accuracy for most cells", "table5", "most",
+          _signed("table5", +1, column={"cifar10c_delta_pp"})),
+    Claim("C8", "CKA of GraSP tickets to the dense network stays above SNIP's as p grows", "table2", "all",
+          _cka_grasp_above_snip),
+    Claim("C9", "l1 block scores rise stage by stage (means)", "figure3", "all", _l1_rises_by_stage),
+    # Beyond the paper (docs/design.md §11): its stated limitation and its open question, judged alike.
+    Claim("Q1", "Re-scoring at initialization (one block per round) beats one-shot layer tickets", "iterative",
+          "most", _signed("iterative", +1, column={"iterative - one-shot"}, density={"2", "3", "4", "5"})),
+    Claim("Q2", "Layers and filters together beat layers alone at equal FLOPs", "joint", "most",
+          _signed("joint", +1, column={"joint - layer"})),
+)
+
+
+def judge(tables: dict) -> list[dict]:
+    """Every claim's verdict and counts, from the tables' cells (``tables[name]`` = cells.json)."""
+    out = []
+    for c in CLAIMS:
+        sides, expected = c.judge(tables)
+        out.append({"id": c.id, "claim": c.text, "table": c.table, "verdict": verdict(c.quantifier, sides, expected),
+                    "agree": sides.count(AGREE), "disagree": sides.count(DISAGREE),
+                    "inconclusive": sides.count(INCONCLUSIVE), "cells": expected})
+    return out

@@ -1,0 +1,241 @@
+"""``python -m lottery report [--profile P]`` (``make report``): the reproduction on one page.
+
+Built from MLflow alone: the newest table attached to each paper table's ``role=sweep`` run of
+the profile (its ``cells.json``, markdown and plot) gives the tables, and ``lottery.paper.claims``
+judges the paper's claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/index.html``
+(standing alone: plots inlined, no JavaScript) and ``report.md``, and attaches both to one
+``role=report`` run, replaced on a rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import importlib.metadata
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from lottery.cli import entry
+from lottery.config import CONF, TrackingConfig
+from lottery.errors import LotteryError
+from lottery.experiment.sweeps import available, default_data, load
+from lottery.paper.claims import judge
+from lottery.tracking import runs
+
+EXPERIMENT = "report"
+PAPER_EPOCHS = 200
+INSTALLED = "lottery-install.txt"  # written into the venv by `make install`: the constraints it used
+
+
+def fetch_tables(profile: str, model: str | None = None) -> dict[str, dict]:
+    """The newest table of each paper table for the profile and model (attached to its sweep's
+    run; ``model``: the MODEL the sweeps ran on, None for their own): its cells, markdown, plot,
+    status."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    out = {}
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.role = 'sweep' and tags.profile = '{profile}' and "
+                                            f"tags.model = '{model or 'default'}'")
+    for run in sorted(runs, key=lambda r: r.data.tags.get("table_built", ""), reverse=True):
+        name = run.data.tags.get("table")
+        if name in out or name not in available():
+            continue
+        files = {p.path: p for p in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+        if f"{name}.json" not in files:
+            continue  # a table built before cells.json existed
+        get = lambda f: Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f))  # noqa: E731
+        out[name] = {**json.loads(get(f"{name}.json").read_text()), "md": get(f"{name}.md").read_text(),
+                     "png": get(f"{name}.png").read_bytes() if f"{name}.png" in files else None,
+                     "failed": _failed(run.info.experiment_id, profile)}
+    return out
+
+
+def _failed(experiment_id: str, profile: str) -> int:
+    """Trials of the profile whose runs failed or were killed and that have not finished since."""
+    import mlflow
+
+    runs = mlflow.search_runs([experiment_id], output_format="list",
+                              filter_string=f"tags.role = 'ticket' and tags.profile = '{profile}'")
+    done = {r.data.tags.get("config_key") for r in runs if r.info.status == "FINISHED"}
+    return len({r.data.tags.get("config_key") for r in runs
+                if r.info.status in ("FAILED", "KILLED") and r.data.tags.get("config_key") not in done})
+
+
+def trials(table: dict) -> dict[str, int]:
+    """Finished runs (one per seed of each measured cell), cells missing, runs failed."""
+    first = table["cells"][0]["metric"] if table["cells"] else None
+    cells = [c for c in table["cells"] if c["metric"] == first]
+    return {"finished": sum(c["n"] for c in cells), "missing cells": sum(not c["n"] for c in cells),
+            "failed": table["failed"]}
+
+
+def environment(tables: dict) -> dict[str, str]:
+    """Versions, commit, date, and the training time and CO2 of every run the tables include."""
+    seconds = co2 = 0.0
+    dense: dict[str, tuple[float, float]] = {}
+    for t in tables.values():
+        for c in t["cells"]:
+            for s in c["seeds"].values():
+                seconds += s.get("train_seconds") or 0.0
+                co2 += s.get("co2_kg") or 0.0
+                dense[s.get("dense_key")] = (s.get("dense_train_seconds") or 0.0, s.get("dense_co2_kg") or 0.0)
+    seconds += sum(v[0] for v in dense.values())
+    co2 += sum(v[1] for v in dense.values())
+    installed = Path(sys.prefix) / INSTALLED
+    return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+            "lottery": importlib.metadata.version("lottery"), "commit": (runs.commit() or "unknown")[:12],
+            "installed from": installed.read_text().strip() if installed.exists() else "unknown (not `make install`)",
+            "training time of every run included": f"{seconds / 3600:.2f} h (dense networks counted once: {len(dense)})",
+            "CO2 of every run included": f"{co2:.4f} kg (codecarbon; see each run's power_source)"}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def budget_of(profile: str) -> tuple[str, str]:
+    """What a profile's budget can judge: ``paper``, ``reduced`` (fewer epochs or images than the
+    paper's recipe) or ``wiring`` (synthetic data), and the banner that says so."""
+    train = yaml.safe_load((CONF / "profile" / f"{profile}.yaml").read_text()).get("train", {})
+    if default_data(profile) == "synthetic":
+        return "wiring", (f"**Wiring check, not findings.** The {profile} profile trains on synthetic data for "
+                          f"{train.get('epochs')} epochs: each verdict says the pipeline computes one, not whether the "
+                          "paper's claim holds. Run `make tables PROFILE=quick` (CPU) or the paper profile (GPU).")
+    if train.get("epochs", PAPER_EPOCHS) < PAPER_EPOCHS:
+        return "reduced", (f"**Reduced budget.** The {profile} profile trains {train.get('epochs')} epochs (the paper: "
+                           f"{PAPER_EPOCHS}) on a subset of the images: the verdicts judge this budget, not the paper's "
+                           "recipe.")
+    return "paper", ""
+
+
+def claims_md(claims: list[dict], budget: str = "paper") -> str:
+    lines = ["| claim | verdict | agree / disagree / inconclusive (of cells) | rests on |", "|---|---|---|---|"]
+    for c in claims:
+        counts = f"{c['agree']} / {c['disagree']} / {c['inconclusive']} (of {c['cells']})" if c["cells"] else "—"
+        verdict = f"**{c['verdict']}**" + (" (wiring check)" if budget == "wiring" and c["verdict"] != "not run" else "")
+        lines.append(f"| {c['id']}: {c['claim']} | {verdict} | {counts} | {c['table']} |")
+    return "\n".join(lines)
+
+
+def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None) -> str:
+    on = f", {model}" if model else ""
+    budget, banner = budget_of(profile)
+    paper = [c for c in claims if c["id"].startswith("C")]
+    beyond = [c for c in claims if not c["id"].startswith("C")]
+    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", *([banner, ""] if banner else []),
+             claims_md(paper, budget), "", "## Beyond the paper", "", claims_md(beyond, budget), ""]
+    for name in sorted(available(), key=lambda n: (n.startswith("figure"), n)):  # the paper's order
+        t = tables.get(name)
+        if t is None:
+            sweep = load(name)
+            run = f"make {name} PROFILE={profile}" + (f" MODEL={model}" if model and "model" not in sweep.keys else "")
+            parts += [f"### {sweep.title}", "", f"not run: `{run}`", ""]
+            continue
+        counts = ", ".join(f"{v} {k}" for k, v in trials(t).items())
+        parts += [t["md"], f"Trials: {counts}.", ""] + ([f"![{name}]({name}.png)", ""] if t["png"] else [])
+    parts += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text).replace("&lt;u&gt;", "<u>").replace("&lt;/u&gt;", "</u>")
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
+def md_to_html(md: str) -> str:
+    """The subset of markdown the report writes: headings, pipe tables, images, lists, paragraphs."""
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, *body = [r for r in rows if not set(r) <= set("|-: ")]
+            cell = lambda r, tag: "".join(f"<{tag}>{_inline(c.strip())}</{tag}>" for c in r.strip("|").split("|"))  # noqa: E731
+            out.append("<table><tr>" + cell(head, "th") + "</tr>" + "".join(f"<tr>{cell(r, 'td')}</tr>" for r in body)
+                       + "</table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+            continue
+        flush()
+        if m := re.match(r"(#+) (.*)", line):
+            out.append(f"<h{len(m[1])}>{_inline(m[2])}</h{len(m[1])}>")
+        elif m := re.match(r"!\[(.*)\]\((.*)\)", line):
+            out.append(f'<img alt="{html.escape(m[1])}" src="{m[2]}">')
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:90%}"
+         "th{background:#f3f3f3}img{max-width:100%}")
+
+
+def page(md: str, tables: dict) -> str:
+    body = md_to_html(md)
+    for name, t in tables.items():
+        if t["png"]:
+            body = body.replace(f'src="{name}.png"', f'src="data:image/png;base64,{base64.b64encode(t["png"]).decode()}"')
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>lottery report</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def publish(profile: str, model: str | None, files: list[Path], root: str) -> str:
+    """The profile's (and model's) one ``role=report`` run, its artifacts replaced on every rebuild."""
+    experiment = runs.start(TrackingConfig(experiment=EXPERIMENT), root)
+    name = f"report-{profile}" + (f"-{model}" if model else "")
+    run_id = runs.find_or_create(experiment, name, {"role": "report", "profile": profile, "model": model or "default"})
+    runs.attach(run_id, files, {})
+    return run_id
+
+
+@entry
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lottery report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store; report goes below it")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--model", default=None,
+                   help="the MODEL the sweeps ran on (make table2 MODEL=...); default: their own")
+    args = p.parse_args(argv)
+    import mlflow
+
+    mlflow.set_tracking_uri(runs.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    profiles = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
+    if args.profile not in profiles:
+        built = sorted({r.data.tags.get("profile") for r in mlflow.search_runs(
+            search_all_experiments=True, output_format="list", filter_string="tags.role = 'sweep'")
+            if r.data.tags.get("table")})
+        raise LotteryError(f"unknown profile '{args.profile}': profiles with tables in this store: "
+                           f"{', '.join(built) or 'none yet'} (profiles: {', '.join(profiles)})")
+    tables = fetch_tables(args.profile, args.model)
+    claims = judge(tables)
+    md = markdown(args.profile, claims, tables, environment(tables), args.model)
+    if not tables:
+        md = md.replace("\n\n", f"\n\nNo table of the {args.profile} profile in MLflow yet: run "
+                                f"`make tables PROFILE={args.profile}` (add `DATA=imagefolder DATA_ROOT=DIR` offline), "
+                                "then `make report` again.\n\n", 1)
+    out = Path(args.root) / "report" / (args.profile + (f"-{args.model}" if args.model else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md)
+    (out / "index.html").write_text(page(md, tables))
+    run_id = publish(args.profile, args.model, [out / "index.html", out / "report.md"], args.root)
+    print(claims_md(claims, budget_of(args.profile)[0]))
+    print(f"written: {out / 'index.html'}, {out / 'report.md'} (MLflow run {run_id})")
+    return 0

@@ -1,5 +1,0 @@
-import sys
-
-from lottery.tables.cli import main
-
-sys.exit(main())

@@ -1,0 +1,110 @@
+"""Where and how a trial computes: the device (placed per job on a multi-GPU box, checked
+against what exists), its precision, determinism, and what a training's time depends on.
+
+Every CUDA-only branch here is plain logic on ``torch.cuda``'s answers, so the tests exercise it
+on a CPU by faking those answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+
+import torch
+
+from lottery.config import TrainConfig, bad_value, choice
+from lottery.errors import LotteryError
+
+log = logging.getLogger("lottery")
+
+# cuBLAS is deterministic only with a fixed workspace, set before CUDA starts (every trial imports this first).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def check_device(name: str) -> None:
+    """auto, cpu, cuda or cuda:N of a device that exists."""
+    if name not in ("auto", "cpu") and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise bad_value("device", name, "use auto, cpu or cuda[:N]")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LotteryError(f"device={name} but no CUDA device is available; use device=cpu")
+        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise bad_value("device", name, f"this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+
+
+def pick_device(name: str, job: int = 0) -> torch.device:
+    """The device a trial runs on: ``auto`` is CUDA when there is one, job k of a multirun on
+    ``cuda:{k mod devices}`` (so ``JOBS=N`` spreads over the box's GPUs), else the CPU."""
+    if name == "auto":
+        name = f"cuda:{job % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def name_of(device: torch.device) -> str:
+    """The device by its name, e.g. ``cuda:1 (NVIDIA H200)`` or ``cpu (AMD EPYC ..., 2 threads)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def configure(device: torch.device, t: TrainConfig) -> None:
+    """Determinism (``train.deterministic``): deterministic algorithms, no cuDNN autotuning
+    (whose pick varies between runs and whose workspace would count as memory); else cuDNN
+    benchmarks its convolutions. TF32 stays off for training too: the recipe is fp32 or bf16."""
+    torch.use_deterministic_algorithms(bool(t.deterministic), warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not t.deterministic
+        torch.backends.cudnn.deterministic = bool(t.deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+@contextlib.contextmanager
+def exact_matmuls():
+    """Full fp32 matmuls and convolutions (no TF32 on Ampere and later): near-tied scores rank
+    the same on every GPU as on a CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matmuls and convolutions natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def precision(device: torch.device, amp) -> str:
+    """The dtype training computes in on this device: ``bf16`` or ``fp32`` (``amp=auto`` resolved)."""
+    amp = choice(amp)
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if amp == "bf16" else "fp32"
+
+
+def autocast(device: torch.device, amp) -> contextlib.AbstractContextManager:
+    """bf16 autocast (loss, softmax and BatchNorm stay fp32, as autocast keeps them) or nothing."""
+    if precision(device, amp) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conditions(device: torch.device, t: TrainConfig, jobs: int) -> str:
+    """What a training's wall time and energy depend on besides the network: recorded with every
+    training, so that two trainings' times and energies are compared only when these match."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return (f"device={device.type}:{name.replace(' ', '_')} threads={torch.get_num_threads()} "
+            f"amp={precision(device, t.amp)} channels_last={t.channels_last} compile={t.compile} "
+            f"cuda_graph={t.cuda_graph} deterministic={t.deterministic} jobs={jobs}")

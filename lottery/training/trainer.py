@@ -1,0 +1,398 @@
+"""SGD training with a multistep schedule, resumable from its last saved epoch.
+
+The learning rate is a pure function of the absolute epoch, and the data order a pure function
+of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule from epoch i
+on, and a run resumed from a checkpoint ends with the same weights as an uninterrupted one (on a
+GPU too, with ``train.deterministic``). The step runs eager, compiled once per architecture
+(``train.compile``), or captured whole as a CUDA graph (``train.cuda_graph``); an epoch never
+waits for the host (loss and accuracy accumulate on the device and are read once at its end).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lottery.config import TrainConfig, bad_value
+from lottery.errors import LotteryError
+from lottery.files import save_atomic
+from lottery.training.data import Dataset, batch, epoch_plan, eval_batches, num_batches
+from lottery.training.devices import autocast, configure, synchronize
+
+log = logging.getLogger("lottery")
+
+
+def epoch_of(point, epochs: int) -> int:
+    """An epoch given as an int, or as a fraction of a schedule of ``epochs`` epochs."""
+    if isinstance(point, float) and not point.is_integer():
+        return int(math.floor(point * epochs + 1e-9))
+    return int(point)
+
+
+def rewind_epochs(t: TrainConfig) -> list[int]:
+    """The epochs whose weights the dense run keeps (theta_0 always among them)."""
+    return sorted({0, *(epoch_of(float(f), t.epochs) if f < 1 else int(f) for f in t.rewind_points)})
+
+
+def check_recipe(t: TrainConfig) -> None:
+    """The recipe's values, each against its rule, before any work."""
+    if t.epochs < 1:
+        raise bad_value("train.epochs", t.epochs, "train for at least one epoch")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(t, key) < 1:
+            raise bad_value(f"train.{key}", getattr(t, key), "must be positive")
+    bad = [m for m in t.milestones if not 0 < m < t.epochs]
+    if bad:
+        raise bad_value("train.milestones", list(t.milestones), f"{bad} lie outside the schedule (1..{t.epochs - 1})")
+    if list(t.milestones) != sorted(set(t.milestones)):
+        raise bad_value("train.milestones", list(t.milestones), "must be strictly increasing")
+    for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]"),
+                          ("save_every_s", t.save_every_s >= 0, ">= 0")):
+        if not ok:
+            raise bad_value(f"train.{key}", getattr(t, key), f"must be {rule}")
+    if t.compile and t.cuda_graph:
+        raise bad_value("train.cuda_graph", True, "captures the eager step; choose it or train.compile, not both")
+
+
+def lr_at(epoch: int, t: TrainConfig) -> float:
+    """The learning rate of the given (absolute) epoch under the multistep schedule."""
+    return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
+
+
+def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device | None = None) -> torch.optim.SGD:
+    """SGD of the recipe; on CUDA fused (one kernel for the whole update), and, for a captured
+    step, with the learning rate a device tensor that the graph reads each epoch."""
+    cuda = device is not None and device.type == "cuda"
+    lr = torch.tensor(t.lr, device=device) if cuda and t.cuda_graph else t.lr
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, nesterov=t.nesterov,
+                           weight_decay=t.weight_decay, fused=cuda or None)
+
+
+def set_lr(opt, lr: float) -> None:
+    for group in opt.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def compiled(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
+    """The network compiled for one architecture with static shapes: dynamo's caches are reset
+    first, so a process that trains many tickets never reaches its recompile limit (and falls
+    back to eager unnoticed); ``Trained.compiled`` says whether training stayed on the graph."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch.compile(model, backend=t.compile_backend, dynamic=False)
+
+
+def graphs_compiled() -> int:
+    """How many graphs dynamo captured since ``compiled`` (1: one graph, no recompilation)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def load_checkpoint(path: Path, what: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LotteryError(f"{what} {path} is unreadable ({type(e).__name__}); delete it to start over") from None
+
+
+def cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def cpu_tree(obj):
+    """A CPU copy of every tensor in nested dicts and lists (an optimizer's state dict)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_tree(v) for v in obj)
+    return obj
+
+
+@dataclass
+class Trained:
+    seconds: float  # wall time of the training epochs (not evaluation), across resumptions
+    started: float = field(default_factory=time.time)  # wall clock when the first epoch began
+    checkpoints: dict[int, dict] = field(default_factory=dict)  # epoch -> state dict (CPU)
+    optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
+    history: list[dict] = field(default_factory=list)  # one record per trained epoch (``Trained.record``)
+    resumed_from: int | None = None
+    compiled: str = "no"  # no | stayed (one graph) | recompiled N graphs | graph (a captured CUDA graph)
+
+    def state(self, model: nn.Module, opt, epoch: int) -> dict:
+        """Everything a killed run needs to go on after ``epoch`` epochs, but the kept rewind
+        points: those are written once, when reached (``Kept``)."""
+        return {"model": cpu_state(model), "optimizer": cpu_tree(opt.state_dict()), "epoch": epoch,
+                "seconds": self.seconds, "started": self.started, "kept": sorted(self.checkpoints),
+                "history": self.history}
+
+
+class Kept:
+    """Rewind points written once, beside the resumable state, when a training reaches them."""
+
+    def __init__(self, state_path: Path | None):
+        self.path = state_path
+
+    def _file(self, kind: str, epoch: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{kind}_{epoch}.pt")
+
+    def write(self, result: Trained, epoch: int) -> None:
+        if self.path is not None:
+            save_atomic(result.checkpoints[epoch], self._file("theta", epoch))
+            save_atomic(result.optimizers[epoch], self._file("optim", epoch))
+
+    def read(self, result: Trained, epochs: list[int]) -> None:
+        for e in epochs:
+            result.checkpoints[e] = load_checkpoint(self._file("theta", e), "kept rewind point")
+            result.optimizers[e] = load_checkpoint(self._file("optim", e), "kept optimizer state")
+
+    def remove(self) -> None:
+        if self.path is not None:
+            for f in self.path.parent.glob(f"{self.path.stem}.*_*.pt"):
+                f.unlink(missing_ok=True)
+
+
+def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, job: "Job") -> int:
+    """Continue from the state a killed run left after its last saved epoch, if any."""
+    if state_path is None or not state_path.exists():
+        return job.start
+    state = load_checkpoint(state_path, "training state")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    result.seconds, result.resumed_from = state["seconds"], state["epoch"]
+    result.started, result.history = state.get("started", result.started), state.get("history", [])
+    Kept(state_path).read(result, state.get("kept", []))
+    log.info("%s: resuming from the state saved after epoch %d (%s)", job.desc, state["epoch"], state_path)
+    return state["epoch"]
+
+
+@dataclass
+class Job:
+    """One training run of a network: the recipe, the span of the schedule it trains, what it
+    keeps and where it saves its resumable state."""
+
+    recipe: TrainConfig
+    seed: int
+    device: torch.device
+    start: int = 0  # first epoch trained (a ticket rewound to theta_i starts at i)
+    stop: int | None = None  # first epoch not trained (default: the schedule's end)
+    optimizer_state: dict | None = None  # the optimizer's state at ``start``, when replaying part of a run
+    keep: frozenset[int] = frozenset()  # epochs e whose starting weights theta_e and optimizer state are returned
+    state_path: Path | None = None  # resumable state (train.save_every_s); resumed from if it exists
+    desc: str = "train"
+    on_epoch: Callable[[dict], None] | None = None  # each epoch's history record, a resumed run's earlier ones first
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+
+
+class Step:
+    """One SGD step on device-resident data: gather and augment the batch, forward, backward,
+    update; loss and correct predictions accumulate on the device. With ``capture`` (CUDA) the
+    whole step is recorded once as a CUDA graph on static buffers and replayed: a ResNet32 step
+    is ~400 kernel launches for ~1.5 ms of GPU work. Without it the same body runs eagerly on the
+    same buffers (what the tests check against the plain loop on a CPU)."""
+
+    def __init__(self, model: nn.Module, opt, data: Dataset, job: Job, capture: bool):
+        t, device = job.recipe, job.device
+        self.model, self.opt, self.data, self.t, self.device = model, opt, data, t, device
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.graph = None
+        if capture:
+            self.static = (torch.zeros(t.batch_size, dtype=torch.long, device=device),
+                           torch.zeros(t.batch_size, 2, dtype=torch.long, device=device),
+                           torch.zeros(t.batch_size, dtype=torch.bool, device=device))
+            self.graph = self._capture()
+
+    def _body(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
+        x, y = batch(self.data, self.t, idx, offsets, flips)
+        with autocast(self.device, self.t.amp):
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+
+    def _capture(self):
+        """Record the step once on the static buffers. Its warm-up steps (which allocate the
+        momentum buffers) run on a side stream and are undone, so the training is unchanged: a
+        zero momentum buffer makes the first update SGD's first update."""
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in self.opt.state.items()}
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._body(*self.static)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(weights[k])
+            for p, s in self.opt.state.items():
+                for k, v in s.items():
+                    if torch.is_tensor(v) and k in state.get(p, {}):
+                        v.copy_(state[p][k])
+                    elif torch.is_tensor(v):
+                        v.zero_()
+            self.loss_sum.zero_()
+            self.correct.zero_()
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._body(*self.static)
+        return graph
+
+    def __call__(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
+        if self.graph is None:
+            self._body(idx, offsets, flips)
+            return
+        for buffer, value in zip(self.static, (idx, offsets, flips)):
+            buffer.copy_(value, non_blocking=True)
+        self.graph.replay()
+
+    def read(self) -> tuple[float, int]:
+        """Loss sum and correct count of the epoch so far (the epoch's one host sync), then reset."""
+        out = self.loss_sum.item(), self.correct.item()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return out
+
+
+def _epoch(step: Step, job: Job, epoch: int, bar) -> EpochStats:
+    """One epoch of SGD steps; the host reads loss and accuracy once, at its end."""
+    seen = 0
+    synchronize(job.device)
+    began = time.perf_counter()
+    for idx, offsets, flips in epoch_plan(step.data, job.recipe, job.seed, epoch):
+        step(idx, offsets, flips)
+        seen += len(idx)
+        bar.update()
+    loss_sum, correct = step.read()
+    return EpochStats(loss_sum / seen, 100 * correct / seen, time.perf_counter() - began, seen)
+
+
+def _bar(t: TrainConfig, steps: int, desc: str, epoch: int):
+    """A progress bar on a terminal; nothing where stderr is a log file (one line per epoch there)."""
+    return tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="step", leave=False,
+                disable=not (t.progress and sys.stderr.isatty()))
+
+
+def _report(stats: EpochStats, t: TrainConfig, desc: str, epoch: int, seconds: float) -> None:
+    """Stop on a diverged loss; else one log line per epoch (where bars are not shown)."""
+    if not math.isfinite(stats.loss):
+        raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower train.lr")
+    if t.progress:
+        log.info("%s epoch %d/%d: loss %.3f, accuracy %.1f%%, %.0f img/s, %.0f s in all", desc, epoch + 1,
+                 t.epochs, stats.loss, stats.accuracy, stats.images / stats.seconds, seconds)
+
+
+def record(epoch: int, lr: float, stats: EpochStats) -> dict:
+    """One epoch's line of the training history (MLflow metrics at step ``epoch``, 1-based)."""
+    return {"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy, "lr": lr,
+            "epoch_seconds": stats.seconds}
+
+
+def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
+    """Train epochs ``job.start .. job.stop - 1`` in place (see ``Job``). The resumable state is
+    saved at most every ``train.save_every_s`` seconds and after the last epoch; the caller
+    deletes it (``discard``) once the result is safely stored."""
+    t = job.recipe
+    configure(job.device, t)
+    opt = make_optimizer(model, t, job.device)
+    if job.optimizer_state is not None:
+        opt.load_state_dict(job.optimizer_state)
+    result, kept = Trained(0.0), Kept(job.state_path)
+    epoch = _resume(job.state_path, model, opt, result, job)
+    for line in result.history if job.on_epoch else ():
+        job.on_epoch(line)
+    step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job,
+                capture=t.cuda_graph and job.device.type == "cuda")
+    steps, stop, saved = num_batches(len(data.train), t), t.epochs if job.stop is None else job.stop, time.time()
+    while True:
+        if epoch in job.keep and epoch not in result.checkpoints:
+            result.checkpoints[epoch], result.optimizers[epoch] = cpu_state(model), cpu_tree(opt.state_dict())
+            kept.write(result, epoch)
+        if epoch >= stop:
+            break
+        set_lr(opt, lr_at(epoch, t))
+        model.train()
+        with _bar(t, steps, job.desc, epoch) as bar:
+            stats = _epoch(step, job, epoch, bar)
+        result.seconds += stats.seconds
+        _report(stats, t, job.desc, epoch, result.seconds)
+        epoch += 1
+        result.history.append(record(epoch, lr_at(epoch - 1, t), stats))
+        if job.on_epoch:
+            job.on_epoch(result.history[-1])
+        if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):
+            save_atomic(result.state(model, opt, epoch), job.state_path)
+            saved = time.time()
+    if t.compile:
+        graphs = graphs_compiled()
+        result.compiled = "stayed" if graphs == 1 else f"recompiled: {graphs} graphs"
+    elif step.graph is not None:
+        result.compiled = "graph"
+    return result
+
+
+def discard(state_path: Path | None) -> None:
+    """Delete a finished training's resumable state and the rewind points written beside it."""
+    if state_path is not None:
+        Kept(state_path).remove()
+        state_path.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device, split=None) -> torch.Tensor:
+    """Predicted classes (CPU int64) on the test split (or ``split``), in eval mode, unaugmented,
+    under the training precision."""
+    model.eval()
+    split = split if split is not None else data.test
+    out = []
+    for x, _ in eval_batches(data, split, t.eval_batch_size, t.channels_last):
+        with autocast(device, t.amp):
+            out.append(model(x).argmax(1))
+    return torch.cat(out).cpu()
+
+
+def accuracy(predictions: torch.Tensor, split) -> float:
+    """Top-1 accuracy (%) of predictions against a split's labels."""
+    return 100.0 * (predictions == split.y.cpu()).sum().item() / len(split)
+
+
+def held_out_accuracy(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device) -> dict:
+    """Accuracy on the validation split held out of the training images, when there is one."""
+    return {} if data.val is None else {"val_accuracy": evaluate(model, data, t, device, data.val)}
+
+
+def evaluate(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device, split=None) -> float:
+    """Top-1 accuracy (%) on the test split (or ``split``)."""
+    split = split if split is not None else data.test
+    return accuracy(predict(model, data, t, device, split), split)
+
+
+def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

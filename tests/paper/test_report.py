@@ -1,0 +1,165 @@
+"""The report: every verdict rule of docs/design.md §8.1 on constructed cells, and a page built from MLflow."""
+
+from html.parser import HTMLParser
+
+import mlflow
+
+from lottery.experiment import sweeps
+from lottery.paper import claims, report, tables
+from tests.helpers import cell_keys
+
+
+def cell(row, column, mean, ci=None, n=3, p=None, seeds=None, metric="delta_pp"):
+    lo, hi = ci if ci else (None, None)
+    return {"row": list(row), "column": column, "metric": metric, "mean": mean, "n": n, "ci_low": lo,
+            "ci_high": hi, "p_value": p, "seeds": seeds or {}}
+
+
+def table2(grasp, snip=None):
+    """Table 2's cells: ``grasp``/``snip`` map p to a cell (or None for a missing one)."""
+    snip = snip or {}
+    cells = []
+    for p in "12345":
+        cells.append(snip.get(p) or cell([p], "snip", 0.0, n=0))
+        cells.append(grasp.get(p) or cell([p], "grasp", 0.0, n=0))
+    return {"rows": ["density"], "cells": cells}
+
+
+def verdict_of(tables_, cid):
+    return next(c for c in claims.judge(tables_) if c["id"] == cid)
+
+
+def test_all_claims_supported_contradicted_inconclusive_and_not_run():
+    wins = {p: cell([p], "grasp", 0.5, (0.2, 0.8)) for p in "12345"}
+    assert verdict_of({"table2": table2(wins)}, "C3")["verdict"] == "supported"
+    one_loses = {**wins, "3": cell(["3"], "grasp", -0.5, (-0.8, -0.2))}
+    c3 = verdict_of({"table2": table2(one_loses)}, "C3")
+    assert c3["verdict"] == "contradicted" and (c3["agree"], c3["disagree"]) == (4, 1)
+    noisy = {**wins, "3": cell(["3"], "grasp", 0.1, (-0.3, 0.5))}
+    assert verdict_of({"table2": table2(noisy)}, "C3")["verdict"] == "inconclusive"
+    missing = {p: c for p, c in wins.items() if p != "5"}
+    assert verdict_of({"table2": table2(missing)}, "C3")["verdict"] == "not run"
+    assert verdict_of({}, "C3")["verdict"] == "not run"
+    smaller = table2({p: c for p, c in wins.items() if p != "5"})  # a model that cannot lose five blocks
+    next(c for c in smaller["cells"] if c["row"] == ["5"] and c["column"] == "grasp")["na"] = "p above its maximum"
+    c3 = verdict_of({"table2": smaller}, "C3")
+    assert c3["verdict"] == "supported" and c3["cells"] == 4
+
+
+def test_a_claim_about_most_cells_and_single_seed_cells_decided_by_mcnemar():
+    def table1(sides):
+        cells = [cell([crit], r, {"a": 0.5, "d": -0.5, "i": 0.1}[s], {"a": (0.1, 0.9), "d": (-0.9, -0.1),
+                                                                        "i": (-0.3, 0.5)}[s])
+                 for (crit, r), s in zip(((c, r) for c in "abcde" for r in ("0", "0.125", "0.25", "0.375")), sides)]
+        return {"table1": {"rows": ["criterion"], "cells": cells}}
+
+    assert verdict_of(table1("a" * 11 + "d" * 9), "C1")["verdict"] == "supported"
+    assert verdict_of(table1("a" * 10 + "i" * 10), "C1")["verdict"] == "inconclusive"  # 10 of 20 is not most
+    assert verdict_of(table1("d" * 11 + "i" * 9), "C1")["verdict"] == "contradicted"
+    assert claims.side(cell(["1"], "snip", -0.4, n=1, p=0.01), -1) == claims.AGREE
+    assert claims.side(cell(["1"], "snip", 0.4, n=1, p=0.01), -1) == claims.DISAGREE
+    assert claims.side(cell(["1"], "snip", -0.4, n=1, p=0.2), -1) == claims.INCONCLUSIVE
+
+
+def test_paired_claims_and_claims_on_means():
+    seeds = lambda *d: {str(i): {"delta_pp": v, "cka": v} for i, v in enumerate(d)}  # noqa: E731
+    t3 = {"rows": ["structure"], "cells": [
+        cell(["layer"], "snip", 0.3, seeds=seeds(0.3, 0.4, 0.5)), cell(["filter"], "snip", -0.6, seeds=seeds(-0.7, -0.6, -0.5)),
+        cell(["layer"], "grasp", 0.3, seeds=seeds(0.3, 0.4, 0.5)), cell(["filter"], "grasp", 0.3, seeds=seeds(0.5, 0.2, 0.5))]}
+    c5 = verdict_of({"table3": t3}, "C5")
+    assert (c5["agree"], c5["inconclusive"], c5["verdict"]) == (1, 1, "inconclusive")  # GraSP: -0.2, 0.2, 0: spans 0
+    rows = [("resnet32", p) for p in ("1", "3", "4")] + [("resnet56", p) for p in ("3", "4", "5", "12")]
+    metrics = ("flops_reduction_pct", "memory_reduction_pct", "co2_reduction_pct", "speedup")
+    rising = {"rows": ["model", "density"], "cells": [cell(r, m, float(r[1]), n=1, metric=m) for r in rows for m in metrics]}
+    assert verdict_of({"table4": rising}, "C6")["verdict"] == "supported"
+    rising["cells"][0]["mean"] = 99.0  # ResNet32 FLOPs no longer rise with p
+    c6 = verdict_of({"table4": rising}, "C6")
+    assert c6["verdict"] == "contradicted" and c6["disagree"] == 1
+    fig = {"rows": ["criterion"], "cells": [cell(["l1"], "delta_pp", 0.0, n=1, seeds={"0": {
+        "blocks": {"stage": [0, 0, 1, 1, 2], "scores": [0.1, 0.2, 0.3, 0.4, 0.2]}}})]}
+    assert verdict_of({"figure3": fig}, "C9")["verdict"] == "contradicted"  # stage 3 (0.2) below stage 2 (0.35)
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, capsys, new_store):
+    tracking_uri = new_store(tmp_path / "own.db")  # no other test's tables
+    mlflow.set_tracking_uri(tracking_uri)
+    sweep = sweeps.load("table2")
+    exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
+    for c, key in zip(sweep.cells(), cell_keys(sweep, sweeps.Setting("smoke"))):
+        for seed, d in enumerate((0.4, 0.6, 0.5) if c["criterion"] == "grasp" else (-0.1, 0.2, 0.0)):
+            with mlflow.start_run(experiment_id=exp):
+                mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})
+                mlflow.log_metrics({"delta_pp": d, "cka": 0.9 if c["criterion"] == "grasp" else 0.8 + d,
+                                    "train_seconds": 10.0, "dense_train_seconds": 20.0})
+    args = ["--profile", "smoke", "--root", str(tmp_path), "--tracking-uri", tracking_uri]
+    assert tables.main(["table2", *args]) == 0
+    assert report.main(args) == 0
+    out = tmp_path / "report" / "smoke"
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    text = " ".join(page.text)
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert "Table 2: tickets at initialization" in text and "Table 4" in text
+    assert "not run:" in text and "make table4 PROFILE=smoke" in text  # a missing sweep says what to run, never 0
+    md = (out / "report.md").read_text()
+    # smoke runs on synthetic data: a banner above the claims, and verdicts that read as wiring checks
+    assert md.index("**Wiring check, not findings.** The smoke profile trains on synthetic data") < md.index("| C3")
+    assert ("| C3: GraSP tickets at initialization win at every p = 1..5 | **supported** (wiring check) | "
+            "5 / 0 / 0 (of 5) |") in md
+    assert ("| C4: SNIP tickets at initialization lose from p = 3 on | **inconclusive** (wiring check) | "
+            "0 / 0 / 3 (of 3) |") in md
+    assert "C1: " in md and "**not run**" in md
+    assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
+    assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
+    runs = mlflow.search_runs(experiment_names=["report"], output_format="list")
+    assert len(runs) == 1
+
+
+def test_a_report_without_runs_says_what_to_run(tmp_path, new_store):
+    uri = new_store(tmp_path / "empty.db")
+    assert report.main(["--profile", "quick", "--root", str(tmp_path), "--tracking-uri", uri]) == 0
+    md = (tmp_path / "report" / "quick" / "report.md").read_text()
+    assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
+    assert "**Reduced budget.** The quick profile trains 8 epochs (the paper: 200)" in md and "(wiring check)" not in md
+    assert md.count("**not run**") == 11  # C1-C9, and Q1-Q2 beyond the paper
+
+
+def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path, new_store):
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(new_store(tmp_path / "own.db"))
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    client = MlflowClient()
+    for key, statuses in (("a", ("FAILED", "FINISHED")), ("b", ("KILLED",)), ("c", ("RUNNING",)),
+                          ("d", ("FINISHED",))):
+        for status in statuses:
+            run = client.create_run(exp, tags={"role": "ticket", "profile": "smoke", "config_key": key})
+            if status != "RUNNING":
+                client.set_terminated(run.info.run_id, status)
+    assert report._failed(exp, "smoke") == 1  # b; a finished on its retry, c still runs
+
+
+def test_an_unknown_profile_is_one_line_naming_the_profiles_with_tables(tmp_path, capsys, new_store):
+    uri = new_store(tmp_path / "own.db")
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.set_tags({"role": "sweep", "profile": "smoke", "table": "table2"})
+    assert report.main(["--profile", "nosuch", "--root", str(tmp_path), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lottery: error: unknown profile 'nosuch': profiles with tables in this store: smoke "
+                   "(profiles: paper, quick, smoke)")
+    assert not (tmp_path / "report").exists()  # no empty report written

@@ -1,0 +1,240 @@
+"""The CUDA path's logic, tested on a CPU wherever it can be (faked allocator and device counts,
+dispatch-level counts of host syncs, dynamo's graph counts with the eager backend), and the GPU
+tests proper (``cuda`` mark: make gpu-check runs them)."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lottery import networks
+from lottery.config import MeasureConfig, TrainConfig
+from lottery.errors import LotteryError
+from lottery.experiment import sweeps
+from lottery.measure import carbon, costs
+from lottery.networks.cifar_resnet import build
+from lottery.pruning.criteria import CRITERIA
+from lottery.training import devices
+from lottery.training.data import SOURCES, load_dataset
+from lottery.training.trainer import Job, make_optimizer, train
+from tests.helpers import kind_config, resnet_plan
+
+CPU = torch.device("cpu")
+
+
+def data(n=70):
+    return load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=n, test_size=20)), CPU)
+
+
+def recipe(**kw):
+    return OmegaConf.structured(TrainConfig(epochs=2, milestones=[1], batch_size=32, progress=False, **kw))
+
+
+class Counting(TorchDispatchMode):
+    """Counts one aten op: ``_local_scalar_dense`` is what every ``.item()`` (a host sync) runs."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.calls = op, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is self.op
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_epoch_reads_the_device_once_however_many_steps_it_takes():
+    torch.manual_seed(0)
+    model, ds = build(resnet_plan(8)), data(160)  # 5 steps an epoch
+    with Counting(torch.ops.aten._local_scalar_dense.default) as mode:
+        train(model, ds, Job(recipe(), 0, CPU))
+    assert mode.calls == 2 * 2  # loss and accuracy, once at the end of each of the 2 epochs
+
+
+def test_compile_captures_one_graph_per_architecture_without_recompiling():
+    """Static shapes: the epoch's last partial batch (70 = 2 x 32 + 6) is dropped, so no second
+    shape recompiles; a second architecture (a ticket) starts from reset caches."""
+    ds, t = data(70), recipe(compile=True, compile_backend="eager")
+    torch.manual_seed(0)
+    dense = build(resnet_plan(8))
+    done = train(dense, ds, Job(t, 0, CPU))
+    assert done.compiled == "stayed" and [h["epoch"] for h in done.history] == [1, 2]
+    ticket = networks.without(dense, ["blocks.0"])
+    assert train(ticket, ds, Job(t, 0, CPU)).compiled == "stayed"
+    eager = build(resnet_plan(8))
+    assert train(eager, ds, Job(recipe(), 0, CPU)).compiled == "no"
+
+
+def test_a_compiled_recipe_drops_the_last_partial_batch_for_dense_and_ticket_alike():
+    from lottery.training.data import epoch_plan, num_batches
+
+    ds = data(70)
+    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(), 0, 0)] == [32, 32, 6]
+    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(compile=True), 0, 0)] == [32, 32]
+    assert num_batches(70, recipe(cuda_graph=True)) == 2 and num_batches(70, recipe()) == 3
+
+
+def test_kept_rewind_points_are_written_once_and_the_state_at_most_every_save_every_s(tmp_path, monkeypatch):
+    import lottery.training.trainer as T
+
+    written = []
+    real = T.save_atomic
+    monkeypatch.setattr(T, "save_atomic", lambda obj, path: written.append(path.name) or real(obj, path))
+    torch.manual_seed(0)
+    t = OmegaConf.structured(TrainConfig(epochs=4, milestones=[2], batch_size=32, progress=False, save_every_s=3600))
+    done = train(build(resnet_plan(8)), data(64), Job(t, 0, CPU, keep=frozenset({0, 2}), state_path=tmp_path / "s.pt"))
+    # each kept point once; the state once, at the end (an hour between saves)
+    assert sorted(written) == ["s.optim_0.pt", "s.optim_2.pt", "s.pt", "s.theta_0.pt", "s.theta_2.pt"]
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert state["kept"] == [0, 2] and "checkpoints" not in state and sorted(done.checkpoints) == [0, 2]
+
+
+def test_a_resumed_training_reads_its_kept_points_back(tmp_path):
+    torch.manual_seed(0)
+    t = OmegaConf.structured(TrainConfig(epochs=3, milestones=[2], batch_size=32, progress=False, save_every_s=0))
+    model, ds = build(resnet_plan(8)), data(64)
+    first = train(copy.deepcopy(model), ds, Job(t, 0, CPU, keep=frozenset({1}), state_path=tmp_path / "s.pt", stop=2))
+    again = train(copy.deepcopy(model), ds, Job(t, 0, CPU, keep=frozenset({1}), state_path=tmp_path / "s.pt"))
+    assert again.resumed_from == 2 and all(torch.equal(first.checkpoints[1][k], again.checkpoints[1][k])
+                                           for k in first.checkpoints[1])
+
+
+def test_trial_k_of_a_multirun_goes_to_gpu_k_mod_the_devices_and_cuda_n_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [str(devices.pick_device("auto", job)) for job in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert str(devices.pick_device("cuda:1", 5)) == "cuda:1"  # an explicit device stays
+    devices.check_device("cuda:1")
+    with pytest.raises(LotteryError, match=r"device=cuda:2: this machine has 2 CUDA device\(s\): cuda:0 .. cuda:1"):
+        devices.check_device("cuda:2")
+    with pytest.raises(LotteryError, match="use auto, cpu or cuda"):
+        devices.check_device("cuda:x")
+
+
+def test_codecarbon_reads_the_trials_own_gpu(tmp_path, monkeypatch):
+    from codecarbon import OfflineEmissionsTracker
+
+    seen = []
+    real = OfflineEmissionsTracker.__init__
+    monkeypatch.setattr(OfflineEmissionsTracker, "__init__", lambda self, *a, **kw: seen.append(kw) or real(
+        self, *a, **{k: v for k, v in kw.items() if k != "gpu_ids"}))
+    cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
+    for device in (torch.device("cuda:1"), torch.device("cuda"), CPU):
+        with carbon.tracked(cfg, "test", 1, device):
+            pass
+    assert [kw.get("gpu_ids") for kw in seen] == [[1], [0], None]
+
+
+def test_the_cuda_step_memory_counts_the_step_above_what_was_resident(monkeypatch):
+    """Faked allocator statistics: whatever sits on the device before the step (data, ballast,
+    other networks) cancels out; the network's own state is counted exactly."""
+    model = build(resnet_plan(8))
+    t = recipe()
+    opt = make_optimizer(model, t)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+
+    def measured(resident):
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: resident + 1000)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: resident + 5000)
+        return costs._cuda_step_memory(model, opt, x, y, CPU, "off")
+
+    alone, beside = measured(0), measured(1 << 30)  # 1 GiB of resident ballast
+    own = costs._own_bytes(model, opt)  # weights and, after a step, momentum
+    assert alone == beside == own + 4000 and own == 2 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_scoring_never_uses_tf32(monkeypatch):
+    from lottery.pruning import criteria
+
+    seen = []
+    monkeypatch.setitem(criteria.CRITERIA._items, "probe", criteria.Criterion(
+        "probe", lambda *a: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        or torch.zeros(4, dtype=torch.float64), None, False, ""))
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # what a GPU host may set
+    try:
+        criteria.score_blocks("probe", build(resnet_plan(14)), None, kind_config(CRITERIA, "probe"), 0)
+        assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32  # restored after scoring
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_determinism_is_configured_by_the_recipe_and_recorded():
+    torch.manual_seed(0)
+    train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(build(resnet_plan(8)), data(32), Job(recipe(), 0, CPU))
+    assert torch.are_deterministic_algorithms_enabled()
+    assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
+
+
+def test_auto_on_a_cpu_for_a_long_profile_says_so_and_how_long(caplog, monkeypatch):
+    from lottery.experiment import estimate, trial
+    from lottery.experiment.context import Context
+    from tests.helpers import compose_cfg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(estimate, "timed_speed", lambda cfg: estimate.Speed(1e12, None, "faked"))
+    cfg = compose_cfg("data=synthetic", "model.depth=8", "device=auto", "tracking.uri=sqlite:///:memory:")
+    ctx = Context(cfg, None, None, CPU, {}, 0, 0, 1)
+    with caplog.at_level(logging.WARNING, logger="lottery"):
+        trial.warn_if_slow(ctx)
+    assert "device=auto found no GPU: training on the CPU, where one dense network of this profile (200 epochs) " \
+           "takes about" in caplog.text
+
+
+def test_the_survey_resolves_precision_for_the_workers_device():
+    class Args:
+        worker_precision, launcher = None, "slurm"
+
+    cfg = OmegaConf.create({"train": {"amp": "auto"}, "device": "auto"})
+    assert sweeps.worker_precision(Args, cfg) == "bf16"
+    Args.worker_precision = "fp32"
+    assert sweeps.worker_precision(Args, cfg) == "fp32"
+
+
+def test_the_grid_dense_networks_train_before_their_tickets():
+    sweep = sweeps.load("table4")
+    tickets = sweeps.commands(sweep, sweeps.Setting("smoke", extra=("tracking.parent=p",)), 2, jobs=2)
+    dense = sweeps.dense_first(tickets)
+    launcher = sweeps.launcher_overrides(2, None)
+    assert [c[4:] for c in dense] == [
+        [f"model={m}", "profile=smoke", "seed=0,1", "tracking.experiment=table4", *launcher, "data=synthetic",
+         "tracking.parent=p", "mode=dense"] for m in ("resnet32", "resnet56")]
+    assert all("criterion" not in " ".join(c) and "density" not in " ".join(c) for c in dense)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU (make gpu-check)
+
+
+@pytest.mark.cuda
+def test_a_captured_cuda_graph_step_trains_like_the_eager_step():
+    device = torch.device("cuda")
+    ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
+    out = []
+    for graph in (False, True):  # 256 images in batches of 32: no partial batch for the graph to drop
+        torch.manual_seed(0)
+        model = build(resnet_plan(8)).to(device)
+        done = train(model, ds, Job(recipe(cuda_graph=graph), 0, device))
+        out.append((model.state_dict(), done.compiled))
+    assert out[1][1] == "graph"
+    for k in out[0][0]:
+        torch.testing.assert_close(out[0][0][k].float(), out[1][0][k].float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_two_same_seed_trainings_on_a_gpu_are_bit_identical_when_deterministic():
+    device = torch.device("cuda")
+    ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build(resnet_plan(14)).to(device).to(memory_format=torch.channels_last)
+        train(model, ds, Job(recipe(), 0, device))
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
