@@ -57,6 +57,11 @@ class WeightSet(enum.Enum):
     conv_bn = "conv_bn"
 
 
+class Ties(enum.Enum):
+    refuse = "refuse"  # scores that cannot tell the blocks to remove from those kept stop the trial
+    index = "index"  # block order decides among tied blocks; the run is tagged so
+
+
 class Amp(enum.Enum):
     auto = "auto"  # bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32
     off = "off"  # fp32 everywhere
@@ -104,6 +109,8 @@ class TrainConfig:
                                 factory=lambda: [100, 150])
     gamma: float = opt(0.1, "learning-rate factor at each milestone, in (0, 1]")
     lr: float = opt(0.1, "SGD learning rate at epoch 0, > 0")
+    warmup_epochs: float = opt(0.0, "linear warm-up of the learning rate over this many epochs, step by step from "
+                                    "lr / steps (0: none, the paper's recipe)")
     momentum: float = opt(0.9, "SGD momentum, in [0, 1)")
     nesterov: bool = opt(True, "Nesterov momentum")
     weight_decay: float = opt(1e-4, "L2 weight decay, >= 0")
@@ -136,6 +143,8 @@ class CriterionConfig:
     batch_size: int = opt(250, "scoring chunk size (every chunk holds every class)")
     aggregate: Aggregate = opt(Aggregate.sum, "per-weight scores to a block or filter: sum or mean")
     weights: WeightSet = opt(WeightSet.conv, "weights scored: conv (and linear), or conv_bn (plus BN affine)")
+    ties: Ties = opt(Ties.refuse, "scores that tie where they decide which blocks go: refuse (one line, before "
+                                  "training) or index (block order decides; the run is tagged ties)")
 
 
 @dataclass

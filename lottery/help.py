@@ -36,7 +36,7 @@ def _groups() -> list[tuple[str, list[tuple[str, str]]]]:
     """Every config group's options, each with its kind's own one-line doc where it has one."""
     docs = {r.group: {n: item.doc for n, item in r.items() if hasattr(item, "doc")} for r in Registry.every if r.group}
     out = []
-    for folder in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+    for folder in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "sizing")):
         own = docs.get(folder.name, {})
         out.append((folder.name, [(f.stem, own.get(f.stem) or _yaml_doc(f)) for f in sorted(folder.glob("*.yaml"))]))
     return out

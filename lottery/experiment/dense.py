@@ -17,6 +17,7 @@ from lottery.experiment.context import Context
 from lottery.experiment.identity import dense_spec
 from lottery.files import content_key
 from lottery.measure import carbon
+from lottery.measure.metrics import CHANCE_MARGIN_PP, at_chance
 from lottery.measure.trial_costs import network_costs, robustness_key
 from lottery.tracking import runs
 from lottery.tracking.store import DenseResult, Entry
@@ -105,7 +106,18 @@ def stored(ctx: Context) -> tuple[Entry, runs.LiveRun | None]:
     entry, trained = ctx.store.get_or_train(key, defined, train_now, retrain=cfg.store.retrain)
     log.info("dense %s %s: accuracy %.2f%%", entry.key, "trained" if trained else "reused from the store",
              entry.metrics["accuracy"])
+    if learning_tags(ctx, entry)["dense_at_chance"] == "true":
+        log.warning("the dense network %s ended at %.2f%%, within %g pp of chance (%.1f%% for %d classes): it did not "
+                    "learn, and its tickets are no findings (check the recipe: train.lr, train.epochs, the data)",
+                    entry.key, entry.metrics["accuracy"], CHANCE_MARGIN_PP, 100 / ctx.data.num_classes,
+                    ctx.data.num_classes)
     return entry, (live[0] if live else None)
+
+
+def learning_tags(ctx: Context, entry: Entry) -> dict:
+    """Whether the dense network learned: ``dense_at_chance`` (true when its accuracy ended within
+    a few points of chance), tagged on its run and its tickets', and marked in tables."""
+    return {"dense_at_chance": str(at_chance(entry.metrics["accuracy"], ctx.data.num_classes)).lower()}
 
 
 def with_rewind_point(ctx: Context, entry: Entry) -> Entry:
@@ -176,5 +188,5 @@ def log_run(ctx: Context, entry: Entry, run: runs.LiveRun | None) -> str:
             runs.log_dataset(run.run_id, **describe(cfg.data, ctx.data))
             run.history(entry.meta.get("history", []))
         network = model_at(ctx, entry, "final") if cfg.tracking.log_model else None
-        return run.finish(runs.Results(numbers, entry.tags, {"dense.json": meta},
+        return run.finish(runs.Results(numbers, {**entry.tags, **learning_tags(ctx, entry)}, {"dense.json": meta},
                                            end_ms=entry.meta.get("trained", {}).get("end_ms"), network=network))

@@ -92,6 +92,12 @@ def identity(cfg: TrialConfig, data_fingerprint: str) -> dict:
     return spec
 
 
+def section(cfg: TrialConfig, group: str) -> dict:
+    """One group of the identity (``criterion``, ``model``, ...): what keys of a trial's own
+    state read of it, so they last like the trial's keys."""
+    return identity(cfg, "")[group]
+
+
 def cell_key(cfg: TrialConfig, data_fingerprint: str) -> str:
     """Same for every seed of one configuration: the runs a table cell aggregates."""
     return content_key(identity(cfg, data_fingerprint))

@@ -16,7 +16,7 @@ from torch import nn
 from lottery import networks
 from lottery.config import TrialConfig
 from lottery.errors import LotteryError
-from lottery.experiment import dense, estimate
+from lottery.experiment import dense, estimate, identity
 from lottery.experiment.context import Context
 from lottery.experiment.design import derive
 from lottery.files import content_key, save_atomic
@@ -47,11 +47,10 @@ from lottery.training.trainer import (
 log = logging.getLogger("lottery")
 
 
-def prune(ctx: Context, entry: Entry) -> Pruning:
-    """Score the network at the weights the mode scores on and choose what to remove (in
-    ``prune.rounds`` re-scoring rounds at those weights, when the mode re-scores)."""
+def prune(ctx: Context, scored: nn.Module) -> Pruning:
+    """Score ``scored``, the network at the weights the mode scores on, and choose what to remove
+    (in ``prune.rounds`` re-scoring rounds at those weights, when the mode re-scores)."""
     cfg = ctx.cfg
-    scored = dense.model_at(ctx, entry, 0 if ctx.mode.score_on == "init" else "final")
     rounds = ctx.rounds if ctx.mode.iterates(ctx.rounds) == "rescore" else 1
     pruning = STRUCTURES[cfg.structure].prune(Request(cfg, ctx.remove, scored, scoring(ctx), rounds))
     log.info("%s: %s", cfg.criterion.name, pruning.summary)
@@ -107,9 +106,11 @@ def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: runs.LiveRun) -
     return TrainedTicket(done, footprint, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
 
 
-def one_shot(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket, TrainedTicket, str]:
-    """Prune, build the ticket from the mode's weights, train it (resumable): the paper's trial."""
-    pruning = prune(ctx, entry)
+def one_shot(ctx: Context, entry: Entry, live: runs.LiveRun,
+             pruning: Pruning | None) -> tuple[Pruning, Ticket, TrainedTicket, str]:
+    """Prune (unless already pruned at theta_0), build the ticket from the mode's weights, train
+    it (resumable): the paper's trial."""
+    pruning = pruning or prune(ctx, dense.model_at(ctx, entry, "final"))
     ticket = make_ticket(ctx, pruning, entry)
     key = content_key({"dense": entry.key, "mode": ctx.mode.name, "pruned": pruning.record, "rewind": ctx.rewind,
                        "seed": ctx.cfg.seed})
@@ -125,7 +126,7 @@ def imp(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket
     cfg = ctx.cfg
     key = content_key({"dense": entry.key, "mode": ctx.mode.name, "rewind": ctx.rewind, "seed": cfg.seed,
                        "remove": ctx.remove, "rounds": ctx.rounds,
-                       "criterion": OmegaConf.to_container(cfg.criterion, resolve=True, enum_to_str=True)})
+                       "criterion": identity.section(cfg, "criterion")})
     folder = ctx.store.root / "trials" / f"{key}.rounds"
     scored, chosen, data = dense.model_at(ctx, entry, "final"), [], scoring(ctx)
     name = run_name(ctx, f"p{ctx.remove}-{ctx.rounds}rounds")
@@ -228,12 +229,18 @@ def dense_trial(ctx: Context) -> dict:
 def ticket_trial(ctx: Context, live: runs.LiveRun) -> dict:
     cfg = ctx.load().cfg
     runs.log_dataset(live.run_id, **describe(cfg.data, ctx.data))
+    # theta_0 is the seed's initialisation, the dense network's own: a mode that scores it prunes
+    # before any training, so a criterion that cannot choose stops the trial first.
+    early = prune(ctx, ctx.build(cfg.seed)) if ctx.mode.score_on == "init" else None
     entry, dense_run = dense.reference(ctx)
-    steps = imp if ctx.mode.iterates(ctx.rounds) == "retrain" else one_shot
-    pruning, ticket, trained, trial_key = steps(ctx, entry, live)
+    if ctx.mode.iterates(ctx.rounds) == "retrain":
+        pruning, ticket, trained, trial_key = imp(ctx, entry, live)
+    else:
+        pruning, ticket, trained, trial_key = one_shot(ctx, entry, live, early)
     metrics, measured_tags = ticket_metrics(ctx, ticket, trained, pruning, entry)
     tags = {"dense_key": entry.key, "dense_run_id": dense_run, "trial_key": trial_key, **ctx.shifted.tags(),
-            "dense_power_source": entry.tags.get("power_source", "unavailable"), **measured_tags}
+            "dense_power_source": entry.tags.get("power_source", "unavailable"), **pruning.tags,
+            **dense.learning_tags(ctx, entry), **measured_tags}
     name = run_name(ctx, pruning.label)
     artifacts = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True), pruning.artifact: pruning.record}
     results = runs.Results(metrics, tags, artifacts, {TICKET_FILE: ticket_file(ticket.model)}, name,

@@ -73,6 +73,12 @@ def wall_ratio(t, d, tp: Phase, dp: Phase):
 
 
 STORED, LIVE, NONE = "stored", "live", "none"  # where the dense counterpart comes from
+CHANCE_MARGIN_PP = 5.0  # a network within this many points of chance accuracy did not learn
+
+
+def at_chance(accuracy: float, classes: int) -> bool:
+    """Whether an accuracy (%) is at or near chance (100 / classes, within ``CHANCE_MARGIN_PP``)."""
+    return accuracy <= 100.0 / classes + CHANCE_MARGIN_PP
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ Derived here the same way for every family, by probing the network:
 - ``features`` are the input of the classifier (the last ``nn.Linear``), for CKA;
 - ``skipping`` makes a block pass its input on (KL's "network without the block");
 - block outputs are ``maps`` (N, C, H, W) or ``tokens`` (N, T, D), which says which activation
-  criteria are defined.
+  criteria are defined;
+- the weights a per-weight criterion scores are chosen by module type (``scored_weights``):
+  convolution kernels, linear and attention projections, and with ``norms`` the normalisation's
+  affine parameters; never embeddings, class or position tokens, layer scales or biases.
 
 Nothing outside ``lottery/networks/`` names a family's modules or parameters. This package
 imports only the schema (``lottery.config``, ``lottery.errors``); families do not import one
@@ -202,6 +205,42 @@ def _probe(model: nn.Module, paths: list[str]) -> dict[str, tuple[tuple, tuple]]
     return shapes
 
 
+# The weights of torch's own modules that a convolution or projection holds (docs/design.md §3).
+PROJECTIONS: dict[type, tuple[str, ...]] = {
+    nn.Conv1d: ("weight",), nn.Conv2d: ("weight",), nn.Conv3d: ("weight",), nn.Linear: ("weight",),
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+}
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def scored_weights(model: nn.Module, norms: bool) -> dict[str, nn.Parameter]:
+    """The parameters a per-weight criterion scores, by name, chosen by the module that holds
+    them: convolution kernels and linear and attention projections (torch's and those the
+    family declares), plus with ``norms`` the normalisation layers' affine parameters."""
+    types = {**PROJECTIONS, **family_of(model).weight_types()}
+    out = {}
+    for name, module in model.named_modules():
+        own = next((keys for t, keys in types.items() if isinstance(module, t)), ())
+        if norms and isinstance(module, NORMS):
+            own = ("weight", "bias")
+        for key in own:
+            p = getattr(module, key, None)
+            if isinstance(p, nn.Parameter):
+                out[f"{name}.{key}".lstrip(".")] = p
+    return out
+
+
+def batch_statistics(model: nn.Module) -> nn.Module:
+    """The network as gradient criteria score it: normalisation layers in training mode (batch
+    statistics, as at initialization the running ones mean nothing), everything else in eval
+    mode, so no dropout, stochastic depth or other randomness moves the scores."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return model
+
+
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Penultimate features: the classifier's input, flattened (one forward pass)."""
     seen = []
@@ -223,11 +262,12 @@ def skipping(model: nn.Module, path: str):
         hook.remove()
 
 
-def block_outputs(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, torch.Tensor]:
-    """Outputs of the given blocks for one batch of images (forward hooks, no grad)."""
+def block_ends(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Input and output of the given blocks for one batch (forward hooks, no grad)."""
     out, hooks = {}, []
     for path in paths:
-        hooks.append(model.get_submodule(path).register_forward_hook(lambda m, a, y, p=path: out.__setitem__(p, y)))
+        hooks.append(model.get_submodule(path).register_forward_hook(
+            lambda m, a, y, p=path: out.__setitem__(p, (a[0], y))))
     try:
         with torch.no_grad():
             model(x)
@@ -235,6 +275,11 @@ def block_outputs(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[s
         for h in hooks:
             h.remove()
     return out
+
+
+def block_outputs(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, torch.Tensor]:
+    """Outputs of the given blocks for one batch of images (forward hooks, no grad)."""
+    return {p: y for p, (_, y) in block_ends(model, x, paths).items()}
 
 
 def count_filters(model: nn.Module) -> int:

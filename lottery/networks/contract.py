@@ -99,6 +99,12 @@ class Family:
         """Every residual block's module path, in forward order, and whether its shortcut is the identity."""
         raise NotImplementedError
 
+    def weight_types(self) -> dict[type, tuple[str, ...]]:
+        """Module types of this family that hold a convolution's or projection's weights, beyond
+        torch's own (``lottery.networks.PROJECTIONS``), with those parameters' names: what the
+        per-weight criteria score (docs/design.md §3)."""
+        return {}
+
     def block_types(self) -> dict[type, IdentityRule]:
         """The residual block types this family knows, each with its identity-shortcut rule: a
         user's own network built from them is pruned without naming its blocks."""

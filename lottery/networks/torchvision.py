@@ -31,6 +31,11 @@ class Stem(enum.Enum):
     cifar = "cifar"  # a ResNet's 7x7 stride-2 stem and max-pool replaced by a 3x3 stride-1 conv (32x32 images)
 
 
+class HeadInit(enum.Enum):
+    default = "default"  # the builder's own (torchvision's ViT starts its classifier at zero)
+    normal = "normal"  # N(0, 1/fan_in) weights and zero bias, like a layer of the network
+
+
 @dataclass
 class TorchvisionSettings(ModelConfig):
     arch: Optional[str] = opt(None, "a torchvision.models builder or class, e.g. resnet18, mobilenet_v2, "
@@ -38,6 +43,9 @@ class TorchvisionSettings(ModelConfig):
     stem: Stem = opt(Stem.default, "ResNets: cifar = 3x3 stride-1 first conv and no max-pool")
     kwargs: Dict[str, Any] = opt(help="arguments of the builder, added with ++model.kwargs.NAME=VALUE (num_classes "
                                       "comes from the data)", factory=dict)
+    head_init: HeadInit = opt(HeadInit.default, "the classifier's initialisation: default (the builder's; a ViT's is "
+                                                "zero, so no gradient reaches its blocks at initialization) or normal "
+                                                "(N(0, 1/fan_in), bias 0)")
 
 
 @functools.cache
@@ -76,6 +84,14 @@ def cifar_stem(net: nn.Module) -> None:
     net.maxpool = nn.Identity()
 
 
+def normal_head(net: nn.Module) -> None:
+    """The classifier (the last nn.Linear) drawn from N(0, 1/fan_in), its bias zero."""
+    head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.normal_(head.weight, std=head.in_features ** -0.5)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+
+
 @FAMILIES.registered(TorchvisionSettings)
 class Torchvision(ModuleFamily):
     name = "torchvision"
@@ -85,7 +101,7 @@ class Torchvision(ModuleFamily):
             raise unknown("model.arch", str(cfg.arch), architectures())
 
     def arch(self, cfg: TorchvisionSettings, shape):
-        return {"arch": cfg.arch, "kwargs": dict(cfg.kwargs), "stem": cfg.stem.value}
+        return {"arch": cfg.arch, "kwargs": dict(cfg.kwargs), "stem": cfg.stem.value, "head_init": cfg.head_init.value}
 
     def construct(self, arch):
         import torchvision.models as tvm
@@ -101,6 +117,8 @@ class Torchvision(ModuleFamily):
                 raise LotteryError(f"model.stem=cifar replaces a ResNet's 7x7 stem and max-pool; {arch['arch']} is "
                                    "not a torchvision ResNet: use model.stem=default")
             cifar_stem(net)
+        if arch.get("head_init") == HeadInit.normal.value:
+            normal_head(net)
         return net
 
     def label(self, cfg: TorchvisionSettings):

@@ -32,6 +32,7 @@ class Cell:
     mark: str = ""  # best | second
     na: str | None = None  # why the model cannot run this cell's trial (e.g. p above its maximum)
     difference: bool = False  # the paired per-seed difference of two of the row's cells, not a trial's
+    at_chance: bool = False  # a run's dense network did not learn (tag dense_at_chance): no finding
     replaced: int = 0  # older runs of the same identity and seed, superseded
     runs: list[dict] = field(default_factory=list, repr=False)
 
@@ -80,7 +81,8 @@ def build(sweep: Sweep, runs: list[dict], cell_keys: list[str | None], xi: str =
         for metric in sweep.metrics:
             column = _column_of(sweep, cell, metric)
             c = Cell(row, column, metric, summarize([r["metrics"].get(metric) for r in chosen]),
-                     sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen, na=why)
+                     sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen, na=why,
+                     at_chance=any(r["tags"].get("dense_at_chance") == "true" for r in chosen))
             if sweep.signed and c.ours is not None:
                 _verdict(c, sweep, chosen, xi)
             cells.append(c)

@@ -21,7 +21,10 @@ ALPHA = 0.05
 
 
 def side(cell: dict, claimed: int) -> str:
-    """Where one cell (mean, n, ci_low/ci_high or p_value) stands on a claim of sign ``claimed``."""
+    """Where one cell (mean, n, ci_low/ci_high or p_value) stands on a claim of sign ``claimed``;
+    a cell whose dense network did not learn is inconclusive, whatever its numbers."""
+    if cell.get("at_chance"):
+        return INCONCLUSIVE
     if cell.get("ci_low") is not None:
         lo, hi = claimed * cell["ci_low"], claimed * cell["ci_high"]
         return AGREE if min(lo, hi) > 0 else DISAGREE if max(lo, hi) < 0 else INCONCLUSIVE

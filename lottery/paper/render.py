@@ -51,6 +51,8 @@ def ours_text(sweep: Sweep, c: Cell | None) -> str:
         detail.append(f"McNemar p={c.p_value:.3g}")
     if c.significant is not None:
         detail.append("sig" if c.significant else "n.s.")
+    if c.at_chance:
+        detail.append("dense at chance")
     return f"{text} ({', '.join(detail)})"
 
 
@@ -98,6 +100,10 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
     na = [c for c in cells if c.na and c.metric == sweep.metrics[0]]
     if na:
         text += f"; {len(na)} cell(s) n/a on this model ({na[0].na})"
+    chance = [c for c in cells if c.at_chance and c.metric == sweep.metrics[0]]
+    if chance:
+        text += (f"; {len(chance)} cell(s) rest on a dense network that ended at chance accuracy (marked dense at "
+                 "chance): it did not learn, so they are no findings")
     lines = [text + ".", f"Budget: {budget(cells)}."]
     if sweep.model:
         lines.append(f"Ours are {sweep.model}'s; the paper's values are its own network's (CIFAR ResNet).")
@@ -190,7 +196,7 @@ def json_text(sweep: Sweep, cells: list[Cell]) -> str:
                     "mean": s and s.mean, "std": s and s.std, "n": s.n if s else 0, "ci_low": s and s.ci_low,
                     "ci_high": s and s.ci_high, "p_value": c.p_value, "winning": c.winning,
                     "significant": c.significant, "sign_agrees": c.sign_agrees, "replaced": c.replaced,
-                    "na": c.na, "seeds": seeds})
+                    "na": c.na, "at_chance": c.at_chance, "seeds": seeds})
     return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "signed": sweep.signed,
                        "budget": budget(cells), "cells": out}, indent=1, default=float)
 

@@ -5,7 +5,8 @@ settings it reads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from torch import nn
@@ -22,8 +23,11 @@ from lottery.pruning.criteria import (
     score_blocks_and_filters,
     score_filters,
 )
+from lottery.pruning.criteria.weights import scored_names
 from lottery.pruning.joint import apply, greedy, module_flops
-from lottery.pruning.selection import check_filter_target, select_blocks, select_filters
+from lottery.pruning.selection import check_filter_target, select_blocks, select_filters, tied_blocks
+
+log = logging.getLogger("lottery")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Pruning:
     label: str  # for the run name, e.g. "p2" or "p1-filter"
     artifact: str  # file name of ``record`` in the run's artifacts
     summary: str  # one line for the log
+    tags: dict = field(default_factory=dict)  # logged with the ticket's tags (e.g. ties that block order decided)
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,36 @@ def layers(req: Request) -> Pruning:
         scores = score_blocks(c.name, model, req.scoring, c, req.cfg.seed)
         anatomy = networks.anatomy(model)
         removed = select_blocks(anatomy, scores, count)
-        rounds.append(_chosen(anatomy, scores, removed))
+        rounds.append({**_chosen(anatomy, scores, removed), "weights": scored_names(model, c.weights),
+                       **_ties(req, model, scores, removed)})
         model = networks.without(model, removed)
     return in_rounds(req.model, rounds)
+
+
+def _ties(req: Request, model: nn.Module, scores, removed: list[str]) -> dict:
+    """Nothing when the scores decide which blocks go; else one line (``criterion.ties=refuse``)
+    or, with ``criterion.ties=index``, a warning and the tied blocks for the record and the run."""
+    tied = tied_blocks(networks.anatomy(model), scores, removed)
+    if not tied:
+        return {}
+    c, cfg = req.cfg.criterion, req.cfg
+    where = "at initialization" if cfg.mode.name == "init" else "on the trained weights"
+    about = (f"are all {float(scores[0]):.3g}: it cannot tell the blocks apart" if bool((scores == scores[0]).all())
+             else f"tie between the removed {removed} and the kept {tied}: block order, not the criterion, "
+                  "decides which go")
+    if choice(c.ties) == "index":
+        log.warning("%s scores %s %s; criterion.ties=index lets block order decide (tagged ties on the run)",
+                    c.name, where, about)
+        return {"ties": tied}
+    head = model.get_submodule(networks.head(model))
+    why, fix = "", ""
+    if not head.weight.detach().any():
+        why = f" (its classifier {networks.head(model)} is all zero, so no gradient reaches the blocks)"
+        if "head_init" in cfg.model:
+            fix = "model.head_init=normal, or "
+    raise LotteryError(f"{c.name} scores of {networks.label(cfg.model)} {where} {about}{why}: use {fix}a criterion "
+                       "that reads the blocks otherwise (e.g. block_influence), or criterion.ties=index to let block "
+                       "order decide (tagged on the run)")
 
 
 def in_rounds(dense: nn.Module, rounds: list[dict]) -> Pruning:
@@ -86,8 +118,9 @@ def in_rounds(dense: nn.Module, rounds: list[dict]) -> Pruning:
                         for r in rounds)
     label = f"p{len(gone)}" + (f"-{len(rounds)}rounds" if len(rounds) > 1 else "")
     steps = [r["removed"] for r in rounds]
+    ties = [p for r in rounds for p in r.get("ties", [])]
     return Pruning(lambda m: _apply_removals(m, steps), record, {"blocks_removed": len(gone)}, label, "blocks.json",
-                   summary)
+                   summary, {"ties": f"index: block order chose among tied {ties}"} if ties else {})
 
 
 def _chosen(anatomy: networks.Anatomy, scores, removed: list[str]) -> dict:

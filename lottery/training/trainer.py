@@ -70,6 +70,15 @@ def lr_at(epoch: int, t: TrainConfig) -> float:
     return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
 
 
+def warmup(epoch: int, step: int, steps: int, t: TrainConfig) -> float:
+    """The share of the scheduled rate a step takes under the linear warm-up: (k + 1) / (w x
+    steps) at the k-th step of training, 1 after ``train.warmup_epochs`` (a function of the
+    absolute epoch and step, so a resumed or rewound training sees the same rates)."""
+    if not t.warmup_epochs:
+        return 1.0
+    return min(1.0, (epoch * steps + step + 1) / (t.warmup_epochs * steps))
+
+
 def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device | None = None) -> torch.optim.SGD:
     """SGD of the recipe; on CUDA fused (one kernel for the whole update), and, for a captured
     step, with the learning rate a device tensor that the graph reads each epoch."""
@@ -282,10 +291,13 @@ class Step:
 
 def _epoch(step: Step, job: Job, epoch: int, bar) -> EpochStats:
     """One epoch of SGD steps; the host reads loss and accuracy once, at its end."""
-    seen = 0
+    seen, t = 0, job.recipe
+    steps = num_batches(len(step.data.train), t)
     synchronize(job.device)
     began = time.perf_counter()
-    for idx, offsets, flips in epoch_plan(step.data, job.recipe, job.seed, epoch):
+    for k, (idx, offsets, flips) in enumerate(epoch_plan(step.data, t, job.seed, epoch)):
+        if epoch < t.warmup_epochs:
+            set_lr(step.opt, lr_at(epoch, t) * warmup(epoch, k, steps, t))
         step(idx, offsets, flips)
         seen += len(idx)
         bar.update()

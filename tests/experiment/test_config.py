@@ -33,7 +33,7 @@ def test_density_and_rewind_conversions():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["criterion.name=magic"], "unknown criterion 'magic'; choose one of: expectabs, grasp, hrank, kl, l1, pls, random, snip, synflow"),
+        (["criterion.name=magic"], "unknown criterion 'magic'; choose one of: angular_distance, block_influence, expectabs, grasp, hrank, kl, l1, loss_on_removal, pls, random, snip, synflow"),
         (["mode.name=prune"], "unknown mode 'prune'"),
         (["density=13"], "density=13 is above resnet32's maximum of 12"),
         (["model=resnet56", "density=25"], "maximum of 24"),

@@ -294,3 +294,18 @@ def test_beside_other_trials_a_trial_compares_no_energy_and_says_why(smoke):
     assert run.data.tags["co2_reduction_absent"] == "trained beside other trials"
     assert run.data.tags["energy_reduction_absent"] == "trained beside other trials"
     assert run.data.metrics["co2_kg"] > 0 and "speedup_wall" not in run.data.metrics
+
+
+def test_a_dense_network_at_chance_is_flagged_on_its_runs_and_in_the_log(smoke, caplog):
+    cfg = smoke("model.depth=14", "criterion=random", "train.lr=1e-9", "train.epochs=1", "train.milestones=[]",
+                "data.train_size=64", "measure.enabled=false", "robustness.enabled=false")
+    with caplog.at_level(logging.WARNING, logger="lottery"):
+        out = trial.run(cfg)
+    assert out["dense_accuracy"] <= 15.0  # chance is 10 % for 10 classes
+    assert "it did not learn, and its tickets are no findings" in caplog.text
+    dense_run, ticket_run = runs(cfg, "dense")[0], runs(cfg, "ticket")[0]
+    assert dense_run.data.tags["dense_at_chance"] == "true" == ticket_run.data.tags["dense_at_chance"]
+    learned = smoke("model.depth=14", "criterion=random", "data.train_size=128", "measure.enabled=false",
+                    "robustness.enabled=false")
+    trial.run(learned)
+    assert {r.data.tags["dense_at_chance"] for r in runs(learned, "ticket")} == {"true", "false"}

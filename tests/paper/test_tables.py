@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 
 import mlflow
 import pytest
@@ -219,3 +220,20 @@ def test_a_paper_grid_runs_on_another_model_and_its_cells_are_that_models_alone(
         sweeps.load("table4", "resnet18")
     with pytest.raises(LotteryError, match="unknown model 'resnet7'; choose one of: convnext_tiny, custom"):
         sweeps.load("table2", "resnet7")
+
+
+def test_cells_of_a_dense_network_at_chance_are_marked_and_judged_inconclusive():
+    from lottery.paper import claims
+
+    sweep = sweeps.load("table2")
+    at_chance = [run("grasp", 1, s, 0.5) for s in range(3)]
+    for r in at_chance:
+        r["tags"]["dense_at_chance"] = "true"
+    cells = build(sweep, at_chance + [run("grasp", 2, s, 0.5 + s / 10) for s in range(3)], keys_of(sweep))
+    marked = {(c.row, c.column): c.at_chance for c in cells if c.ours is not None}
+    assert marked == {(("1",), "grasp"): True, (("2",), "grasp"): False}
+    md = render.markdown(sweep, cells)
+    assert "dense at chance" in md and "1 cell(s) rest on a dense network that ended at chance accuracy" in md
+    table = json.loads(render.json_text(sweep, cells))
+    sides = {tuple(c["row"]): claims.side(c, +1) for c in table["cells"] if c["column"] == "grasp" and c["n"]}
+    assert sides == {("1",): claims.INCONCLUSIVE, ("2",): claims.AGREE}

@@ -95,12 +95,16 @@ def per_weight(name: str, needs_data: bool = True, additive: bool = False,
 
 def _run(fn, name: str, model: nn.Module, scoring, seed: int, cfg):
     """The criterion on a copy of the network (scoring may switch modes, cast or overwrite
-    weights), in full fp32 (no TF32 on a GPU: near-ties rank as on a CPU)."""
+    weights), in full fp32 (no TF32 on a GPU: near-ties rank as on a CPU), with torch's random
+    state seeded by ``seed`` and restored after: the scores depend on the seed alone, whatever
+    ran before in the process."""
     crit = CRITERIA[name]
     work = copy.deepcopy(model)
     for p in work.parameters():
         p.grad = None
-    with exact_matmuls():
+    device = next(work.parameters()).device
+    with exact_matmuls(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
         return fn(work, scoring if crit.needs_data else None, cfg, seed)
 
 

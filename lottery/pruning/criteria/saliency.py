@@ -1,8 +1,10 @@
-"""Gradient saliencies: SNIP (Lee et al. 2019) and GraSP (Wang et al. 2020).
+"""Gradient saliencies: SNIP (Lee et al. 2019), GraSP (Wang et al. 2020) and SynFlow (Tanaka et
+al. 2020), each per weight of the weights its definition names (docs/design.md §3).
 
-Both are computed in training mode (batch statistics in BN, as at initialization the running
-statistics mean nothing), on a copy of the model, over the whole scoring set in chunks whose
-losses are weighted so that the gradient equals the full-set gradient.
+SNIP and GraSP are computed with batch statistics in BatchNorm (as at initialization the running
+statistics mean nothing) and dropout and stochastic depth off (``networks.batch_statistics``), on
+a copy of the model, over the whole scoring set in chunks whose losses are weighted so that the
+gradient equals the full-set gradient.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ def snip(model, scoring, cfg, seed):
     """SNIP connection sensitivity |theta * dL/dtheta| per weight (Lee et al. 2019).
 
     Follows namhoonlee/snip-public (snip/prune.py): the gradient of the mean cross-entropy over
-    the scoring set, in training mode; sign: none (absolute value); the reference divides by the
-    sum of all scores, which leaves the ranking unchanged and is omitted.
+    the scoring set, with batch statistics; sign: none (absolute value); the reference divides by
+    the sum of all scores, which leaves the ranking unchanged and is omitted.
     """
-    model.train()
+    networks.batch_statistics(model)
     named = scored_parameters(model, cfg.weights)
     grads = loss_gradient(model, list(named.values()), scoring)
     return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}
@@ -71,7 +73,7 @@ def grasp(model, scoring, cfg: GraspSettings, seed):
     removes the largest, i.e. the weights whose theta * Hg is lowest, which is what removing the
     lowest of theta * Hg here does; its normalisation by |sum| leaves the ranking unchanged.
     """
-    model.train()
+    networks.batch_statistics(model)
     named = scored_parameters(model, cfg.weights)
     hg = hessian_gradient_product(model, list(named.values()), scoring, cfg.temperature)
     return {k: p.detach() * h for (k, p), h in zip(named.items(), hg)}

@@ -8,18 +8,18 @@ from torch import nn
 from lottery import networks
 from lottery.config import choice
 
-NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
 
 def scored_parameters(model: nn.Module, weight_set) -> dict[str, nn.Parameter]:
-    """The weight tensors SNIP and GraSP score: every parameter of two or more dimensions
-    (convolution kernels, linear and attention projections), plus normalisation affine
-    parameters with ``conv_bn``; biases are never scored."""
-    norms = set()
-    if choice(weight_set) == "conv_bn":
-        norms = {f"{n}.{k}".lstrip(".") for n, m in model.named_modules() if isinstance(m, NORMS)
-                 for k, _ in m.named_parameters(recurse=False)}
-    return {k: p for k, p in model.named_parameters() if p.dim() >= 2 or k in norms}
+    """The weights SNIP, GraSP, SynFlow and l1 score (``lottery.networks.scored_weights``):
+    convolution kernels and linear and attention projections, plus normalisation affine
+    parameters with ``conv_bn``; never embeddings, tokens, layer scales or biases."""
+    return networks.scored_weights(model, norms=choice(weight_set) == "conv_bn")
+
+
+def scored_names(model: nn.Module, weight_set) -> dict[str, list[str]]:
+    """Per removable block, the names of the parameters scored in it (what blocks.json records)."""
+    names = list(scored_parameters(model, weight_set))
+    return {b.path: [k for k in names if k.startswith(f"{b.path}.")] for b in networks.anatomy(model).removable}
 
 
 def aggregate_blocks(model: nn.Module, per_weight: dict[str, torch.Tensor], aggregate) -> torch.Tensor:
