@@ -60,8 +60,8 @@ test: lint  ## check the layers, then run the test suite (no tests collected cou
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; failing on purpose"; exit 1; fi; \
 	exit $$rc
 
-demo: install  ## one smoke trial (GraSP ticket at init, 2 blocks removed) into the local MLflow store
-	$(PY) -m lottery profile=smoke data=synthetic mode=init criterion=grasp density=2
+demo: install  ## one GraSP ticket at init (2 blocks removed) and its dense ResNet-20 on real digits (scikit-learn's), under a minute
+	$(PY) -m lottery profile=smoke data=digits model=resnet20 mode=init criterion=grasp density=2 paths.root=$(ROOT)
 
 ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...)
 	mkdir -p $(ROOT)

@@ -23,11 +23,11 @@ from lottery.files import content_key, save_atomic
 from lottery.measure import carbon, costs
 from lottery.measure.metrics import Phase, compare, console, dense_side
 from lottery.measure.similarity import cka_to_dense
-from lottery.measure.stats import discordant, mcnemar_from
-from lottery.measure.trial_costs import device_costs, network_costs, robustness_key
+from lottery.measure.stats import ALPHA, discordant, mcnemar_from
+from lottery.measure.trial_costs import network_costs, robustness_key
 from lottery.pruning.criteria import ScoringSet
 from lottery.pruning.modes import REINIT_SEED_OFFSET
-from lottery.pruning.structures import STRUCTURES, Pruning, Request, blocks_per_round, in_rounds, layers
+from lottery.pruning.structures import STRUCTURES, Pruning, Request, blocks_per_round, decisive, in_rounds, layers
 from lottery.tracking import outbox, runs
 from lottery.tracking.store import Entry
 from lottery.tracking.tickets import TICKET_FILE, ticket_file
@@ -112,8 +112,8 @@ def one_shot(ctx: Context, entry: Entry, live: runs.LiveRun,
     it (resumable): the paper's trial."""
     pruning = pruning or prune(ctx, dense.model_at(ctx, entry, "final"))
     ticket = make_ticket(ctx, pruning, entry)
-    key = content_key({"dense": entry.key, "mode": ctx.mode.name, "pruned": pruning.record, "rewind": ctx.rewind,
-                       "seed": ctx.cfg.seed})
+    key = content_key({"dense": entry.key, "mode": ctx.mode.name, "pruned": decisive(pruning.record),
+                       "rewind": ctx.rewind, "seed": ctx.cfg.seed})
     return pruning, ticket, train_ticket(ctx, ticket, ctx.store.root / "trials" / f"{key}.state.pt", live), key
 
 
@@ -255,12 +255,20 @@ def ticket_trial(ctx: Context, live: runs.LiveRun) -> dict:
         shutil.rmtree(trained.state)
     else:
         discard(trained.state)
-    log.info("%s: ticket %.2f%% vs dense %.2f%% (%+.2f pp, %s; McNemar p=%.3g) | filters %d -> %d | "
-             "params %d -> %d | %s | MLflow run %s", name, metrics["accuracy"], metrics["dense_accuracy"],
-             metrics["delta_pp"], "wins" if metrics["winning"] else "loses", metrics["mcnemar_p"],
-             metrics["dense_filters"], metrics["filters"], metrics["dense_params"], metrics["params"],
-             console(metrics), live.run_id)
+    log.info("%s: ticket %.2f%% vs dense %.2f%% (%s) | filters %d -> %d | params %d -> %d | %s | MLflow run %s",
+             name, metrics["accuracy"], metrics["dense_accuracy"], verdict(metrics, tags), metrics["dense_filters"],
+             metrics["filters"], metrics["dense_params"], metrics["params"], console(metrics), live.run_id)
     return {**metrics, "run_id": live.run_id, "name": name}
+
+
+def verdict(metrics: dict, tags: dict) -> str:
+    """Eq. 1's word and whether the difference exceeds the noise (McNemar's exact test, docs/design.md
+    §8.2), e.g. ``-2.78 pp, loses, significant: McNemar p=0.0213``; a dense network that did not
+    learn says so instead of a finding."""
+    word = "wins" if metrics["winning"] else "loses"
+    noise = "significant" if metrics["mcnemar_p"] < ALPHA else "within noise"
+    text = f"{metrics['delta_pp']:+.2f} pp, {word}, {noise}: McNemar p={metrics['mcnemar_p']:.3g}"
+    return text + ("; the dense network is at chance: no finding" if tags.get("dense_at_chance") == "true" else "")
 
 
 def accuracy_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, entry: Entry) -> dict:
@@ -281,7 +289,8 @@ def ticket_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, pruning
     """Every number logged for a ticket, each beside its dense counterpart (docs/design.md §7), and
     the tags that say where they came from or why a comparison is absent."""
     cfg = ctx.cfg
-    measured, tags = network_costs(ctx, ticket.model)
+    dense_model = dense.model_at(ctx, entry, "final") if cfg.measure.enabled else None
+    measured, tags = network_costs(ctx, ticket.model, beside=dense_model)  # the dense side's device costs beside it
     epochs = cfg.train.epochs - ticket.start_epoch
     metrics = {
         **accuracy_metrics(ctx, ticket, trained, entry), **pruning.metrics,
@@ -289,14 +298,16 @@ def ticket_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, pruning
         "train_seconds": trained.done.seconds, "ticket_epochs": epochs,
         **dense_side(entry.metrics, f"@{robustness_key(cfg)}"), **measured, **trained.footprint.metrics(),
     }
-    if cfg.measure.enabled:  # the dense side's device costs measured here, beside the ticket's
-        dense_model = dense.model_at(ctx, entry, "final")
-        metrics.update({f"dense_{k}": v for k, v in device_costs(ctx, dense_model)[0].items()})
+    if dense_model is not None:
         metrics["cka"] = cka_to_dense(ticket.model, dense_model, ctx.data, cfg)
     phase = Phase(trained.done.seconds, epochs, metrics.get("co2_kg"), metrics.get("energy_kwh"),
                   conditions(ctx.device, cfg.train, cfg.jobs), trained.done.resumed_from is not None)
     compared, absent = compare(metrics, phase, Phase.of(entry))
     metrics.update(compared)
+    unreliable = {k: v for k, v in absent.items() if k.endswith("_unreliable")}
+    if unreliable:
+        log.warning("left out as unreliable (the machine was busy?): %s", "; ".join(f"{k[:-11]}: {v}"
+                                                                                     for k, v in unreliable.items()))
     return metrics, {**absent, **tags, "compiled": trained.done.compiled,
                      **trained.footprint.tags(trained.done.resumed_from)}
 

@@ -108,41 +108,64 @@ def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
     return _own_bytes(m, opt) + int(torch.cuda.max_memory_allocated(device)) - before
 
 
-def throughput(model: nn.Module, t: TrainConfig, device, steps: int, warmup: int) -> float:
-    """Steady-state training images per second (after warm-up) of the recipe's step: its
-    precision, its optimizer, compiled when it trains compiled; on a copy of the model."""
-    m = copy.deepcopy(model).train()
-    opt = make_optimizer(m, t, device)
-    stepped = compiled(m, t, device) if t.compile else m
-    x, y = _batch(m, t.batch_size, device, t.channels_last)
+def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, warmup: int) -> list[list[float]]:
+    """Training images per second of each timed step of each network (after ``warmup`` untimed
+    steps), the networks taking turns step by step, so a load that comes and goes touches them
+    alike: the recipe's step (its precision, its optimizer, compiled when it trains compiled), on
+    copies of the networks."""
+    runs = []
+    for k, model in enumerate(models):
+        m = copy.deepcopy(model).train()
+        stepped = compiled(m, t, device, reset=k == 0) if t.compile else m
+        runs.append((stepped, make_optimizer(m, t, device), *_batch(m, t.batch_size, device, t.channels_last)))
     for _ in range(warmup):
-        _step(stepped, opt, x, y, device, t.amp)
-    synchronize(device)
-    began = time.perf_counter()
+        for stepped, opt, x, y in runs:
+            _step(stepped, opt, x, y, device, t.amp)
+    rates: list[list[float]] = [[] for _ in models]
     for _ in range(steps):
-        _step(stepped, opt, x, y, device, t.amp)
-    synchronize(device)
-    return steps * t.batch_size / (time.perf_counter() - began)
+        for k, (stepped, opt, x, y) in enumerate(runs):
+            synchronize(device)
+            began = time.perf_counter()
+            _step(stepped, opt, x, y, device, t.amp)
+            synchronize(device)
+            rates[k].append(t.batch_size / (time.perf_counter() - began))
+    return rates
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, t: TrainConfig) -> float:
-    """Median inference latency (ms) of one forward pass at the given batch size, in the
-    recipe's precision and memory format."""
-    m = copy.deepcopy(model).eval()
-    x, _ = _batch(m, batch_size, device, t.channels_last)
+def latencies(models: list[nn.Module], batch_size: int, device, repeats: int, t: TrainConfig) -> list[list[float]]:
+    """Inference latency (ms) of each repeated forward pass of each network at the given batch
+    size, in the recipe's precision and memory format, the networks taking turns pass by pass."""
+    nets = [copy.deepcopy(model).eval() for model in models]
+    inputs = [_batch(m, batch_size, device, t.channels_last)[0] for m in nets]
+    times: list[list[float]] = [[] for _ in models]
     with autocast(device, t.amp):
-        return _median_ms(m, x, device, repeats)
+        for m, x in zip(nets, inputs):  # two untimed passes each
+            m(x)
+            m(x)
+        for _ in range(repeats):
+            for k, (m, x) in enumerate(zip(nets, inputs)):
+                synchronize(device)
+                began = time.perf_counter()
+                m(x)
+                synchronize(device)
+                times[k].append(1000 * (time.perf_counter() - began))
+    return times
 
 
-def _median_ms(m: nn.Module, x: torch.Tensor, device, repeats: int) -> float:
-    for _ in range(2):
-        m(x)
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        began = time.perf_counter()
-        m(x)
-        synchronize(device)
-        times.append(1000 * (time.perf_counter() - began))
-    return statistics.median(times)
+def throughput(model: nn.Module, t: TrainConfig, device, steps: int, warmup: int) -> float:
+    """Median training images per second of one network (``throughputs``)."""
+    return statistics.median(throughputs([model], t, device, steps, warmup)[0])
+
+
+def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, t: TrainConfig) -> float:
+    """Median inference latency (ms) of one network (``latencies``)."""
+    return statistics.median(latencies([model], batch_size, device, repeats, t)[0])
+
+
+def median_and_spread(samples: list[float]) -> tuple[float, float]:
+    """The median of repeated timings and their spread: the interquartile range (0 for one)."""
+    if len(samples) < 2:
+        return statistics.median(samples), 0.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q3 - q1

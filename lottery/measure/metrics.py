@@ -8,6 +8,7 @@ row (plus its measurement, if new).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,7 +89,9 @@ class Metric:
     dense: str = STORED  # stored with the dense entry, measured live beside the ticket, or none
     rule: Callable | None = None  # (ticket, dense, ticket phase, dense phase) -> comparison
     compared: str = ""  # the comparison's key
-    console: str = ""  # format of the comparison (or of the value, without one) on the console line
+    console: str = ""  # format of the comparison (or of the value, without one) on the console line; a
+    # reduction is shown as the signed change it is (a 23.1 % reduction: -23.1 %, an increase: +5.5 %)
+    speed: bool = False  # the comparison is a speed ratio (or a reduction of time or energy): bounded by the FLOPs
     shifted: bool = False  # stored per robustness set (key suffix)
 
 
@@ -99,18 +102,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("params", "parameters"),
     Metric("filters", "output channels of every convolution"),
     Metric("flops", "forward FLOPs per image (torch.utils.flop_counter)", rule=reduction,
-           compared="flops_reduction_pct", console="FLOPs -{:.1f}%"),
+           compared="flops_reduction_pct", console="FLOPs {:+.1f}%"),
     Metric("memory_bytes", "training step at the training batch (see measure.training_memory), both nets in this "
-           "process", dense=LIVE, rule=reduction, compared="memory_reduction_pct", console="memory -{:.1f}%"),
+           "process", dense=LIVE, rule=reduction, compared="memory_reduction_pct", console="memory {:+.1f}%"),
     Metric("throughput_img_s", "steady-state training images/s, both nets back to back in this process",
-           dense=LIVE, rule=ratio, compared="speedup", console="speed-up {:.2f}x"),
-    Metric("train_seconds", "wall time of the training epochs", rule=wall_ratio, compared="speedup_wall"),
+           dense=LIVE, rule=ratio, compared="speedup", console="speed-up {:.2f}x", speed=True),
+    Metric("train_seconds", "wall time of the training epochs", rule=wall_ratio, compared="speedup_wall", speed=True),
     Metric("latency_ms_b1", "median forward latency at batch 1, in the training precision", dense=LIVE),
     Metric("latency_ms_b128", "median forward latency at batch 128, in the training precision", dense=LIVE),
     Metric("co2_kg", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
-           compared="co2_reduction_pct", console="CO2 per epoch -{:.1f}%"),
+           compared="co2_reduction_pct", console="CO2 per epoch {:+.1f}%", speed=True),
     Metric("energy_kwh", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
-           compared="energy_reduction_pct"),
+           compared="energy_reduction_pct", speed=True),
     Metric("cifar10c_accuracy", "mean top-1 % over CIFAR-10-C corruptions x severities", rule=delta,
            compared="cifar10c_delta_pp", console="CIFAR-10-C {:+.2f} pp", shifted=True),
     Metric("cifar102_accuracy", "top-1 % on CIFAR-10.2", rule=delta, compared="cifar102_delta_pp",
@@ -125,17 +128,43 @@ def dense_side(dense_metrics: dict, suffix: str) -> dict:
             for m in METRICS if m.dense == STORED}
 
 
+SPEED_MARGIN = 0.5  # how far beyond what the FLOPs allow a measured speed ratio may lie before it is unreliable
+
+
+def speed_bounds(metrics: dict) -> tuple[float, float] | None:
+    """The speed ratios (dense time / ticket time) a ticket can show against its dense network: not
+    slower, and not faster than its fewer FLOPs allow, each within ``SPEED_MARGIN``."""
+    if not metrics.get("flops") or not metrics.get("dense_flops"):
+        return None
+    return 1 / (1 + SPEED_MARGIN), metrics["dense_flops"] / metrics["flops"] * (1 + SPEED_MARGIN)
+
+
+def _as_speed(m: Metric, value: float) -> float:
+    """A speed-up as it is, a reduction of time or energy per epoch as the speed ratio it implies."""
+    return value if not m.compared.endswith("reduction_pct") else (1 / (1 - value / 100) if value < 100 else math.inf)
+
+
 def compare(metrics: dict, ticket: Phase, dense: Phase) -> tuple[dict, dict]:
     """Every row's comparison of ``metrics`` (ticket values and their ``dense_*``), and tags that
-    say why a comparison is absent."""
-    out, tags = {}, {}
+    say why a comparison is absent: like for like it could not be, or (``*_unreliable``) a speed
+    ratio outside what the FLOPs allow, which a busy machine, not the network, made."""
+    out, tags, bounds = {}, {}, speed_bounds(metrics)
     for m in METRICS:
         if m.rule is None or metrics.get(m.name) is None or metrics.get(f"dense_{m.name}") is None:
             continue
+        name = m.compared.removesuffix("_pct")
         try:
-            out[m.compared] = m.rule(metrics[m.name], metrics[f"dense_{m.name}"], ticket, dense)
+            value = m.rule(metrics[m.name], metrics[f"dense_{m.name}"], ticket, dense)
         except Absent as why:
-            tags[f"{m.compared.removesuffix('_pct')}_absent"] = str(why)
+            tags[f"{name}_absent"] = str(why)
+            continue
+        if m.speed and value is not None and bounds and not bounds[0] <= _as_speed(m, value) <= bounds[1]:
+            tags[f"{name}_unreliable"] = (f"{value:.3g} means a speed ratio of {_as_speed(m, value):.2f}x, outside "
+                                          f"[{bounds[0]:.2f}, {bounds[1]:.2f}]x, what a network with "
+                                          f"{metrics['dense_flops'] / metrics['flops']:.2f}x fewer FLOPs can show "
+                                          f"(within {SPEED_MARGIN:.0%})")
+            continue
+        out[m.compared] = value
     return out, tags
 
 
@@ -145,5 +174,6 @@ def console(metrics: dict) -> str:
     for m in METRICS:
         key = m.compared or m.name
         if m.console and metrics.get(key) is not None:
-            parts.append(m.console.format(metrics[key]))
+            value = -metrics[key] if key.endswith("reduction_pct") else metrics[key]
+            parts.append(m.console.format(value))
     return ", ".join(parts) or "costs not measured"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 CONFIDENCE = 0.95
+ALPHA = 0.05  # 1 - CONFIDENCE: a difference is significant when its p is below it
 
 
 @dataclass

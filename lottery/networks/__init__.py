@@ -207,17 +207,17 @@ def _probe(model: nn.Module, paths: list[str]) -> dict[str, tuple[tuple, tuple]]
 
 # The weights of torch's own modules that a convolution or projection holds (docs/design.md §3).
 PROJECTIONS: dict[type, tuple[str, ...]] = {
-    nn.Conv1d: ("weight",), nn.Conv2d: ("weight",), nn.Conv3d: ("weight",), nn.Linear: ("weight",),
+    nn.modules.conv._ConvNd: ("weight",), nn.Linear: ("weight",), nn.Bilinear: ("weight",),
     nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
 }
-NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
 def scored_weights(model: nn.Module, norms: bool) -> dict[str, nn.Parameter]:
     """The parameters a per-weight criterion scores, by name, chosen by the module that holds
     them: convolution kernels and linear and attention projections (torch's and those the
     family declares), plus with ``norms`` the normalisation layers' affine parameters."""
-    types = {**PROJECTIONS, **family_of(model).weight_types()}
+    types = {**family_of(model).weight_types(), **PROJECTIONS}  # a family's own types first: they may subclass torch's
     out = {}
     for name, module in model.named_modules():
         own = next((keys for t, keys in types.items() if isinstance(module, t)), ())

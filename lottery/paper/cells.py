@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lottery.experiment.sweeps import Sweep
-from lottery.measure.stats import Stat, summarize
+from lottery.measure.stats import ALPHA, Stat, summarize
 
-ALPHA = 0.05
 
 
 @dataclass
@@ -110,7 +109,7 @@ def differences(sweep: Sweep, cells: list[Cell]) -> list[Cell]:
             pairs = [r["metrics"].get(metric) - mine[s] for r in a.runs if (s := r["tags"].get("seed", "0")) in mine
                      and r["metrics"].get(metric) is not None and mine[s] is not None]
             stat = summarize(pairs)
-            c = Cell(row, d["label"], metric, stat, None, difference=True, runs=[])
+            c = Cell(row, d["label"], metric, stat, None, difference=True, runs=[], at_chance=a.at_chance or b.at_chance)
             if stat is not None and stat.n >= 2:
                 c.p_value, c.significant = stat.p_value, stat.significant
             out.append(c)

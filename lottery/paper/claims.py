@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lottery.measure.stats import summarize
+from lottery.measure.stats import ALPHA, summarize
 
 AGREE, DISAGREE, INCONCLUSIVE = "agree", "disagree", "inconclusive"
-ALPHA = 0.05
 
 
 def side(cell: dict, claimed: int) -> str:
@@ -44,7 +43,8 @@ def paired(a: dict, b: dict, key: str) -> dict | None:
     values = [a["seeds"][s][key] - b["seeds"][s][key] for s in common
               if a["seeds"][s].get(key) is not None and b["seeds"][s].get(key) is not None]
     stat = summarize(values)
-    return None if stat is None else {"mean": stat.mean, "n": stat.n, "ci_low": stat.ci_low, "ci_high": stat.ci_high}
+    return None if stat is None else {"mean": stat.mean, "n": stat.n, "ci_low": stat.ci_low, "ci_high": stat.ci_high,
+                                      "at_chance": bool(a.get("at_chance") or b.get("at_chance"))}
 
 
 def verdict(quantifier: str, sides: list[str], expected: int) -> str:

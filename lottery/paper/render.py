@@ -8,7 +8,8 @@ import io
 import json
 
 from lottery.experiment.sweeps import Sweep
-from lottery.paper.cells import ALPHA, Cell, budget
+from lottery.measure.stats import ALPHA
+from lottery.paper.cells import Cell, budget
 
 MISSING = "missing"
 NA = "n/a"
@@ -84,7 +85,7 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
         judged = [c for c in filled if c.significant is not None]
         text += (f"; {sum(c.winning for c in filled)} winning by Eq. 1; {sum(c.significant for c in judged)} of "
                  f"{len(judged)} significant (95 % Student-t interval of the paired delta excludes 0; n = 1: "
-                 f"McNemar's exact p < {ALPHA}), the rest n.s. (a sign on noise)")
+                 f"McNemar's exact p < {ALPHA}), the rest n.s. (within noise: a sign on noise)")
         if sweep.paper:
             text += f"; sign agrees with the paper in {sum(c.sign_agrees for c in agree)}/{len(agree)}"
     replaced = sum(c.replaced for c in cells if c.metric == sweep.metrics[0])  # once per cell, not per metric

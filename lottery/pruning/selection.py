@@ -40,21 +40,21 @@ def select_blocks(anatomy: Anatomy, scores: torch.Tensor, count: int) -> list[st
 
 
 def tied_blocks(anatomy: Anatomy, scores: torch.Tensor, chosen: list[str]) -> list[str]:
-    """The removable blocks kept although their score equals the highest score among the chosen
-    ones, and that could have gone in a chosen block's place (their stage could spare them): when
-    there is any, block order, not the criterion, chose between them. Scores tie when equal to a
-    relative 1e-9 (exact zeros included)."""
+    """The removable blocks kept although their score equals a chosen block's, and that could have
+    gone in its place (the same stage, or a stage that can spare one more): when there is any,
+    block order, not the criterion, chose between them. Scores tie when equal to a relative 1e-9
+    (exact zeros included)."""
     removable = anatomy.removable
     at = {b.path: k for k, b in enumerate(removable)}
-    if not chosen:
-        return []
-    top = max(float(scores[at[p]]) for p in chosen)
     left = anatomy.stage_sizes()
     for p in chosen:
         left[removable[at[p]].stage] -= 1
-    tied_stages = {removable[at[p]].stage for p in chosen if math.isclose(float(scores[at[p]]), top, rel_tol=1e-9)}
-    return [b.path for k, b in enumerate(removable) if b.path not in chosen
-            and math.isclose(float(scores[k]), top, rel_tol=1e-9) and (left[b.stage] > 1 or b.stage in tied_stages)]
+
+    def swappable(b, c) -> bool:
+        return math.isclose(float(scores[at[b.path]]), float(scores[at[c]]), rel_tol=1e-9) and (
+            b.stage == removable[at[c]].stage or left[b.stage] > 1)
+
+    return [b.path for b in removable if b.path not in chosen and any(swappable(b, c) for c in chosen)]
 
 
 def filter_floor(total: int, narrowables: list[Narrowable]) -> int:

@@ -68,8 +68,8 @@ def layers(req: Request) -> Pruning:
         scores = score_blocks(c.name, model, req.scoring, c, req.cfg.seed)
         anatomy = networks.anatomy(model)
         removed = select_blocks(anatomy, scores, count)
-        rounds.append({**_chosen(anatomy, scores, removed), "weights": scored_names(model, c.weights),
-                       **_ties(req, model, scores, removed)})
+        weights = {"weights": scored_names(model, c.weights)} if CRITERIA[c.name].per_weight else {}
+        rounds.append({**_chosen(anatomy, scores, removed), **weights, **_ties(req, model, scores, removed)})
         model = networks.without(model, removed)
     return in_rounds(req.model, rounds)
 
@@ -121,6 +121,18 @@ def in_rounds(dense: nn.Module, rounds: list[dict]) -> Pruning:
     ties = [p for r in rounds for p in r.get("ties", [])]
     return Pruning(lambda m: _apply_removals(m, steps), record, {"blocks_removed": len(gone)}, label, "blocks.json",
                    summary, {"ties": f"index: block order chose among tied {ties}"} if ties else {})
+
+
+NOTES = ("weights", "ties")  # what a record says about its choice without deciding it
+
+
+def decisive(record: dict) -> dict:
+    """A pruning record less its notes (the weights scored, the ties block order broke): what
+    the resumable state of a ticket is keyed on, so notes added later never orphan it."""
+    out = {k: v for k, v in record.items() if k not in NOTES}
+    if "rounds" in out:
+        out["rounds"] = [decisive(r) for r in out["rounds"]]
+    return out
 
 
 def _chosen(anatomy: networks.Anatomy, scores, removed: list[str]) -> dict:

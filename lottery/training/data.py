@@ -24,7 +24,7 @@ from lottery.files import content_key
 from lottery.networks import Shape
 
 IMAGE_SIZE = 32
-IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # every source yields RGB images of this size (folders are resized)
+IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # what sources yield unless they say otherwise (folders are resized)
 CIFAR = Shape(IMAGE_SHAPE, 10)  # what CIFAR-10 fixes about a network
 PAD = 4
 SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
@@ -102,6 +102,10 @@ class Source:
         """The class count, without decoding images."""
         raise NotImplementedError
 
+    def shape(self, cfg: DataConfig) -> tuple[int, int, int]:
+        """(C, H, W) of one image: CIFAR's 3 x 32 x 32 unless the source says otherwise."""
+        return IMAGE_SHAPE
+
 
 SOURCES: Registry[Source] = Registry("data set", group="data", base=DataConfig)
 
@@ -135,7 +139,7 @@ def check_memory(cfg: DataConfig, device: torch.device) -> None:
     """The data fits comfortably: its arrays (decoded, subset and moved: about three uint8 copies
     at once) within half the available RAM, and the resident splits within half the free memory
     of a CUDA device. Said in one line before anything is allocated."""
-    per_image = int(np.prod(IMAGE_SHAPE))
+    per_image = int(np.prod(SOURCES[cfg.name].shape(cfg)))
     need, available = 3 * images(cfg) * per_image, psutil.virtual_memory().available
     if need > available / 2:
         raise LotteryError(f"data {cfg.name} with these sizes ({images(cfg)} images) needs about "
@@ -151,7 +155,7 @@ def check_memory(cfg: DataConfig, device: torch.device) -> None:
 
 def shape_of(cfg: DataConfig) -> Shape:
     """The network shape a data config implies (input and classes), without loading any image."""
-    return Shape(IMAGE_SHAPE, SOURCES[cfg.name].classes(cfg))
+    return Shape(SOURCES[cfg.name].shape(cfg), SOURCES[cfg.name].classes(cfg))
 
 
 def train_images(cfg: DataConfig) -> int:
@@ -168,17 +172,26 @@ def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
     Each class's indices are drawn in a seeded order and the classes taken in turn (one of each,
     then the next of each, ...), so the subset and every prefix or chunk of it hold each class
-    within +-1 of the others, even when the split is stored class by class.
+    within +-1 of the others, even when the split is stored class by class. A class with fewer
+    images than its share gives them all, and the others share the rest (a split whose classes
+    differ in size, taken whole).
     """
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
-    per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+    have = [int((labels == c).sum()) for c in classes]
+    if n > sum(have):
+        raise LotteryError(f"asked for {n} images, the split has {sum(have)}")
+    per_class, left = [0] * len(classes), n
+    while left:  # equal shares, the first classes taking the one more; a full class's rest goes round again
+        room = [i for i in range(len(classes)) if per_class[i] < have[i]]
+        share, extra = divmod(left, len(room))
+        for j, i in enumerate(room):
+            take = min(have[i] - per_class[i], share + (j < extra))
+            per_class[i] += take
+            left -= take
     drawn = []
     for c, k in zip(classes, per_class):
-        idx = np.flatnonzero(labels == c)
-        if k > len(idx):
-            raise LotteryError(f"asked for {k} images of class {c}, the split has {len(idx)}")
-        drawn.append(rng.permutation(idx)[:k])
+        drawn.append(rng.permutation(np.flatnonzero(labels == c))[:k])
     rounds = [[d[r] for d in drawn if r < len(d)] for r in range(max(per_class))]
     return np.asarray([i for r in rounds for i in r], dtype=np.int64)
 
@@ -217,8 +230,9 @@ def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
     train = _to_split(train_x, train_y, cfg.train_size, device)
     test = _to_split(arrays.test_x, arrays.test_y, cfg.test_size, device)
     val = _to_split(*val, None, device) if val is not None else None
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    squares = torch.zeros(3, dtype=torch.float64, device=device)
+    channels = train.x.shape[1]
+    sums = torch.zeros(channels, dtype=torch.float64, device=device)
+    squares = torch.zeros(channels, dtype=torch.float64, device=device)
     for chunk in train.x.split(4096):
         v = chunk.double().div(255)
         sums += v.sum((0, 2, 3))
@@ -226,8 +240,8 @@ def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
     count = train.x.shape[0] * train.x.shape[2] * train.x.shape[3]
     mean = sums / count
     std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
-    return Dataset(train, test, arrays.classes, mean.float().view(1, 3, 1, 1),
-                   std.float().view(1, 3, 1, 1), fingerprint(cfg), val)
+    return Dataset(train, test, arrays.classes, mean.float().view(1, channels, 1, 1),
+                   std.float().view(1, channels, 1, 1), fingerprint(cfg), val)
 
 
 def fingerprint(cfg: DataConfig) -> str:

@@ -61,6 +61,8 @@ def check_recipe(t: TrainConfig) -> None:
                           ("save_every_s", t.save_every_s >= 0, ">= 0")):
         if not ok:
             raise bad_value(f"train.{key}", getattr(t, key), f"must be {rule}")
+    if not 0 <= t.warmup_epochs <= t.epochs:
+        raise bad_value("train.warmup_epochs", t.warmup_epochs, f"must lie in [0, {t.epochs}] (the epochs)")
     if t.compile and t.cuda_graph:
         raise bad_value("train.cuda_graph", True, "captures the eager step; choose it or train.compile, not both")
 
@@ -88,6 +90,12 @@ def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device | None
                            weight_decay=t.weight_decay, fused=cuda or None)
 
 
+def current_lr(opt) -> float:
+    """The learning rate the last step took (the scheduled one, or its warm-up share)."""
+    lr = opt.param_groups[0]["lr"]
+    return float(lr.item() if torch.is_tensor(lr) else lr)
+
+
 def set_lr(opt, lr: float) -> None:
     for group in opt.param_groups:
         if torch.is_tensor(group["lr"]):
@@ -96,12 +104,14 @@ def set_lr(opt, lr: float) -> None:
             group["lr"] = lr
 
 
-def compiled(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
+def compiled(model: nn.Module, t: TrainConfig, device: torch.device, reset: bool = True) -> nn.Module:
     """The network compiled for one architecture with static shapes: dynamo's caches are reset
-    first, so a process that trains many tickets never reaches its recompile limit (and falls
-    back to eager unnoticed); ``Trained.compiled`` says whether training stayed on the graph."""
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
+    first (``reset``: unless a network compiled beside it must stay compiled), so a process that
+    trains many tickets never reaches its recompile limit (and falls back to eager unnoticed);
+    ``Trained.compiled`` says whether training stayed on the graph."""
+    if reset:
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     return torch.compile(model, backend=t.compile_backend, dynamic=False)
 
 
@@ -355,7 +365,7 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
         result.seconds += stats.seconds
         _report(stats, t, job.desc, epoch, result.seconds)
         epoch += 1
-        result.history.append(record(epoch, lr_at(epoch - 1, t), stats))
+        result.history.append(record(epoch, current_lr(opt), stats))
         if job.on_epoch:
             job.on_epoch(result.history[-1])
         if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):

@@ -167,3 +167,21 @@ def test_the_depth_criteria_on_known_cases(monkeypatch, tmp_path):
             expected = sum(F.cross_entropy(net(x).double(), y) * w for x, y, w in data.chunks())
         assert math.isclose(float(removal[k]), float(expected), rel_tol=1e-9)
     sys.modules.pop("known_blocks", None)
+
+
+def test_a_tie_with_any_removed_block_that_a_stage_could_swap_is_found():
+    from lottery.networks import Anatomy, Block
+    from lottery.pruning.selection import select_blocks, tied_blocks
+
+    blocks = (Block("a", 0, True), Block("b", 0, True), Block("x", 0, True), Block("c", 1, True), Block("d", 1, True),
+              Block("e", 1, True))
+    anatomy = Anatomy(blocks, "maps", "fc", (3, 32, 32))
+    scores = torch.tensor([0.0, 0.0, 9.0, 5.0, 6.0, 7.0], dtype=torch.float64)
+    removed = select_blocks(anatomy, scores, 2)
+    assert removed == ["a", "b"] and tied_blocks(anatomy, scores, removed) == []  # both zeros go: no choice made
+    removed = select_blocks(anatomy, scores, 1)
+    assert removed == ["a"] and tied_blocks(anatomy, scores, removed) == ["b"]  # block order chose a over b
+    two_stages = Anatomy(blocks[:2] + blocks[3:], "maps", "fc", (3, 32, 32))
+    scores = torch.tensor([0.0, 0.0, 5.0, 6.0, 7.0], dtype=torch.float64)
+    removed = select_blocks(two_stages, scores, 2)  # stage 0 keeps one: a goes, then c
+    assert removed == ["a", "c"] and tied_blocks(two_stages, scores, removed) == ["b"]  # a lower tie, found too

@@ -102,8 +102,8 @@ def _run(fn, name: str, model: nn.Module, scoring, seed: int, cfg):
     work = copy.deepcopy(model)
     for p in work.parameters():
         p.grad = None
-    device = next(work.parameters()).device
-    with exact_matmuls(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with exact_matmuls(), torch.random.fork_rng(devices=gpus):  # seeding reseeds every GPU: restore them all
         torch.manual_seed(seed)
         return fn(work, scoring if crit.needs_data else None, cfg, seed)
 

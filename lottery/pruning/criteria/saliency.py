@@ -37,11 +37,14 @@ def loss_gradient(model, params: list[torch.Tensor], scoring, temperature: float
 
 
 def hessian_gradient_product(model, params: list[torch.Tensor], scoring, temperature: float):
-    """H g by double backprop, with g and H of the same loss (GraSP's two passes)."""
-    g = loss_gradient(model, params, scoring, temperature)
+    """H g by double backprop, with g and H of the same loss (GraSP's two passes), both through
+    attention's math kernel: the fused ones have no double backward, and one kernel for both
+    passes keeps them the same function."""
+    with sdpa_kernel(SDPBackend.MATH):
+        g = loss_gradient(model, params, scoring, temperature)
     hg = [torch.zeros_like(p) for p in params]
     for x, y, w in scoring.chunks():
-        with sdpa_kernel(SDPBackend.MATH):  # attention's fused kernels have no double backward
+        with sdpa_kernel(SDPBackend.MATH):
             loss = F.cross_entropy(model(x) / temperature, y) * w
             grad = torch.autograd.grad(loss, params, create_graph=True)
         z = sum((gi.detach() * di).sum() for gi, di in zip(g, grad))
