@@ -13,7 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from lottery import cli
 from lottery.config import CONF, TrialConfig, register
+from lottery.errors import LotteryError
 from lottery.experiment import search, sweeps, trial
+from lottery.files import check_writable
 from lottery.help import text
 from lottery.paper import report, tables
 from lottery.tracking import outbox
@@ -30,6 +32,14 @@ COMMANDS = {
 }
 
 
+def writable_root(cfg: TrialConfig) -> None:
+    """``paths.root``, where Hydra writes its log before the trial starts, is a folder we can write."""
+    try:
+        check_writable(cfg.paths.root, "paths.root")
+    except LotteryError as e:
+        sys.exit(cli.fail(e))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 @cli.task
 def _trial(cfg: TrialConfig, overrides: list[str]) -> dict:
@@ -40,11 +50,14 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] in COMMANDS:
         command, _ = COMMANDS[args[0]]
+        if args[0] == "search":
+            writable_root(cli.check_composes(CONF, "search", args[1:]))
         sys.argv = [f"{sys.argv[0]} {args[0]}", *args[1:]]  # Hydra (search) reads its overrides from argv
         sys.exit(command(args[1:]))
     if {"--help", "-h"} & set(args):
         print(text({name: doc for name, (_, doc) in COMMANDS.items()}))
         return
+    writable_root(cli.check_composes(CONF, "config", args))
     if not {"-m", "--multirun"} & set(args):
         _trial()
         return

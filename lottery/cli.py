@@ -1,6 +1,7 @@
 """The one boundary between the code and a person at a terminal, for every entry point.
 
-A ``LotteryError`` becomes one line (``lottery: error: ...``) and exit status 2. In a Hydra
+A ``LotteryError`` becomes one line (``lottery: error: ...``) and exit status 2, and so does a
+config that does not compose (Hydra's and OmegaConf's own words, less their hints). In a Hydra
 multirun a trial's error never stops the sweep: a ``LotteryError`` is printed as its one line
 and the next trial starts; any other exception goes to Hydra, which records the job as failed,
 launches the rest and reports the trace at the end. Every trial writes its outcome to a folder
@@ -14,13 +15,21 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
 
 from lottery.errors import LotteryError, one_line
+
+COMPOSITION = (HydraException, OmegaConfBaseException)  # a config that does not compose
 
 OUTCOMES = "LOTTERY_OUTCOMES"  # environment: the folder trials of one multirun report to
 
@@ -28,6 +37,43 @@ OUTCOMES = "LOTTERY_OUTCOMES"  # environment: the folder trials of one multirun 
 def fail(e: LotteryError) -> int:
     print(f"lottery: error: {e}", file=sys.stderr)
     return 2
+
+
+def composition_line(e: Exception) -> str:
+    """A composition error as one line: its own words (the options a group has, the key or value
+    at fault and why), less Hydra's hints and search path."""
+    text = str(e)
+    for hint in ("\nConfig search path:", "\nTo append", "\nSee https", "\n    full_key:"):
+        text = text.split(hint)[0]
+    text = re.sub(r"Available options in '([^']+)':((?:\s*\n\t[^\n]+)+)",
+                  lambda m: f"Available options in '{m[1]}': " + ", ".join(m[2].split()), text)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        text = f"{text.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return text
+
+
+def check_composes(conf: Path, config_name: str, args: list[str]):
+    """Compose the config the command line asks for (each value of a swept key in turn) and exit
+    with one line, status 2, if it does not compose: before Hydra starts, whose own report is a
+    page and status 1. Returns the config of the first case."""
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        swept = {o.input_line: [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+                 for o in parsed if o.is_sweep_override()}
+        firsts = [values[0] for values in swept.values()]
+        cases = [firsts] + [[v if o == line else first for o, first in zip(swept, firsts)]
+                            for line, values in swept.items() for v in values[1:]]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return [compose(config_name=config_name, overrides=[*fixed, *case]) for case in cases][0]
+    except COMPOSITION as e:
+        sys.exit(fail(LotteryError(composition_line(e))))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def entry(main):
@@ -39,6 +85,8 @@ def entry(main):
             return main(argv)
         except LotteryError as e:
             return fail(e)
+        except COMPOSITION as e:
+            return fail(LotteryError(composition_line(e)))
 
     return wrapped
 

@@ -1,7 +1,8 @@
-"""Files a reader never sees half of (write beside, then rename), and names for content (a hash
-of its canonical JSON): what the store, the caches and every identity key are built on.
+"""Files a reader never sees half of (write beside, then rename), folders checked writable before
+any work, and names for content (a hash of its canonical JSON): what the store, the caches and
+every identity key are built on.
 
-This module imports nothing of lottery's.
+This module imports only ``lottery.errors``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,25 @@ import json
 import os
 from pathlib import Path
 
+from lottery.errors import LotteryError
+
 KEY_FORMAT = 1  # part of every content key: a new format makes new keys
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """A folder lottery can write to, or make, else one line naming the key that sets it: a file
+    is made and removed in it, or in the nearest folder above it that exists (nothing is left)."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        probe = existing / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise LotteryError(f"{what}={folder} cannot be written ({e.strerror or type(e).__name__}): point it at a "
+                         "folder you can write") from None
 
 
 def content_key(spec: dict) -> str:

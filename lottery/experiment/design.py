@@ -21,10 +21,12 @@ from lottery import networks
 from lottery.config import Registry, TrialConfig, bad_value
 from lottery.errors import LotteryError, check_choice
 from lottery.experiment.identity import leaves, trial_keys
+from lottery.files import check_writable
 from lottery.measure import robustness
 from lottery.pruning import criteria
 from lottery.pruning.modes import MODES, Mode, blocks_to_remove, resolved_rounds
 from lottery.pruning.structures import SCOPES, STRUCTURES
+from lottery.tracking import runs
 from lottery.training import data, devices
 from lottery.training.trainer import check_recipe
 
@@ -43,6 +45,20 @@ def check_keys(cfg: TrialConfig) -> None:
                                f"{', '.join(known)}")
 
 
+def check_run(cfg: TrialConfig) -> None:
+    """How and where the trial runs: a seed, thread and job count it can use, and folders (and a
+    tracking store) it can write."""
+    if cfg.seed < 0:
+        raise bad_value("seed", cfg.seed, "seeds are integers >= 0")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise bad_value("threads", cfg.threads, "give a thread count >= 1, or null for torch's default")
+    if cfg.jobs < 1:
+        raise bad_value("jobs", cfg.jobs, "at least one trial runs")
+    check_writable(cfg.paths.root, "paths.root")
+    check_writable(cfg.store.root, "store.root")
+    runs.check_uri(runs.tracking_uri(cfg.tracking, cfg.paths.root))
+
+
 def validate(cfg: TrialConfig) -> networks.Anatomy:
     """Raise ``LotteryError`` for the first problem found in a composed trial config; else the
     anatomy of the dense network it describes (read from its skeleton: no memory, no init)."""
@@ -58,11 +74,10 @@ def validate(cfg: TrialConfig) -> networks.Anatomy:
     check_choice("scope", cfg.scope, SCOPES)
     if mode.prunes:
         structure.check(cfg, net, name)
-    robustness.check(cfg.robustness)
+    robustness.check(cfg.robustness, data.shape_of(cfg.data))
     devices.check_device(cfg.device)
+    check_run(cfg)
     data.check_memory(cfg.data, devices.pick_device(cfg.device))
-    if cfg.jobs < 1:
-        raise bad_value("jobs", cfg.jobs, "at least one trial runs")
     return anatomy
 
 

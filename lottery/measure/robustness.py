@@ -21,7 +21,8 @@ from lottery.config import RobustnessConfig, TrainConfig, bad_value
 from lottery.errors import LotteryError, check_choice
 from lottery.files import atomic
 from lottery.measure.corruptions import CORRUPTIONS, corrupt
-from lottery.training.data import IMAGE_SIZE, SUBSET_SEED, Dataset, Split, balanced_indices, subset
+from lottery.networks import Shape
+from lottery.training.data import IMAGE_SHAPE, IMAGE_SIZE, SUBSET_SEED, Dataset, Split, balanced_indices, subset
 from lottery.training.trainer import evaluate
 
 log = logging.getLogger("lottery")
@@ -44,8 +45,12 @@ class ShiftedSets:
                 "cifar102": "given" if self.cifar102 is not None else "absent"}
 
 
-def check(cfg: RobustnessConfig) -> None:
-    """Known corruptions, severities 1..5, and the given files present."""
+def check(cfg: RobustnessConfig, shape: Shape) -> None:
+    """Known corruptions, severities 1..5, the given files present, and images of CIFAR's shape
+    (the corruptions' parameters are CIFAR-10-C's, for 32x32 RGB images)."""
+    if cfg.enabled and tuple(shape.input) != IMAGE_SHAPE:
+        raise LotteryError(f"robustness (CIFAR-10-C, CIFAR-10.2) is measured on {'x'.join(map(str, IMAGE_SHAPE))} "
+                           f"images, and these are {'x'.join(map(str, shape.input))}: set robustness.enabled=false")
     for name in cfg.corruptions:
         check_choice("corruption", name, CORRUPTIONS)
     if any(not 1 <= s <= 5 for s in cfg.severities):

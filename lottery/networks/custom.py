@@ -39,11 +39,16 @@ def resolve(target: str, what: str):
     if not module or not name:
         raise LotteryError(f"{what}={target}: write pkg.module:name (e.g. my_models:resnet)")
     try:
-        return getattr(importlib.import_module(module), name)
+        found = importlib.import_module(module)
     except ImportError as e:
         raise LotteryError(f"{what}={target}: cannot import {module} ({one_line(e)}); is it on PYTHONPATH?") from None
-    except AttributeError:
-        raise LotteryError(f"{what}={target}: {module} has no {name}") from None
+    except SyntaxError as e:
+        raise LotteryError(f"{what}={target}: {e.filename}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - importing the user's module ran its code, which may raise anything
+        raise LotteryError(f"{what}={target}: importing {module} raised {one_line(e)}") from None
+    if not hasattr(found, name):
+        raise LotteryError(f"{what}={target}: {module} has no {name}")
+    return getattr(found, name)
 
 
 def block_type(name: str) -> type:

@@ -16,7 +16,6 @@ from lottery.experiment.sweeps import Sweep
 from lottery.measure.stats import ALPHA, Stat, summarize
 
 
-
 @dataclass
 class Cell:
     row: tuple[str, ...]

@@ -52,6 +52,8 @@ class Mode:
 
 
 def _check_density(d, anatomy: Anatomy, model: str) -> None:
+    if isinstance(d, float) and d == 1.0:
+        raise bad_value("density", d, "is ambiguous: write 1 for one block, or a fraction below 1")
     if isinstance(d, float) and not d.is_integer() and not 0 < d < 1:
         raise bad_value("density", d, "give a block count (int) or a fraction in (0, 1)")
     count = blocks_to_remove(d, len(anatomy.removable))

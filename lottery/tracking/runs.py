@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from lottery import networks
 from lottery.config import TrackingConfig
 from lottery.errors import LotteryError, one_line
+from lottery.files import check_writable
 
 log = logging.getLogger("lottery")
 
@@ -63,6 +64,8 @@ def check_uri(uri: str, timeout: float = 5.0) -> None:
     if len(scheme) > 1 and scheme not in SCHEMES:  # a one-letter scheme is a Windows drive
         raise LotteryError(f"tracking.uri={uri}: unsupported scheme '{scheme}'; use one of {', '.join(SCHEMES)} "
                            "(e.g. http://127.0.0.1:5000 for `make server`), or unset it for the embedded store")
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        check_writable(Path(uri[len("sqlite:///"):]).parent, "tracking.uri (the folder of its database)")
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):

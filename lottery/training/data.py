@@ -116,6 +116,8 @@ def check(cfg: DataConfig) -> None:
     src = SOURCES[cfg.name]
     src.check(cfg)
     classes = src.classes(cfg)
+    if classes < 2:
+        raise LotteryError(f"data {cfg.name} has {classes} class: a classifier needs at least 2 classes")
     for key in ("train_size", "test_size", "val_size"):
         size = getattr(cfg, key)
         if size is not None and size < classes:

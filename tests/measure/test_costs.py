@@ -222,3 +222,46 @@ def test_every_compared_metric_has_its_dense_counterpart_and_one_row():
     assert side["dense_flops"] == 3.0 and side["dense_cifar10c_accuracy"] == 40.0
     assert "dense_latency_ms_b128" not in side  # measured live, beside the ticket, in the trial's process
     assert set(side) == {f"dense_{m.name}" for m in METRICS if m.dense == STORED}
+
+
+def test_a_speed_ratio_beyond_what_the_flops_allow_is_left_out_as_unreliable():
+    from lottery.measure.metrics import Phase, compare
+
+    phase = Phase(10.0, 4, None, None, "cpu jobs=1", False)
+    base = {"flops": 100.0, "dense_flops": 107.0}  # one block of fifteen gone
+    kept, tags = compare({**base, "throughput_img_s": 110.0, "dense_throughput_img_s": 100.0}, phase, phase)
+    assert kept["speedup"] == pytest.approx(1.1) and not tags
+    gone, tags = compare({**base, "throughput_img_s": 6330.0, "dense_throughput_img_s": 100.0}, phase, phase)
+    assert "speedup" not in gone and "outside [0.67, 1.60]x" in tags["speedup_unreliable"]
+    co2, tags = compare({**base, "co2_kg": 2.04, "dense_co2_kg": 1.0}, phase, phase)  # -104 %: a busy machine
+    assert "co2_reduction_pct" not in co2 and "co2_reduction_unreliable" in tags
+
+
+def test_a_ticket_measured_beside_its_dense_network_under_load_is_within_bounds_or_tagged(tmp_path):
+    """Another process loads the CPU while the ticket's and the dense network's steps and
+    forward passes are timed turn by turn: the speed-up either stays within what the FLOPs
+    allow or is tagged unreliable, never logged as a finding."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from lottery.measure.metrics import Phase, compare
+    from lottery.measure.trial_costs import device_costs
+
+    dense = build(resnet_plan(20))
+    ticket = remove_blocks(dense, [1])
+    ctx = SimpleNamespace(device=CPU, cfg=OmegaConf.create({
+        "measure": OmegaConf.structured(MeasureConfig(throughput_steps=6, warmup_steps=1, latency_repeats=6)),
+        "train": OmegaConf.structured(TrainConfig(batch_size=16, amp="off"))}))
+    load = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        measured, _ = device_costs(ctx, [ticket, dense])
+    finally:
+        load.kill()
+        load.wait()
+    assert measured["throughput_img_s_iqr"] >= 0 and measured["dense_latency_ms_b1_iqr"] >= 0
+    phase = Phase(10.0, 4, None, None, "cpu jobs=1", False)
+    metrics = {**measured, "flops": costs.flops(ticket), "dense_flops": costs.flops(dense)}
+    kept, tags = compare(metrics, phase, phase)
+    lo, hi = 1 / 1.5, metrics["dense_flops"] / metrics["flops"] * 1.5
+    assert ("speedup" in kept and lo <= kept["speedup"] <= hi) or "speedup_unreliable" in tags

@@ -169,7 +169,10 @@ def test_runs_name_their_source_and_a_ticket_is_an_mlflow_model(smoke):
     [model] = run.outputs.model_outputs
     logged = mlflow.pytorch.load_model(f"models:/{model.model_id}")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ticket = load_ticket(out["run_id"], uri=cfg.tracking.uri)
+    ticket.train()  # the ticket as a module: it trains, and .eval() / .train(False) work
+    ticket.train(False)
     with torch.no_grad():
-        torch.testing.assert_close(logged(x), load_ticket(out["run_id"], uri=cfg.tracking.uri)(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logged(x), ticket(x), rtol=1e-5, atol=1e-5)  # the logged one is already eval
     dense = mlflow.get_run(run.data.tags["dense_run_id"])
     assert dense.outputs.model_outputs and dense.data.tags["mlflow.source.name"] == "lottery"

@@ -189,6 +189,8 @@ def check(cfg: CriterionConfig, data_cfg: DataConfig, prunes: bool, anatomy: net
         return
     if cfg.scoring_size < 1:
         raise LotteryError(f"criterion {cfg.name} needs scoring data: set criterion.scoring_size >= 1")
+    if cfg.batch_size < 1:
+        raise bad_value("criterion.batch_size", cfg.batch_size, "score in chunks of at least one image")
     if data_cfg.train_size is not None and cfg.scoring_size > data_cfg.train_size:
         raise bad_value("criterion.scoring_size", cfg.scoring_size, f"exceeds data.train_size={data_cfg.train_size}")
 
