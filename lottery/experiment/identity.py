@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lottery.config import TrialConfig
 from lottery.files import content_key
+from lottery.networks import FAMILIES
 
 DENSE_READS = ("model", "data", "train")  # the config groups a dense run's training depends on
 FORMAT1 = json.loads(Path(__file__).with_name("identity_format1.json").read_text())
@@ -89,6 +90,9 @@ def identity(cfg: TrialConfig, data_fingerprint: str) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     spec["data"]["content"] = data_fingerprint
+    content = FAMILIES[cfg.model.family].content(cfg.model)
+    if content is not None:  # weights the config names only by a path: by their digest
+        spec["model"]["content"] = content
     return spec
 
 

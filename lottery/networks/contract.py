@@ -91,6 +91,11 @@ class Family:
         """A dense network, freshly initialised from torch's global RNG (seeded by the caller)."""
         raise NotImplementedError
 
+    def content(self, cfg: ModelConfig) -> str | None:
+        """What names the weights a network starts from beyond its config (a pretrained
+        checkpoint's digest), for the trial's identity; None when its config says it all."""
+        return None
+
     def label(self, cfg: ModelConfig) -> str:
         """The model's short name in run names and tables, e.g. ``resnet32``."""
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """Your own network: ``model=custom model.target=pkg.module:factory`` with its residual blocks
 named either by type (``model.block_types=[pkg.module:Block]``, or a type some family knows,
-such as torchvision's ``BasicBlock``) or by module path (``model.blocks=[layer1.0, ...]``).
+such as torchvision's ``BasicBlock``) or by module path (``model.blocks=[layer1.0, ...]``); a
+network built from block types some family knows (torchvision's, timm's) needs neither.
 
 The factory is called with ``model.kwargs`` (and ``num_classes`` when it takes that argument) and
 must return an ``nn.Module`` whose last ``nn.Linear`` is the classifier. A named block must
@@ -69,9 +70,9 @@ class Custom(ModuleFamily):
         if not cfg.target:
             raise LotteryError("model=custom needs model.target=pkg.module:factory (a function or class that "
                                "returns your nn.Module)")
-        if bool(cfg.block_types) == bool(cfg.blocks):
-            raise LotteryError("model=custom needs its residual blocks: model.block_types=[pkg.module:Block] or "
-                               "model.blocks=[module.path, ...] (one of the two)")
+        if cfg.block_types and cfg.blocks:
+            raise LotteryError("model=custom names its residual blocks by type (model.block_types) or by path "
+                               "(model.blocks), not both")
         if not callable(resolve(cfg.target, "model.target")):
             raise LotteryError(f"model.target={cfg.target} is not callable")
         for name in cfg.block_types:
@@ -111,10 +112,19 @@ class Custom(ModuleFamily):
             if missing:
                 raise LotteryError(f"model.blocks: {model.lottery_arch['target']} has no modules {missing}")
             return [(p, True) for p in arch["blocks"] if not isinstance(model.get_submodule(p), nn.Identity)]
+        rules = known_blocks()
+        if not arch["block_types"]:  # blocks of a type some family knows
+            found = blocks_found(model, rules)
+            if not found:
+                kinds = sorted({type(m).__name__ for m in model.modules()} - {"Sequential", "ModuleList"})
+                raise LotteryError(f"model=custom needs its residual blocks: {arch['target']} has none of a type lottery "
+                                   f"knows ({', '.join(sorted(t.__name__ for t in rules))}); its module types are "
+                                   f"{', '.join(kinds)}: name them with model.block_types=[pkg.module:Block] or "
+                                   "model.blocks=[module.path, ...]")
+            return [(p, rules[type(m)](m)) for p, m in found]
         found = blocks_found(model, [block_type(n) for n in arch["block_types"]])
         if not found:
             raise LotteryError(f"model.block_types={arch['block_types']}: {arch['target']} has no such modules")
-        rules = known_blocks()
         return [(p, rules.get(type(m), lambda m: True)(m)) for p, m in found]
 
 

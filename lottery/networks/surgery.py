@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import nn
 
+from lottery.errors import LotteryError
 from lottery.networks.contract import Family, Narrowable
 
 
@@ -71,7 +72,41 @@ def narrow(model: nn.Module, n: Narrowable, channels: list[int]) -> None:
 
 class ModuleFamily(Family):
     """A family of ordinary modules: ``construct`` builds the dense network of an architecture
-    record; removal, narrowing and rebuilding are shared."""
+    record; finding the blocks of its ``block_types``, narrowing the inner convolutions its
+    ``inner_convs`` name, removal and rebuilding are shared."""
+
+    def inner_convs(self) -> dict[type, list[tuple[str, str, str]]]:
+        """Block types whose inner convolutions a filter ticket may narrow: (conv, its norm, the
+        next conv), relative to the block."""
+        return {}
+
+    def candidates(self, model):
+        rules = self.block_types()
+        found = blocks_found(model, rules)
+        if not found:
+            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith(self.name)})
+            raise LotteryError(f"{model.lottery_arch['arch']} has no residual blocks of a registered type "
+                               f"({', '.join(t.__name__ for t in rules)}); its block types are "
+                               f"{', '.join(kinds) or 'none'}: use model=custom with model.block_types or model.blocks")
+        return [(path, rules[type(m)](m)) for path, m in found]
+
+    def narrowables(self, model):
+        if not self.inner_convs():
+            return super().narrowables(model)  # the family has no filters to narrow: one line
+        out, convs = [], self.inner_convs()
+        for path, block in blocks_found(model, convs):
+            for conv, norm, nxt in convs[type(block)]:
+                c, n = block.get_submodule(conv), block.get_submodule(nxt)
+                if c.groups == 1 and n.groups == 1:
+                    out.append(Narrowable(f"{path}.{conv}", f"{path}.{norm}", f"{path}.{nxt}", path, c.out_channels))
+        if not out:
+            raise LotteryError(f"structure=filter narrows the inner convolutions of ResNet blocks (BasicBlock, "
+                               f"Bottleneck, ungrouped); {model.lottery_arch['arch']} has none: use structure=layer")
+        return out
+
+    def label(self, cfg) -> str:
+        """The model's name, else its architecture's (``model.arch``)."""
+        return cfg.name or cfg.arch
 
     def arch(self, cfg, shape) -> dict:
         """The dense architecture record of a model config at the data's shape."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line, unknown
-from lottery.networks.contract import FAMILIES, IdentityRule, Narrowable
+from lottery.networks.contract import FAMILIES, IdentityRule
 from lottery.networks.surgery import ModuleFamily, blocks_found
 
 
@@ -121,31 +121,8 @@ class Torchvision(ModuleFamily):
             normal_head(net)
         return net
 
-    def label(self, cfg: TorchvisionSettings):
-        return cfg.name or cfg.arch
-
     def block_types(self):
         return residual_blocks()
 
-    def candidates(self, model):
-        rules = residual_blocks()
-        found = blocks_found(model, rules)
-        if not found:
-            kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torchvision")})
-            raise LotteryError(f"{model.lottery_arch['arch']} has no residual blocks of a registered type "
-                               f"({', '.join(t.__name__ for t in rules)}); its block types are "
-                               f"{', '.join(kinds) or 'none'}: use model=custom with model.block_types or model.blocks")
-        return [(path, rules[type(m)](m)) for path, m in found]
-
-    def narrowables(self, model):
-        out = []
-        convs = inner()
-        for path, block in blocks_found(model, convs):
-            for conv, norm, nxt in convs[type(block)]:
-                c, n = block.get_submodule(conv), block.get_submodule(nxt)
-                if c.groups == 1 and n.groups == 1:
-                    out.append(Narrowable(f"{path}.{conv}", f"{path}.{norm}", f"{path}.{nxt}", path, c.out_channels))
-        if not out:
-            raise LotteryError(f"structure=filter narrows the inner convolutions of ResNet blocks (BasicBlock, "
-                               f"Bottleneck, ungrouped); {model.lottery_arch['arch']} has none: use structure=layer")
-        return out
+    def inner_convs(self):
+        return inner()

@@ -74,6 +74,12 @@ def layers(req: Request) -> Pruning:
     return in_rounds(req.model, rounds)
 
 
+def starts_as_identity(block: nn.Module) -> bool:
+    """Whether a block holds a normalisation whose scale is all zero (its branch then adds nothing)."""
+    return any(isinstance(m, networks.NORMS) and m.weight is not None and not m.weight.detach().any()
+               for m in block.modules())
+
+
 def _ties(req: Request, model: nn.Module, scores, removed: list[str]) -> dict:
     """Nothing when the scores decide which blocks go; else one line (``criterion.ties=refuse``)
     or, with ``criterion.ties=index``, a warning and the tied blocks for the record and the run."""
@@ -89,12 +95,13 @@ def _ties(req: Request, model: nn.Module, scores, removed: list[str]) -> dict:
         log.warning("%s scores %s %s; criterion.ties=index lets block order decide (tagged ties on the run)",
                     c.name, where, about)
         return {"ties": tied}
-    head = model.get_submodule(networks.head(model))
     why, fix = "", ""
-    if not head.weight.detach().any():
+    if not model.get_submodule(networks.head(model)).weight.detach().any():
         why = f" (its classifier {networks.head(model)} is all zero, so no gradient reaches the blocks)"
-        if "head_init" in cfg.model:
-            fix = "model.head_init=normal, or "
+        fix = "model.head_init=normal, or " if "head_init" in cfg.model else ""
+    elif all(starts_as_identity(model.get_submodule(b.path)) for b in networks.anatomy(model).removable):
+        why = " (each block's last normalisation starts at zero, so every block starts as the identity)"
+        fix = "model.zero_init_last=false, or " if "zero_init_last" in cfg.model else ""
     raise LotteryError(f"{c.name} scores of {networks.label(cfg.model)} {where} {about}{why}: use {fix}a criterion "
                        "that reads the blocks otherwise (e.g. block_influence), or criterion.ties=index to let block "
                        "order decide (tagged on the run)")

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lottery import networks
 from lottery.errors import LotteryError
+from lottery.files import sha256_file
 from lottery.experiment.design import validate
 from lottery.measure.costs import ATTENTION, flops
 from lottery.networks import Shape
@@ -31,7 +32,24 @@ FAMILIES = {
     "vit": {"family": "torchvision", "arch": "VisionTransformer", "kwargs": VIT},
     "custom": {"family": "custom", "target": "my_models:preact_net", "block_types": ["my_models:PreActBlock"],
                "kwargs": {"width": 8, "depth": 4}},
+    "custom_known_blocks": {"family": "custom", "target": "known_blocks:resnet_of_torchvision_blocks"},  # no block_types
+    "timm_resnet": {"family": "timm", "arch": "resnet18"},  # BasicBlock
+    "timm_bottleneck": {"family": "timm", "arch": "resnet26", "kwargs": {"base_width": 16}},  # Bottleneck
+    "timm_convnext": {"family": "timm", "arch": "convnext_atto"},
+    "timm_deit": {"family": "timm", "arch": "deit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8,
+                                                                                "depth": 3, "embed_dim": 32,
+                                                                                "num_heads": 2}},
 }
+KNOWN_BLOCKS = """
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+
+def resnet_of_torchvision_blocks(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         BasicBlock(16, 16), BasicBlock(16, 16), BasicBlock(16, 16),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+"""
 
 
 def readme_example() -> str:
@@ -45,10 +63,12 @@ def my_models(tmp_path_factory):
     """The README's example module, importable as ``my_models``."""
     folder = tmp_path_factory.mktemp("user_code")
     (folder / "my_models.py").write_text(readme_example())
+    (folder / "known_blocks.py").write_text(KNOWN_BLOCKS)
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
     sys.modules.pop("my_models", None)
+    sys.modules.pop("known_blocks", None)
 
 
 def config(name: str):
@@ -63,7 +83,7 @@ def network(name: str, seed: int = 0):
     torch.manual_seed(seed)
     net = randomize(networks.build(config(name), SHAPE), seed)
     for k, p in net.named_parameters():
-        if k.endswith("layer_scale"):
+        if k.endswith(("layer_scale", ".gamma")):  # torchvision's and timm's ConvNeXt layer scale
             p.data.fill_(0.5)
         elif p.dim() >= 2 and not p.any():
             torch.nn.init.normal_(p, std=0.5)
@@ -201,7 +221,7 @@ def test_surgery_keeps_the_memory_format_device_and_mode():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.family=nosuch"], "unknown model.family 'nosuch'; choose one of: cifar_resnet, custom, torchvision"),
+    (["model.family=nosuch"], "unknown model.family 'nosuch'; choose one of: cifar_resnet, custom, timm, torchvision"),
     (["model=torchvision", "model.arch=resnet7"], "unknown model.arch 'resnet7'; choose one of: "),
     (["model=torchvision", "model.arch=efficientnet_b0"],
      "efficientnet_b0 has no residual blocks of a registered type (BasicBlock, Bottleneck, InvertedResidual, "
@@ -219,6 +239,12 @@ def test_surgery_keeps_the_memory_format_device_and_mode():
     (["model=custom", "model.target=my_models:preact_net", "model.blocks=[99]"], "has no modules ['99']"),
     (["model=custom", "model.target=my_models:preact_net", "model.block_types=[my_models:PreActBlock]",
       "structure=filter"], "structure=filter is not defined for model.family=custom"),
+    (["model=timm", "model.arch=resnet19"], "model.arch=resnet19 is not a timm architecture; the closest timm lists: "
+                                            "resnet18"),
+    (["model=timm", "model.arch=efficientnet_b0"], "efficientnet_b0 has no residual blocks of a registered type "
+                                                   "(BasicBlock, Bottleneck, ConvNeXtBlock, Block); its block types "
+                                                   "are BatchNormAct2d"),
+    (["model=timm", "++model.kwargs.foo=1"], "timm.create_model(resnet18, foo=1, num_classes=10) failed: TypeError"),
 ])
 def test_bad_model_configs_are_one_line_before_any_work(overrides, message):
     with pytest.raises(LotteryError) as e:
@@ -237,3 +263,25 @@ def test_the_readme_example_trains_a_ticket_of_a_model_lottery_does_not_ship(smo
     assert out["name"] == "init-snip-p2-preact_net-s0" and out["blocks_removed"] == 2
     ticket = load_ticket(out["run_id"], uri=cfg.tracking.uri)
     assert len(networks.anatomy(ticket).blocks) == 2 and networks.count_params(ticket) == out["params"]
+
+
+def test_a_timm_network_starts_from_a_local_checkpoint_which_names_it_in_the_identity(tmp_path):
+    from safetensors.torch import save_file
+
+    from lottery.experiment.identity import identity
+
+    spec = dict(FAMILIES["timm_deit"])
+    torch.manual_seed(1)
+    source = networks.build(config("timm_deit"), SHAPE)
+    checkpoint = tmp_path / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(checkpoint))
+    cfg = compose_cfg("profile=smoke", "data=synthetic", "model=timm", f"model.arch={spec['arch']}",
+                      *(f"++model.kwargs.{k}={v}" for k, v in spec["kwargs"].items()), f"model.pretrained={checkpoint}")
+    torch.manual_seed(2)  # another initialisation, which the checkpoint replaces
+    started = networks.build(cfg.model, SHAPE)
+    assert all(torch.equal(started.state_dict()[k], v) for k, v in source.state_dict().items())
+    assert identity(cfg, "d")["model"]["content"] == sha256_file(checkpoint)
+    bare = compose_cfg("profile=smoke", "data=synthetic", "model=timm")
+    assert "content" not in identity(bare, "d")["model"]
+    with pytest.raises(LotteryError, match="model.pretrained=.* is not a file"):
+        validate(compose_cfg("profile=smoke", "data=synthetic", "model=timm", f"model.pretrained={tmp_path / 'no'}"))
