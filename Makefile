@@ -24,14 +24,15 @@ LAUNCHER ?=
 DRY_RUN ?=
 TRIALS ?= 20
 AMP_SEEDS ?= 3
-BACKEND_URI ?= sqlite:///$(abspath $(ROOT))/server/mlflow.db
+BACKEND_URI ?=
+PG_PORT ?= 5432
 # One target per sweep file: the paper's tables and figure (sweeps/table*.yaml, figure*.yaml), and
 # the questions beyond it (every other sweep file).
 SWEEP_FILES := $(basename $(notdir $(wildcard sweeps/*.yaml)))
 TABLES := $(filter table% figure%,$(SWEEP_FILES))
 BEYOND := $(filter-out $(TABLES),$(SWEEP_FILES))
 
-.PHONY: help install lint test demo ui bench bench-amp bench-gpu gpu-check search server clean clean-store tables report $(TABLES) $(BEYOND)
+.PHONY: help install lint test demo ui bench bench-amp bench-gpu gpu-check search server postgres clean clean-store tables report $(TABLES) $(BEYOND)
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -87,10 +88,12 @@ search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resu
 	$(PY) -m lottery search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
 		search.trials=$(TRIALS) paths.root=$(ROOT) $(OVERRIDES)
 
-server: install  ## MLflow tracking server on 127.0.0.1:$(PORT) (BACKEND_URI=postgresql://... for PostgreSQL)
-	mkdir -p $(ROOT)/server
-	$(VENV)/bin/mlflow server --backend-store-uri $(BACKEND_URI) --artifacts-destination $(abspath $(ROOT))/server/artifacts \
-		--host $(or $(HOST),127.0.0.1) --port $(PORT)
+server: install  ## MLflow tracking server on 127.0.0.1:$(PORT), its backend checked first (BACKEND_URI=postgresql://..., HOST, WORKERS, ALLOWED_HOSTS)
+	@$(PY) -m lottery server --root $(ROOT) $(if $(BACKEND_URI),--backend-uri '$(BACKEND_URI)') --host $(or $(HOST),127.0.0.1) \
+		--port $(PORT) $(if $(WORKERS),--workers $(WORKERS)) $(if $(ALLOWED_HOSTS),--allowed-hosts '$(ALLOWED_HOSTS)')
+
+postgres: install  ## a local PostgreSQL for `make server` to try it (ROOT/postgres, 127.0.0.1:$(PG_PORT)); STOP=1 stops it
+	@$(PY) -m lottery postgres --dir $(ROOT)/postgres --port $(PG_PORT) $(if $(STOP),--stop)
 
 bench: install  ## trainer (default amp and fp32) vs a plain fp32 loop, FLOP/s vs peak, criteria, tracking (JSON=PATH)
 	$(PY) benchmarks/bench.py --root $(ROOT) $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)

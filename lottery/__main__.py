@@ -18,7 +18,7 @@ from lottery.experiment import search, sweeps, trial
 from lottery.files import check_writable
 from lottery.help import text
 from lottery.paper import report, tables
-from lottery.tracking import outbox
+from lottery.tracking import outbox, postgres, server
 
 register()
 
@@ -29,6 +29,8 @@ COMMANDS = {
     "report": (report.main, "judge the paper's claims from the tables, on one page (--profile quick)"),
     "search": (lambda argv: search.main(), "Optuna search of the accuracy-vs-FLOPs front ([hydra overrides])"),
     "sync": (outbox.main, "log the results MLflow did not take (the outbox) into their runs"),
+    "server": (server.main, "check a tracking backend (SQLite, PostgreSQL) and serve MLflow on it (make server)"),
+    "postgres": (postgres.main, "start (--stop: stop) a local PostgreSQL to try the server on (make postgres)"),
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lottery.config import register
+from lottery.experiment import sweeps
 from tests.helpers import compose_cfg
 
 register()
@@ -20,7 +21,7 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 # The files whose end-to-end trials take longest start first, so that with one file per worker
 # (make test: pytest-xdist --dist loadfile) no long file is left running alone at the end.
 LONGEST_FIRST = ("test_trial.py", "test_tracking.py", "test_tables.py", "test_bench.py", "test_sweeps.py",
-                 "test_config.py", "test_trainer.py", "test_beyond.py", "test_parallel.py", "test_layout.py")
+                 "test_config.py", "test_postgres.py", "test_trainer.py", "test_beyond.py", "test_parallel.py", "test_layout.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -79,3 +80,26 @@ def smoke(tmp_path, tracking_uri):
         )
 
     return make
+
+
+SWEEP = """title: "a tiny sweep"
+overrides: [mode=init, model.depth=14, criterion=random]
+grids:
+  - density: [1, 2]
+rows: [density]
+columns: null
+metrics: [delta_pp]
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """The arguments of `python -m lottery sweep` for a sweep of two smoke tickets (density 1 and 2) and
+    their one dense network, its file in a folder of its own, everything below ``tmp_path/root``."""
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(SWEEP)
+    monkeypatch.setattr(sweeps, "SWEEPS", folder)
+    return ["tiny", "--profile", "smoke", f"paths.root={tmp_path / 'root'}", "measure.enabled=false",
+            "robustness.enabled=false", "measure.carbon=false", "threads=1", "tracking.log_model=false", "device=cpu",
+            "data.train_size=128"]

@@ -3,6 +3,11 @@ networks whose blocks are far from the identity, and a tiny released CIFAR-10-C 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +79,29 @@ def cell_keys(sweep, setting) -> list:
 def kind_config(registry, name: str, **values):
     """A kind's own config (its settings class, or its group's schema) with ``values``."""
     return registry.settings_of(name)(**{registry.key: name}, **values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(server: subprocess.Popen, port: int) -> subprocess.Popen:
+    """``server`` (started in a session of its own) once it answers MLflow's health probe on ``port``."""
+    deadline = time.time() + 600  # only stops a hang
+    while time.time() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            return server
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise RuntimeError(f"the MLflow server did not start (exit status {server.returncode})")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Kill a server and its workers (its whole session)."""
+    if server.poll() is None:
+        os.killpg(server.pid, 9)
+    server.wait()

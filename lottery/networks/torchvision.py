@@ -23,7 +23,7 @@ from torch import nn
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line, unknown
 from lottery.networks.contract import FAMILIES, IdentityRule
-from lottery.networks.surgery import ModuleFamily, blocks_found
+from lottery.networks.surgery import ModuleFamily
 
 
 class Stem(enum.Enum):

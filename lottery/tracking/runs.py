@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from lottery import networks
 from lottery.config import TrackingConfig
 from lottery.errors import LotteryError, one_line
 from lottery.files import check_writable
+from lottery.tracking.server import DATABASES, check_database
 
 log = logging.getLogger("lottery")
 
@@ -66,6 +68,8 @@ def check_uri(uri: str, timeout: float = 5.0) -> None:
                            "(e.g. http://127.0.0.1:5000 for `make server`), or unset it for the embedded store")
     if scheme == "sqlite" and uri.startswith("sqlite:///"):
         check_writable(Path(uri[len("sqlite:///"):]).parent, "tracking.uri (the folder of its database)")
+    if scheme in DATABASES:
+        check_database(uri, timeout)
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
@@ -73,6 +77,18 @@ def check_uri(uri: str, timeout: float = 5.0) -> None:
         except OSError as e:  # URLError, HTTPError, timeouts and refused connections
             raise LotteryError(f"cannot reach the MLflow server at {uri} ({one_line(e)}): start it with "
                                "`make server` or unset `tracking.uri`") from None
+        try:  # /health answers any Host header; the API only those the server allows
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
+                                        "?experiment_name=Default", timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code == 403:
+                host = urlparse(uri).netloc
+                raise LotteryError(f"the MLflow server at {uri} refuses requests addressed to '{host}' (HTTP 403): "
+                                   f"start it with `make server HOST=0.0.0.0 ALLOWED_HOSTS={host}`, or reach it by "
+                                   "a name it allows (its IP address)") from None
+        except OSError:
+            pass  # reached at /health a moment ago; the run's own requests will say what is wrong
 
 
 def start(cfg: TrackingConfig, root: str) -> str:

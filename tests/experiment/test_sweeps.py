@@ -2,30 +2,9 @@
 the table attached to the parent."""
 
 import mlflow
-import pytest
 
 from lottery.experiment import sweeps
 from lottery.paper import tables
-
-SWEEP = """title: "a tiny sweep"
-overrides: [mode=init, model.depth=14, criterion=random]
-grids:
-  - density: [1, 2]
-rows: [density]
-columns: null
-metrics: [delta_pp]
-"""
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    folder = tmp_path / "sweeps"
-    folder.mkdir()
-    (folder / "tiny.yaml").write_text(SWEEP)
-    monkeypatch.setattr(sweeps, "SWEEPS", folder)
-    return ["tiny", "--profile", "smoke", f"paths.root={tmp_path / 'root'}", "measure.enabled=false",
-            "robustness.enabled=false", "measure.carbon=false", "threads=1", "tracking.log_model=false", "device=cpu",
-            "data.train_size=128"]
 
 
 def test_a_sweep_runs_under_one_parent_and_its_dry_run_lists_what_is_left(tiny, tmp_path, capsys, new_store):

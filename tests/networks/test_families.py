@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lottery import networks
 from lottery.errors import LotteryError
-from lottery.files import sha256_file
 from lottery.experiment.design import validate
+from lottery.files import sha256_file
 from lottery.measure.costs import ATTENTION, flops
 from lottery.networks import Shape
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks

@@ -3,11 +3,8 @@ a server that dies while a trial trains costs nothing (history buffered, results
 outbox and logged once later); runs follow MLflow's own conventions (source, logged models)."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -19,37 +16,17 @@ from lottery.errors import LotteryError
 from lottery.tracking import runs as tracking
 from lottery.tracking.outbox import main as sync_command
 from lottery.tracking.outbox import sync_all
-from tests.helpers import REPO, trial_keys
+from tests.helpers import REPO, free_port, healthy, stop, trial_keys
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(folder: Path, port: int) -> subprocess.Popen:
     """``make server``'s command on a port of its own, once it answers its health probe."""
-    server = subprocess.Popen([str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
-                               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600  # only stops a hang
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-            return server
-        except OSError:
-            time.sleep(0.5)
-    stop(server)
-    raise RuntimeError("the MLflow server did not start")
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, 9)  # the server and its workers
-    server.wait()
+    return healthy(subprocess.Popen([str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{folder / 'db.sqlite'}",
+                                     "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
+                                     "--port", str(port), "--workers", "1"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True), port)
 
 
 @pytest.mark.parametrize("uri,message", [
@@ -122,8 +99,7 @@ def test_a_server_killed_while_a_trial_trains_loses_nothing_and_logs_the_trial_o
 
         assert sync_all(outbox[0].parent) == [] and len(ticket_runs(uri)) == 1  # 0 finished, then 1: never 2
     finally:
-        if server.poll() is None:
-            stop(server)
+        stop(server)
 
 
 def test_a_trial_started_again_logs_its_outbox_instead_of_training(smoke, monkeypatch):
