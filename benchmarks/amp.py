@@ -24,7 +24,7 @@ from lottery import networks  # noqa: E402
 from lottery.config import register  # noqa: E402
 from lottery.experiment.design import validate  # noqa: E402
 from lottery.training.data import load_dataset  # noqa: E402
-from lottery.training.devices import pick_device, precision  # noqa: E402
+from lottery.training.devices import configure, pick_device, precision  # noqa: E402
 from lottery.training.trainer import Job, evaluate, prepare, train  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -39,7 +39,9 @@ def compose_quick(overrides: list[str], amp: str):
 
 
 def one_run(cfg, data, device, seed: int) -> tuple[float, float]:
-    """(test accuracy %, training seconds per epoch) of one dense training."""
+    """(test accuracy %, training seconds per epoch) of one dense training, configured as a trial
+    configures it."""
+    configure(device, cfg.train)
     torch.manual_seed(seed)
     model = prepare(networks.build(cfg.model, data.shape), device, cfg.train.channels_last)
     done = train(model, data, Job(cfg.train, seed, device, desc=f"{cfg.train.amp.value} s{seed}"))

@@ -3,8 +3,8 @@
 (a) training throughput of lottery's trainer, at the default precision (``amp=auto``: bf16 where
 the device has it) and at fp32, vs a plain fp32 PyTorch loop (PIL transforms, DataLoader with
 workers, standard step), same device, model, batch, optimizer and images; (b) achieved training
-FLOP/s as a fraction of the device's matmul peak in the dtype actually used, measured in the same
-run; (c) scoring
+FLOP/s as a fraction of the device's peak in the dtype actually used (the better of a large matmul
+and a large convolution), measured in the same run; (c) scoring
 time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
 per trial against the trial's own time. Figures are ratios and medians of repeats, never
 asserted in tests. Usage: ``python benchmarks/bench.py [--json PATH] [--model 32] ...``.
@@ -13,6 +13,7 @@ asserted in tests. Usage: ``python benchmarks/bench.py [--json PATH] [--model 32
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -34,7 +35,7 @@ from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.tracking import runs  # noqa: E402
 from lottery.training.data import CIFAR, SOURCES, load_dataset, scoring_set  # noqa: E402
-from lottery.training.devices import precision, synchronize  # noqa: E402
+from lottery.training.devices import FUSED_ATTENTION, configure, precision, synchronize  # noqa: E402
 from lottery.training.trainer import Job, prepare, train  # noqa: E402
 
 
@@ -51,22 +52,53 @@ def synthetic(n_train: int, **more) -> DataConfig:
                                                                  **more))
 
 
-def recipe(args, amp: str = "off") -> TrainConfig:
-    return OmegaConf.structured(TrainConfig(epochs=1, milestones=[], batch_size=args.batch_size,
-                                            progress=False, amp=amp))
+def recipe(args, amp: str = "off", **variant) -> TrainConfig:
+    """The trainer's recipe for one timed epoch after one that warms up (as a trial trains:
+    deterministic, channels_last unless the variant says otherwise)."""
+    return OmegaConf.structured(TrainConfig(epochs=2, milestones=[], batch_size=args.batch_size,
+                                            progress=False, amp=amp, **variant))
 
 
-def lottery_throughput(args, data, device, amp: str) -> float:
-    """Images/s of lottery.training.trainer.train over one epoch of ``steps`` batches (after a warm-up)."""
-    t = recipe(args, amp)
+def lottery_throughput(args, data, device, amp: str, **variant) -> float:
+    """Images/s of lottery.training.trainer.train over its second epoch of ``steps`` batches (the
+    first warms the fresh network up), the median of ``repeats`` networks; configured as a trial
+    configures it (``devices.configure``), the global settings put back afterwards."""
+    t = recipe(args, amp, **variant)
     times = []
-    for r in range(args.repeats + 1):  # the first is the warm-up
-        torch.manual_seed(0)
-        model = prepare(resnet(args.model, CIFAR), device, True)
-        done = train(model, data, Job(t, r, device))
-        if r:
-            times.append(len(data.train) / done.seconds)
+    with settings():
+        configure(device, t)
+        for r in range(args.repeats):
+            torch.manual_seed(0)
+            model = prepare(resnet(args.model, CIFAR), device, t.channels_last)
+            done = train(model, data, Job(t, r, device))
+            times.append(len(data.train) / done.history[-1]["epoch_seconds"])
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def settings():
+    """torch's global settings put back as they were after the block."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    attention = [(enable, enabled()) for enable, enabled in FUSED_ATTENTION]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[2:]
+        for enable, was in attention:
+            enable(was)
+
+
+@contextlib.contextmanager
+def plain():
+    """The settings a hand-written loop runs with: torch's defaults, cuDNN autotuning on."""
+    with settings():
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        yield
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -89,7 +121,9 @@ class PilDataset(torch.utils.data.Dataset):
 
 
 def reference_throughput(args, data, device) -> float:
-    """Images/s of the plain loop: DataLoader with workers, per-image transforms, standard step."""
+    """Images/s of the plain loop (DataLoader with workers, per-image transforms, standard step,
+    plain settings) over its second epoch on a fresh network, the median of ``repeats``: measured
+    as the trainer is."""
     images = data.train.x.permute(0, 2, 3, 1).cpu().numpy()
     ds = PilDataset(images, data.train.y.cpu().numpy(), data.mean.flatten().tolist(), data.std.flatten().tolist())
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
@@ -97,24 +131,24 @@ def reference_throughput(args, data, device) -> float:
                                          persistent_workers=args.workers > 0)
     t = recipe(args)
     times = []
-    for r in range(args.repeats + 1):
-        torch.manual_seed(0)
-        model = resnet(args.model, CIFAR).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
-                              weight_decay=t.weight_decay)
-        model.train()
-        synchronize(device)
-        began = time.perf_counter()
-        seen = 0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            seen += len(y)
-        synchronize(device)
-        if r:
+    with plain():
+        for _ in range(args.repeats):
+            torch.manual_seed(0)
+            model = resnet(args.model, CIFAR).to(device)
+            opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                                  weight_decay=t.weight_decay)
+            model.train()
+            for epoch in range(2):  # the first warms up
+                synchronize(device)
+                began, seen = time.perf_counter(), 0
+                for x, y in loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    opt.zero_grad()
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    opt.step()
+                    seen += len(y)
+                synchronize(device)
             times.append(seen / (time.perf_counter() - began))
     return statistics.median(times)
 
@@ -128,20 +162,32 @@ def training_flops_per_image(args, device) -> float:
     return counter.get_total_flops() / args.batch_size
 
 
-def peak_matmul_flops(device, dtype: str) -> float:
-    """Best FLOP/s of a large square matmul in the given dtype (bf16 or fp32)."""
-    n = 4096 if device.type == "cuda" else 2048
+def peak_flops(device, dtype: str) -> float:
+    """The device's best measured FLOP/s in the given dtype (bf16, or fp32 without TF32: the
+    recipe's own), under plain settings: the better of a large square matmul and a large 3x3
+    convolution (on a CPU, oneDNN's convolutions outrun its matmul, so a matmul alone is no peak)."""
     dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    x = torch.randn(32, 256, 32, 32, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with plain():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        return max(_best(lambda: a @ b, 2 * n**3, device),
+                   _best(lambda: F.conv2d(x, w, padding=1), 2 * 32 * 256 * 256 * 9 * 32 * 32, device))
+
+
+def _best(op, flop: int, device) -> float:
+    """Best FLOP/s of three back-to-back ``op()`` over five tries (after one untimed)."""
+    op()
     best = 0.0
     for _ in range(5):
         synchronize(device)
         began = time.perf_counter()
         for _ in range(3):
-            a @ b
+            op()
         synchronize(device)
-        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - began))
+        best = max(best, 3 * flop / (time.perf_counter() - began))
     return best
 
 
@@ -186,8 +232,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=int, default=32, help="ResNet depth")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=12, help="training steps per timed repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per timed epoch (default: 16 on a CPU, 200 on a GPU: about 2 s either way)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh networks timed, each after a warm-up epoch")
+    p.add_argument("--no-grid", action="store_true", help="skip the eager/compiled x layout grid of the trainer")
+    p.add_argument("--compile-backend", default="inductor", help="the grid's torch.compile backend")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="the trainer's default precision")
@@ -200,17 +249,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    args.steps = args.steps or (200 if device.type == "cuda" else 16)
     data = load_dataset(data_config(args, args.steps * args.batch_size), device)
 
     dtype = precision(device, args.amp)
     ours = lottery_throughput(args, data, device, args.amp)
     fp32 = lottery_throughput(args, data, device, "off")
     ref = reference_throughput(args, data, device)
+    grid = {} if args.no_grid else {
+        f"{'compiled' if c else 'eager'}_{'channels_last' if cl else 'contiguous'}":
+            lottery_throughput(args, data, device, args.amp, compile=c, channels_last=cl,
+                               compile_backend=args.compile_backend)
+        for c in (False, True) for cl in (True, False)}
     flops = training_flops_per_image(args, device)
-    peak = peak_matmul_flops(device, dtype)
-    peak_fp32 = peak if dtype == "fp32" else peak_matmul_flops(device, "fp32")
+    peak = peak_flops(device, dtype)
+    peak_fp32 = peak if dtype == "fp32" else peak_flops(device, "fp32")
     crit = criteria_seconds(device, args.criteria_depth, args.scoring_size)
     track, db_setup = tracking_seconds(args.model, not args.no_log_model)
     trial_seconds = 2 * len(data.train) / ours  # the training phases of a dense + ticket pair, at this size
@@ -221,17 +274,20 @@ def main(argv=None) -> int:
         "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
         "trainer_vs_reference": ours / ref, "trainer_fp32_vs_reference": fp32 / ref, "amp_speedup": ours / fp32,
         "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
-        "peak_matmul_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
-        "peak_matmul_fp32_tflop_s": peak_fp32 / 1e12, "fp32_fraction_of_peak": fp32 * flops / peak_fp32,
-        "criteria_seconds": crit, "tracking_seconds": track, "tracking_store_setup_seconds": db_setup,
+        "peak_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
+        "peak_fp32_tflop_s": peak_fp32 / 1e12, "fp32_fraction_of_peak": fp32 * flops / peak_fp32,
+        "trainer_grid_img_s": grid, "criteria_seconds": crit, "tracking_seconds": track, "tracking_store_setup_seconds": db_setup,
         "tracking_fraction_of_training": track / trial_seconds,
     }
     print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp} -> {dtype}")
     print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s"
           f" | {dtype} trainer / loop {ours / ref:5.2f}x, fp32 trainer / loop {fp32 / ref:5.2f}x,"
           f" amp_speedup {ours / fp32:5.2f}x")
+    if grid:
+        print(f"    trainer {dtype} grid (img/s): " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items())
+              + "; the trials' default is eager_channels_last (train.compile=false, train.channels_last=true)")
     print(f"(b) {flops / 1e9:.3f} GFLOP per training image -> {dtype}: {ours * flops / 1e12:.3f} TFLOP/s of a "
-          f"{peak / 1e12:.3f} TFLOP/s {dtype} matmul peak = {100 * ours * flops / peak:.0f}%; fp32: "
+          f"{peak / 1e12:.3f} TFLOP/s {dtype} peak (matmul or conv) = {100 * ours * flops / peak:.0f}%; fp32: "
           f"{fp32 * flops / 1e12:.3f} of {peak_fp32 / 1e12:.3f} = {100 * fp32 * flops / peak_fp32:.0f}%")
     print(f"(c) scoring ResNet{args.criteria_depth} ({args.scoring_size or 'default'} images): "
           + ", ".join(f"{k} {v:.2f}s" for k, v in crit.items()))

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import queue as queues
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +36,7 @@ from lottery.experiment.sweeps import available, load  # noqa: E402
 from lottery.measure.costs import flops  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.training.data import CIFAR, SOURCES, load_dataset  # noqa: E402
-from lottery.training.devices import pick_device  # noqa: E402
+from lottery.training.devices import configure, pick_device  # noqa: E402
 from lottery.training.trainer import Job, epoch_of, prepare, train  # noqa: E402
 
 PAPER_EPOCHS = 200
@@ -42,45 +44,93 @@ PAPER_TRAIN_IMAGES = 50_000  # the paper profile trains on the whole CIFAR-10 tr
 WORKER_TIMEOUT_S = 600
 
 
-def trainer_rate(device: str, depth: int, batch: int, steps: int, variant: dict) -> float:
-    """Training images/s of lottery's trainer over one timed epoch of ``steps`` batches, after a
-    first epoch that warms up (compilation, graph capture, cuDNN); ``variant``: recipe keys
-    (amp, compile, cuda_graph, channels_last, deterministic)."""
+@dataclass
+class Timed:
+    """A trainer measurement: images/s over the timed epochs, and when they ran (wall clock)."""
+
+    img_s: float
+    began: float
+    ended: float
+    path: str  # the step that ran (Trained.compiled): no, stayed, graph, fallback: ...
+
+
+def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, timed_epochs: int = 1,
+                warmed=None) -> Timed:
+    """lottery's trainer over ``timed_epochs`` epochs of ``steps`` batches, after a first epoch that
+    warms up (compilation, graph capture, cuDNN); ``warmed()`` is called between the two (where
+    concurrent workers wait for each other); ``variant``: recipe keys (amp, compile, cuda_graph,
+    channels_last, deterministic), configured as a trial configures them."""
     dev = pick_device(device)
     synthetic = SOURCES.settings_of("synthetic")(name="synthetic", train_size=steps * batch, test_size=100)
     data = load_dataset(OmegaConf.structured(synthetic), dev)
-    t = OmegaConf.structured(TrainConfig(epochs=2, milestones=[], batch_size=batch, progress=False, **variant))
+    t = OmegaConf.structured(TrainConfig(epochs=1 + timed_epochs, milestones=[], batch_size=batch, progress=False,
+                                         **variant))
+    configure(dev, t)
     torch.manual_seed(0)
     model = prepare(resnet(depth, CIFAR), dev, t.channels_last)
-    done = train(model, data, Job(t, 0, dev))
-    return steps * batch / done.history[-1]["epoch_seconds"]
+    marks = []
+
+    def on_epoch(line: dict) -> None:
+        if line["epoch"] == 1 and warmed is not None:
+            warmed()
+        marks.append(time.time())
+
+    done = train(model, data, Job(t, 0, dev, on_epoch=on_epoch))
+    seconds = sum(h["epoch_seconds"] for h in done.history[1:])
+    return Timed(timed_epochs * steps * batch / seconds, marks[0], marks[-1], done.compiled)
+
+
+def trainer_rate(device: str, depth: int, batch: int, steps: int, variant: dict, strict: bool = False) -> float:
+    """Training images/s of lottery's trainer over one timed epoch of ``steps`` batches (``trainer_run``);
+    ``strict``: an error if the variant's fast path fell back to the eager step."""
+    timed = trainer_run(device, depth, batch, steps, variant)
+    if strict and timed.path.startswith("fallback"):
+        raise RuntimeError(timed.path)
+    return timed.img_s
 
 
 def _worker(args, barrier, queue):
-    barrier.wait()  # start together: the rates are measured while all share the device
-    queue.put(trainer_rate(*args))
+    timed = trainer_run(*args, warmed=barrier.wait)  # timed only once every worker is warm
+    queue.put((timed.img_s, timed.began, timed.ended))
 
 
-def concurrent_rate(n: int, args: tuple) -> float | None:
-    """Aggregate images/s of ``n`` processes training at once; None if one of them dies."""
+@dataclass
+class Shared:
+    """``n`` trials training at once: their summed images/s, and how much of the timed spans overlapped."""
+
+    img_s: float
+    overlap: float  # the span all of them trained at once over the mean timed span (1: fully concurrent)
+
+
+def concurrent_rate(n: int, args: tuple, timed_epochs: int) -> Shared | None:
+    """Aggregate images/s of ``n`` processes training at once, timed after all have started CUDA,
+    made their data and warmed up (a barrier), over ``timed_epochs`` epochs each (long enough that
+    start-up jitter does not shorten the shared span); None if one of them dies."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(args, barrier, queue)) for _ in range(n)]
+    procs = [ctx.Process(target=_worker, args=((*args, timed_epochs), barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
-    rates = []
+    out = []
     try:
         for _ in procs:
-            rates.append(queue.get(timeout=WORKER_TIMEOUT_S))
+            out.append(queue.get(timeout=WORKER_TIMEOUT_S))
     except queues.Empty:
         print(f"{n} trials at once: a worker died or hung (exit codes {[p.exitcode for p in procs]})", flush=True)
         return None
-    finally:
+    finally:  # every worker that reported is ending; any other (a hang, a budget past) is killed at once
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=10 if len(out) == n else 0)
             if p.is_alive():
                 p.kill()
-    return sum(rates)
+    spans = [ended - began for _, began, ended in out]
+    together = min(e for _, _, e in out) - max(b for _, b, _ in out)
+    return Shared(sum(rate for rate, _, _ in out), max(0.0, together) / (sum(spans) / n))
+
+
+def epochs_for(seconds: float, img_s: float, steps: int, batch: int) -> int:
+    """Timed epochs of ``steps`` batches that last about ``seconds`` at ``img_s``."""
+    return max(1, math.ceil(seconds * img_s / (steps * batch)))
 
 
 def trainings(sweep_name: str, seeds: int) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
@@ -135,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=100, help="timed steps per measurement (after one warm-up epoch)")
     p.add_argument("--concurrency", default="1,2,4", help="numbers of trials sharing the device")
+    p.add_argument("--shared-seconds", type=float, default=20.0,
+                   help="timed span of each trial sharing the device (at one trial's rate; longer when shared)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell in the projection")
     p.add_argument("--json", default=None)
@@ -147,10 +199,12 @@ def main(argv=None) -> int:
     best = max(rates, key=rates.get)
     best_args = (args.device, args.model, args.batch_size, args.steps, variants(args.device, True)[best])
     shared = {}
+    timed_epochs = epochs_for(args.shared_seconds, rates[best], args.steps, args.batch_size)
     for n in (int(c) for c in args.concurrency.split(",")):
-        shared[n] = concurrent_rate(n, best_args)
-        print(f"{n} trials at once ({best}): " + (f"{shared[n]:10.1f} img/s in all" if shared[n] else "failed"),
-              flush=True)
+        found = concurrent_rate(n, best_args, timed_epochs)
+        shared[n] = found.img_s if found else None
+        print(f"{n} trials at once ({best}): " + (f"{found.img_s:10.1f} img/s in all, timed spans {100 * found.overlap:.0f}% "
+                                                  "concurrent" if found else "failed"), flush=True)
     base_flops = flops(resnet(args.model, CIFAR))
     default = "eager_bf16" if "eager_bf16" in rates else best  # what make table2 runs: amp=auto, eager, one trial
     projected = {}

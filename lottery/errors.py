@@ -22,6 +22,15 @@ def check_choice(kind: str, name: str, valid) -> None:
         raise unknown(kind, name, valid)
 
 
+def first_cause(e: BaseException) -> BaseException:
+    """The error behind a wrapped one (dynamo's ``inner_exception``, ``raise ... from``, or the
+    one being handled when it was raised)."""
+    while (inner := getattr(e, "inner_exception", None) or e.__cause__
+           or (None if e.__suppress_context__ else e.__context__)) is not None:
+        e = inner
+    return e
+
+
 def one_line(e: BaseException) -> str:
     """An unexpected exception as one line: its type and the first line of its message."""
     text = str(e).strip().splitlines()

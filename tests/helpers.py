@@ -105,3 +105,27 @@ def stop(server: subprocess.Popen) -> None:
     if server.poll() is None:
         os.killpg(server.pid, 9)
     server.wait()
+
+
+FAKE_CUDA = torch.device("cuda:1")
+
+
+def on_fake_cuda(mode, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every parameter and buffer a fake tensor on ``cuda:1`` of ``mode`` (a
+    ``FakeTensorMode``): ``module.to("cuda")`` would call into CUDA, so they are swapped in by hand."""
+    with mode:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(mode.from_tensor(p).to(FAKE_CUDA),
+                                                                  requires_grad=p.requires_grad)
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = mode.from_tensor(b).to(FAKE_CUDA)
+    return model
+
+
+def fake_cuda(mode, tensor: torch.Tensor) -> torch.Tensor:
+    """A real tensor as a fake one on ``cuda:1`` of ``mode``."""
+    with mode:
+        return mode.from_tensor(tensor).to(FAKE_CUDA)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from lottery.pruning.criteria import CRITERIA
 from lottery.training.devices import precision
 from tests.helpers import REPO
 
-KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup",
+KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup", "trainer_grid_img_s",
         "fraction_of_peak", "fp32_fraction_of_peak", "dtype", "criteria_seconds", "tracking_seconds", "device"}
 
 
@@ -21,7 +22,7 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     r = subprocess.run([sys.executable, "benchmarks/bench.py", "--device", "cpu", "--model", "8", "--batch-size", "8",
                         "--steps", "2", "--repeats", "1", "--workers", "0", "--criteria-depth", "14", "--scoring-size",
-                        "20", "--no-log-model", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                        "20", "--no-log-model", "--compile-backend", "eager", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
                        timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     return r, json.loads(out.read_text())
@@ -33,6 +34,8 @@ def test_bench_runs_and_writes_every_key(bench):
     assert set(figures["criteria_seconds"]) == set(CRITERIA)  # every registered criterion is timed
     assert figures["trainer_img_s"] > 0 and figures["reference_img_s"] > 0 and 0 < figures["fraction_of_peak"]
     assert "(a) trainer" in r.stdout and "(d) MLflow + codecarbon" in r.stdout
+    assert set(figures["trainer_grid_img_s"]) == {"eager_channels_last", "eager_contiguous", "compiled_channels_last",
+                                                  "compiled_contiguous"} and min(figures["trainer_grid_img_s"].values()) > 0
 
 
 def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(bench):
@@ -47,7 +50,7 @@ def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):
 
     out = tmp_path / "gpu.json"  # in this process; its two concurrent trials are processes of their own
     assert main(["--device", "cpu", "--model", "8", "--batch-size", "4", "--steps", "1", "--concurrency", "2",
-                 "--no-compile", "--json", str(out)]) == 0
+                 "--no-compile", "--shared-seconds", "0.1", "--json", str(out)]) == 0
     f = json.loads(out.read_text())
     assert set(f["one_trial_img_s"]) == {"eager_fp32", "eager_bf16"}
     assert set(f["concurrent_img_s"]) == {"2"} and f["concurrent_img_s"]["2"] > 0
@@ -81,3 +84,70 @@ def test_gpu_check_on_a_machine_without_cuda_says_so_in_one_line_and_exits_0(tmp
     assert r.returncode == 0 and r.stdout.strip() == ("gpu-check: no CUDA device on this machine; run `make gpu-check` "
                                                       "on a GPU host (nothing checked here)")
     assert not (tmp_path / "g.json").exists()
+
+
+def test_the_plain_loop_runs_with_torchs_defaults_and_the_settings_come_back():
+    from benchmarks.bench import plain
+
+    saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)  # what a trial's configure leaves in the process
+    try:
+        with plain():
+            assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark == saved[1]
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+
+
+def test_concurrent_workers_are_timed_only_after_every_one_has_warmed_up():
+    from benchmarks.gpu import trainer_run
+
+    waited = []
+    timed = trainer_run("cpu", 8, 4, 2, {"amp": "off"}, timed_epochs=2, warmed=lambda: waited.append(time.time()))
+    assert len(waited) == 1 and waited[0] <= timed.began < timed.ended  # the barrier, then the timed epochs
+    assert timed.img_s > 0 and timed.path == "no"
+
+
+def test_gpu_check_guards_each_check_and_keeps_within_its_budget(monkeypatch, capsys):
+    from benchmarks import gpu_check
+    from benchmarks.gpu_check import Check
+
+    monkeypatch.setattr(gpu_check, "STEPS", {
+        "fine": Check(lambda a: {"img_s": 1.0}, 5, "a check that works"),
+        "broken": Check(lambda a: 1 / 0, 5, "one that fails"),
+        "hung": Check(lambda a: time.sleep(30), 1, "one that runs past its budget"),
+        "after": Check(lambda a: "still measured", 5, "one after the failures"),
+        "too_long": Check(lambda a: "never run", 100, "one that no longer fits"),
+    })
+    monkeypatch.setattr(gpu_check, "TOTAL_S", 30)
+    figures = gpu_check.run(None)
+    assert figures["fine"] == {"img_s": 1.0} and figures["after"] == "still measured"
+    assert figures["broken"] == "failed: ZeroDivisionError: division by zero"
+    assert figures["hung"] == "failed: stopped at its 1 s budget" and figures["hung_seconds"] < 5
+    assert figures["too_long"].startswith("skipped: ") and "it needs 100" in figures["too_long"]
+    assert figures["seconds"] < 10
+
+
+def test_one_failed_trainer_mode_keeps_the_others(monkeypatch):
+    from benchmarks import gpu_check
+
+    def rate(device, depth, batch, steps, variant, strict=False):
+        if variant.get("compile"):
+            raise RuntimeError("fallback: OSError: no C compiler found for Triton")
+        return 1234.5
+
+    monkeypatch.setattr(gpu_check, "trainer_rate", rate)
+    out = gpu_check.trainer_modes(4)
+    assert out["compiled_bf16"] == "failed: RuntimeError: fallback: OSError: no C compiler found for Triton"
+    assert out["eager_fp32"] == out["cuda_graph_bf16"] == 1234.5 and len(out) == 6
+
+
+def test_gpu_check_prints_its_plan_on_any_machine_within_eight_minutes():
+    from benchmarks.gpu_check import STEPS, TOTAL_S
+
+    r = subprocess.run(["make", "--no-print-directory", "gpu-check", "DRY_RUN=1"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "gpu-check plan: 8 checks in at most 480 s" in r.stdout and TOTAL_S == 480
+    assert all(name in r.stdout for name in STEPS) and sum(c.budget_s for c in STEPS.values()) <= TOTAL_S
+    assert "'failed: <why>'" in r.stdout

@@ -22,7 +22,7 @@ from lottery.measure.trial_costs import network_costs, robustness_key
 from lottery.tracking import runs
 from lottery.tracking.store import DenseResult, Entry
 from lottery.training.data import describe, fingerprint
-from lottery.training.devices import conditions
+from lottery.training.devices import conditions, determinism
 from lottery.training.trainer import accuracy, cpu_state, discard, held_out_accuracy, predict, rewind_epochs, train
 
 log = logging.getLogger("lottery")
@@ -61,6 +61,7 @@ def train_dense(ctx: Context, partial, keep: set[int], run: runs.LiveRun) -> Den
                "filters": networks.count_filters(model), **footprint.metrics(),
                **held_out_accuracy(model, ctx.data, cfg.train, ctx.device)}
     tags = {"train_conditions": conditions(ctx.device, cfg.train, cfg.jobs), "compiled": done.compiled,
+            "deterministic": determinism(ctx.device),
             **footprint.tags(done.resumed_from)}
     extra = {"predictions": predictions.tolist(), "history": done.history,
              "trained": {"start_ms": int(done.started * 1000), "end_ms": int(time.time() * 1000)}}

@@ -32,7 +32,7 @@ from lottery.tracking import outbox, runs
 from lottery.tracking.store import Entry
 from lottery.tracking.tickets import TICKET_FILE, ticket_file
 from lottery.training.data import describe, scoring_set, train_images
-from lottery.training.devices import conditions, name_of
+from lottery.training.devices import conditions, configure, determinism, name_of, not_deterministic
 from lottery.training.trainer import (
     Trained,
     accuracy,
@@ -187,15 +187,27 @@ def run(cfg: TrialConfig, overrides: list[str] = (), tags: dict | None = None, j
             return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    configure(ctx.device, cfg.train)
     log.info("device: %s", name_of(ctx.device))
     warn_if_slow(ctx)
+    try:
+        return _run(ctx, overrides, tags)
+    except RuntimeError as e:
+        if (line := not_deterministic(e, ctx.device)) is not None:
+            raise line from None
+        raise
+
+
+def _run(ctx: Context, overrides: list[str], tags: dict | None) -> dict:
+    cfg = ctx.cfg
     if not ctx.mode.prunes:
         return dense_trial(ctx)
     runs.mark_killed(ctx.experiment, role="ticket", config_key=ctx.keys["config_key"])
     label = f"p{cfg.density}" + ("" if cfg.structure == "layer" else f"-{cfg.structure}")
     start_tags = {"role": "ticket", "mode": ctx.mode.name, "criterion": cfg.criterion.name, "structure": cfg.structure,
                   "profile": cfg.profile_name, "seed": cfg.seed, "model": ctx.model_name, **ctx.keys,
-                  "device": str(ctx.device), "amp": ctx.precision, **override_tags(overrides),
+                  "device": str(ctx.device), "amp": ctx.precision, "deterministic": determinism(ctx.device),
+                  **override_tags(overrides),
                   **(tags or {})}
     with runs.live(ctx.experiment, run_name(ctx, label), start_tags, params(ctx), cfg.tracking.parent) as live:
         return ticket_trial(ctx, live)

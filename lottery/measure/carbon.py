@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pynvml
+import torch
+
 log = logging.getLogger("lottery")
 
 # codecarbon's power sources that read real counters; anything else is a model-based estimate.
@@ -71,10 +74,31 @@ def _stop(tracker, result: Footprint, label: str) -> None:
 
 
 def gpu_ids(device) -> dict:
-    """codecarbon's GPUs to read: the trial's own (every GPU of the box is summed otherwise)."""
+    """codecarbon's GPUs to read: the trial's own (every GPU of the box is summed otherwise), as
+    the NVML index codecarbon matches (its UUID matching strips the letters of the ``GPU-``
+    prefix and never matches). NVML counts every GPU of the box in PCI order, torch only the
+    visible ones (``CUDA_VISIBLE_DEVICES``): the device's UUID, which both know, maps one to the
+    other; without NVML, the device's entry in CUDA_VISIBLE_DEVICES."""
     if device is None or device.type != "cuda":
         return {}
-    return {"gpu_ids": [device.index or 0]}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"gpu_ids": [nvml_index(index)]}
+
+
+def nvml_index(index: int) -> int:
+    uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+    if uuid:
+        try:
+            pynvml.nvmlInit()
+            try:
+                name = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+                return int(pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(name)))
+            finally:
+                pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return int(visible[index]) if index < len(visible) and visible[index].isdigit() else index
 
 
 @contextlib.contextmanager

@@ -2,15 +2,20 @@
 
 FLOPs come from ``torch.utils.flop_counter``; training memory is, on a GPU, the network's
 parameters and optimizer state plus the allocator's peak during one step above what was allocated
-before it (so data and other networks resident on the device never count) and, on a CPU, the bytes
-of parameters, gradients, optimizer state and tensors saved for backward (counted through
-``saved_tensors_hooks``); times use CUDA synchronisation on a GPU.
-Every measurement works on a copy, so the measured network is left as it was.
+before it (so data and other networks resident on the device never count; for a recipe that
+captures its step as a CUDA graph, the graph's private memory pool instead) and, on a CPU, the
+bytes of parameters, gradients, optimizer state and tensors saved for backward (counted through
+``saved_tensors_hooks``); times use CUDA synchronisation on a GPU, and time the step the recipe
+trains with (eager, compiled, or the captured graph replayed).
+A measurement that trains works on a copy, and one that only runs forward puts the network's mode
+back: the measured network is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import statistics
 import time
 
@@ -21,8 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from lottery import networks
 from lottery.config import TrainConfig
+from lottery.errors import first_cause, one_line
 from lottery.training.devices import autocast, synchronize
-from lottery.training.trainer import compiled, make_optimizer
+from lottery.training.trainer import capture, compiled, graphs_on, make_optimizer
+
+log = logging.getLogger("lottery")
 
 
 def _attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -38,12 +46,23 @@ def flops(model: nn.Module) -> int:
     return int(counted(model).get_total_flops())
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """The network in eval mode for the block, its mode put back after: a forward pass without
+    gradients changes nothing else, so the forward measurements need no copy."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
 def counted(model: nn.Module) -> FlopCounterMode:
     """The flop counter after one forward pass of one image (per module: ``get_flop_counts()``)."""
-    m = copy.deepcopy(model).eval()
-    x = torch.zeros(1, *networks.input_shape(m), device=next(m.parameters()).device)
-    with FlopCounterMode(display=False, custom_mapping=ATTENTION) as counter, torch.no_grad():
-        m(x)
+    x = torch.zeros(1, *networks.input_shape(model), device=next(model.parameters()).device)
+    with evaluating(model), FlopCounterMode(display=False, custom_mapping=ATTENTION) as counter, torch.no_grad():
+        model(x)
     return counter
 
 
@@ -69,6 +88,14 @@ def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]
     m = copy.deepcopy(model).train()
     opt = make_optimizer(m, t, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
+    if graphs_on(device, t):
+        try:
+            return _graph_step_memory(m, opt, x, y, device, t.amp), "cuda_graph_pool_plus_own_state"
+        except RuntimeError as e:  # the capture failed here as in training: the eager step it fell back to
+            log.warning("costs: capturing the step failed on this host (%s); measuring the eager step",
+                        one_line(first_cause(e)))
+            m = copy.deepcopy(model).train()
+            opt = make_optimizer(m, t, device)
     if device.type == "cuda":
         return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
     saved: dict[int, int] = {}
@@ -108,25 +135,74 @@ def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
     return _own_bytes(m, opt) + int(torch.cuda.max_memory_allocated(device)) - before
 
 
+def _graph_step_memory(m, opt, x, y, device, amp) -> int:
+    """The network's own state plus the private memory pool of its step captured as a CUDA graph
+    (every intermediate of the step lives there for the graph's life): the allocator's reserved
+    bytes after the capture and a replay above those before, with the unused cache emptied on
+    both sides, the optimizer state made by an eager step first."""
+    _step(m, opt, x, y, device, amp)
+    opt.zero_grad(set_to_none=True)
+    synchronize(device)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved(device)
+    graph = capture(lambda: _step(m, opt, x, y, device, amp), m, opt, device)
+    graph.replay()
+    synchronize(device)
+    torch.cuda.empty_cache()
+    return _own_bytes(m, opt) + int(torch.cuda.memory_reserved(device)) - before
+
+
+def _stepper(model: nn.Module, t: TrainConfig, device, first: bool):
+    """One network's training step as the recipe trains it, on a copy and a fixed batch: eager,
+    compiled, or captured as a CUDA graph and replayed; where the fast path fails on this host
+    (as the training then fell back), the eager step, said once."""
+    m = copy.deepcopy(model).train()
+    opt = make_optimizer(m, t, device)
+    x, y = _batch(m, t.batch_size, device, t.channels_last)
+
+    def eager():
+        _step(m, opt, x, y, device, t.amp)
+
+    if not (t.compile or graphs_on(device, t)):
+        return eager
+    try:
+        stepped = compiled(m, t, device, reset=first) if t.compile else m
+
+        def step():
+            _step(stepped, opt, x, y, device, t.amp)
+
+        fast = capture(step, m, opt, device).replay if graphs_on(device, t) else step
+        fast()  # a compile fails, if at all, at its first step
+        return fast
+    except torch._dynamo.exc.TorchDynamoException as e:
+        return _eager_instead(eager, "compiled", e)
+    except RuntimeError as e:  # a capture's failure
+        if not graphs_on(device, t):
+            raise
+        return _eager_instead(eager, "captured", e)
+
+
+def _eager_instead(eager, path: str, e: BaseException):
+    log.warning("costs: the %s step failed on this host (%s); timing the eager step, as training fell back to it",
+                path, one_line(first_cause(e)))
+    return eager
+
+
 def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, warmup: int) -> list[list[float]]:
     """Training images per second of each timed step of each network (after ``warmup`` untimed
     steps), the networks taking turns step by step, so a load that comes and goes touches them
-    alike: the recipe's step (its precision, its optimizer, compiled when it trains compiled), on
-    copies of the networks."""
-    runs = []
-    for k, model in enumerate(models):
-        m = copy.deepcopy(model).train()
-        stepped = compiled(m, t, device, reset=k == 0) if t.compile else m
-        runs.append((stepped, make_optimizer(m, t, device), *_batch(m, t.batch_size, device, t.channels_last)))
+    alike: the recipe's step (its precision, its optimizer, compiled when it trains compiled, the
+    captured graph when it trains one), on copies of the networks."""
+    steppers = [_stepper(model, t, device, k == 0) for k, model in enumerate(models)]
     for _ in range(warmup):
-        for stepped, opt, x, y in runs:
-            _step(stepped, opt, x, y, device, t.amp)
+        for step in steppers:
+            step()
     rates: list[list[float]] = [[] for _ in models]
     for _ in range(steps):
-        for k, (stepped, opt, x, y) in enumerate(runs):
+        for k, step in enumerate(steppers):
             synchronize(device)
             began = time.perf_counter()
-            _step(stepped, opt, x, y, device, t.amp)
+            step()
             synchronize(device)
             rates[k].append(t.batch_size / (time.perf_counter() - began))
     return rates
@@ -135,11 +211,12 @@ def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, war
 @torch.no_grad()
 def latencies(models: list[nn.Module], batch_size: int, device, repeats: int, t: TrainConfig) -> list[list[float]]:
     """Inference latency (ms) of each repeated forward pass of each network at the given batch
-    size, in the recipe's precision and memory format, the networks taking turns pass by pass."""
-    nets = [copy.deepcopy(model).eval() for model in models]
-    inputs = [_batch(m, batch_size, device, t.channels_last)[0] for m in nets]
+    size, in the recipe's precision and memory format, without autograd, the networks taking
+    turns pass by pass."""
+    inputs = [_batch(m, batch_size, device, t.channels_last)[0] for m in models]
     times: list[list[float]] = [[] for _ in models]
-    with autocast(device, t.amp):
+    with contextlib.ExitStack() as modes, torch.no_grad(), autocast(device, t.amp):
+        nets = [modes.enter_context(evaluating(m)) for m in models]
         for m, x in zip(nets, inputs):  # two untimed passes each
             m(x)
             m(x)

@@ -50,16 +50,57 @@ def name_of(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# torch's fused attention backends on CUDA, (switch, state): their backward accumulates atomically.
+FUSED_ATTENTION = ((torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.flash_sdp_enabled),
+                   (torch.backends.cuda.enable_mem_efficient_sdp, torch.backends.cuda.mem_efficient_sdp_enabled),
+                   (torch.backends.cuda.enable_cudnn_sdp, torch.backends.cuda.cudnn_sdp_enabled))
+
+
 def configure(device: torch.device, t: TrainConfig) -> None:
-    """Determinism (``train.deterministic``): deterministic algorithms, no cuDNN autotuning
-    (whose pick varies between runs and whose workspace would count as memory); else cuDNN
-    benchmarks its convolutions. TF32 stays off for training too: the recipe is fp32 or bf16."""
-    torch.use_deterministic_algorithms(bool(t.deterministic), warn_only=True)
+    """How a trial computes, set once when it opens (before scoring, which a trial reusing a
+    stored dense network does first), for the whole process.
+
+    The trial's GPU is made current (streams, graphs and allocations default to it). With
+    ``train.deterministic``: deterministic algorithms, strict (an op without a deterministic
+    implementation stops the trial rather than warn while the run says deterministic), no cuDNN
+    autotuning (whose pick varies between runs and whose workspace would count as memory), and
+    on CUDA attention computed by the math backend, the one whose backward is deterministic
+    (flash and memory-efficient attention accumulate their gradients atomically). Without it,
+    cuDNN benchmarks its convolutions and every attention backend is allowed. TF32 stays off:
+    the recipe is fp32 or bf16."""
+    deterministic = bool(t.deterministic)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not t.deterministic
-        torch.backends.cudnn.deterministic = bool(t.deterministic)
+        if device.index is not None:  # (an index-less cuda is the current device already)
+            torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        for enable, _ in FUSED_ATTENTION:
+            enable(not deterministic)
+
+
+def determinism(device: torch.device) -> str:
+    """What holds now (the run's ``deterministic`` tag): ``strict`` (with the attention backend
+    on CUDA), ``warn-only`` or ``off``."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return "off"
+    held = "warn-only" if torch.is_deterministic_algorithms_warn_only_enabled() else "strict"
+    if device.type == "cuda":
+        fused = any(enabled() for _, enabled in FUSED_ATTENTION)
+        held += ", attention: " + ("flash/memory-efficient allowed" if fused else "math")
+    return held
+
+
+def not_deterministic(e: RuntimeError, device: torch.device) -> LotteryError | None:
+    """An op that has no deterministic implementation on this device, as one line; None for any other error."""
+    text = str(e)
+    if "does not have a deterministic implementation" not in text:
+        return None
+    op = text.split(" does not have", 1)[0].strip().split()[-1]
+    return LotteryError(f"train.deterministic=true but {op} has no deterministic implementation on {device.type}: "
+                        "set train.deterministic=false (runs may then differ in their last bits)")
 
 
 @contextlib.contextmanager

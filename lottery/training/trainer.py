@@ -24,10 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from lottery.config import TrainConfig, bad_value
-from lottery.errors import LotteryError
+from lottery.errors import LotteryError, first_cause, one_line
 from lottery.files import save_atomic
 from lottery.training.data import Dataset, batch, epoch_plan, eval_batches, num_batches
-from lottery.training.devices import autocast, configure, synchronize
+from lottery.training.devices import autocast, synchronize
 
 log = logging.getLogger("lottery")
 
@@ -82,12 +82,38 @@ def warmup(epoch: int, step: int, steps: int, t: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device | None = None) -> torch.optim.SGD:
-    """SGD of the recipe; on CUDA fused (one kernel for the whole update), and, for a captured
-    step, with the learning rate a device tensor that the graph reads each epoch."""
+    """SGD of the recipe; on CUDA fused (one kernel for the whole update). For a captured step
+    (``train.cuda_graph``) fused with the learning rate a tensor on the training device, which the
+    graph reads at each replay; on a CPU too (torch's fused SGD runs there), so the tests take the
+    branch a GPU takes."""
+    graph = bool(t.cuda_graph)
     cuda = device is not None and device.type == "cuda"
-    lr = torch.tensor(t.lr, device=device) if cuda and t.cuda_graph else t.lr
+    lr = torch.tensor(t.lr, device=device) if graph else t.lr
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, nesterov=t.nesterov,
-                           weight_decay=t.weight_decay, fused=cuda or None)
+                           weight_decay=t.weight_decay, fused=(cuda or graph) or None)
+
+
+# What ``Optimizer.load_state_dict`` would overwrite with the saved values, but says how this
+# optimizer runs, not where the training is.
+OWN_KEYS = ("lr", "fused", "foreach", "differentiable", "capturable")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state (every reload goes through here). ``load_state_dict`` takes
+    the saved param groups whole: a learning rate saved as a CPU tensor would replace the device
+    tensor a captured step reads (the fused kernel would then read it as a host scalar, frozen
+    into the graph), and the saved run's fused / foreach flags would replace this one's. Each
+    group keeps its own, the learning rate refilled with the saved value."""
+    own = [{k: g[k] for k in OWN_KEYS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, mine in zip(opt.param_groups, own):
+        saved = group["lr"]
+        group.update(mine)
+        value = float(saved.item() if torch.is_tensor(saved) else saved)
+        if torch.is_tensor(mine["lr"]):
+            mine["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 def current_lr(opt) -> float:
@@ -150,7 +176,8 @@ class Trained:
     optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
     history: list[dict] = field(default_factory=list)  # one record per trained epoch (``Trained.record``)
     resumed_from: int | None = None
-    compiled: str = "no"  # no | stayed (one graph) | recompiled N graphs | graph (a captured CUDA graph)
+    # no | stayed (one graph) | recompiled: N graphs | graph (a captured CUDA graph) | fallback: <why> (eager)
+    compiled: str = "no"
 
     def state(self, model: nn.Module, opt, epoch: int) -> dict:
         """Everything a killed run needs to go on after ``epoch`` epochs, but the kept rewind
@@ -191,7 +218,7 @@ def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, job
         return job.start
     state = load_checkpoint(state_path, "training state")
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    load_optimizer(opt, state["optimizer"])
     result.seconds, result.resumed_from = state["seconds"], state["epoch"]
     result.started, result.history = state.get("started", result.started), state.get("history", [])
     Kept(state_path).read(result, state.get("kept", []))
@@ -224,24 +251,100 @@ class EpochStats:
     images: int
 
 
+def snapshot(model: nn.Module, opt) -> Callable[[], None]:
+    """A function that puts the network's weights and buffers and the optimizer's tensor state
+    back as they are now (optimizer state created since is zeroed: a zero momentum buffer makes
+    the next update SGD's first)."""
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
+
+    @torch.no_grad()
+    def restore() -> None:
+        for k, v in model.state_dict().items():
+            v.copy_(weights[k])
+        for p, s in opt.state.items():
+            for k, v in s.items():
+                if torch.is_tensor(v) and k in state.get(p, {}):
+                    v.copy_(state[p][k])
+                elif torch.is_tensor(v):
+                    v.zero_()
+        opt.zero_grad(set_to_none=True)
+
+    return restore
+
+
+def capture(body: Callable[[], None], model: nn.Module, opt, device: torch.device):
+    """``body`` (a training step on static buffers) recorded once as a CUDA graph on ``device``.
+
+    Its warm-up runs (which allocate the momentum buffers) run on a side stream and are undone,
+    so the training is unchanged. Every stream belongs to ``device``, made current for the
+    capture: ``torch.cuda.graph`` otherwise captures on a stream of the current device (cuda:0),
+    which on ``cuda:k`` records none of the step's kernels. A failed capture leaves the state and
+    the current stream as it found them, and raises."""
+    restore, current = snapshot(model, opt), torch.cuda.current_stream(device)
+    try:
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            restore()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+                body()
+        return graph
+    except Exception:
+        torch.cuda.set_stream(current)  # a capture that failed as it ended may leave its stream current
+        restore()
+        raise
+
+
+def graphs_on(device: torch.device, t: TrainConfig) -> bool:
+    """Whether the recipe's step is captured as a CUDA graph on this device (a CPU runs the same
+    branch eagerly)."""
+    return bool(t.cuda_graph) and device.type == "cuda"
+
+
+def fallback(what: str, desc: str, error: BaseException) -> str:
+    """Say once that a fast path failed on this host and the step runs eagerly; the run's tag
+    names the first cause (dynamo wraps a compiler's error in its own)."""
+    why = one_line(first_cause(error))
+    log.warning("%s: %s failed on this host (%s); training goes on eagerly", desc, what, why)
+    return f"fallback: {why}"
+
+
 class Step:
     """One SGD step on device-resident data: gather and augment the batch, forward, backward,
-    update; loss and correct predictions accumulate on the device. With ``capture`` (CUDA) the
-    whole step is recorded once as a CUDA graph on static buffers and replayed: a ResNet32 step
-    is ~400 kernel launches for ~1.5 ms of GPU work. Without it the same body runs eagerly on the
-    same buffers (what the tests check against the plain loop on a CPU)."""
+    update; loss and correct predictions accumulate on the device.
 
-    def __init__(self, model: nn.Module, opt, data: Dataset, job: Job, capture: bool):
+    With ``train.cuda_graph`` the step reads its batch from static buffers and, on CUDA, is
+    recorded once as a CUDA graph and replayed (a ResNet32 step is ~400 kernel launches for
+    ~1.5 ms of GPU work); on a CPU the same buffers and optimizer run eagerly, the branch the
+    tests check. A fast path that fails on the host (a capture, or a compile at the first step)
+    is said once and the step goes on eagerly; ``path`` says which ran."""
+
+    def __init__(self, model: nn.Module, opt, data: Dataset, job: Job):
         t, device = job.recipe, job.device
-        self.model, self.opt, self.data, self.t, self.device = model, opt, data, t, device
+        self.model, self.opt, self.data, self.t, self.device, self.desc = model, opt, data, t, device, job.desc
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.graph = None
-        if capture:
+        self.graph, self.static, self.path = None, None, "no"
+        self.first_compiled, self.compile_failed = t.compile, False  # a compile fails, if at all, at the first step
+        if t.cuda_graph:
             self.static = (torch.zeros(t.batch_size, dtype=torch.long, device=device),
                            torch.zeros(t.batch_size, 2, dtype=torch.long, device=device),
                            torch.zeros(t.batch_size, dtype=torch.bool, device=device))
-            self.graph = self._capture()
+            if graphs_on(device, t):
+                try:
+                    self.graph, self.path = capture(lambda: self._body(*self.static), model, opt, device), "graph"
+                except Exception as e:  # noqa: BLE001 - any capture failure: the eager step instead
+                    self.path = fallback("capturing the step as a CUDA graph", job.desc, e)
+                self.loss_sum.zero_()
+                self.correct.zero_()
+            else:
+                self.path = "fallback: no CUDA device to capture on"
 
     def _body(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
         x, y = batch(self.data, self.t, idx, offsets, flips)
@@ -254,42 +357,40 @@ class Step:
         self.loss_sum += loss.detach() * len(y)
         self.correct += (out.argmax(1) == y).sum()
 
-    def _capture(self):
-        """Record the step once on the static buffers. Its warm-up steps (which allocate the
-        momentum buffers) run on a side stream and are undone, so the training is unchanged: a
-        zero momentum buffer makes the first update SGD's first update."""
-        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-        state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in self.opt.state.items()}
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._body(*self.static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(weights[k])
-            for p, s in self.opt.state.items():
-                for k, v in s.items():
-                    if torch.is_tensor(v) and k in state.get(p, {}):
-                        v.copy_(state[p][k])
-                    elif torch.is_tensor(v):
-                        v.zero_()
-            self.loss_sum.zero_()
-            self.correct.zero_()
-        self.opt.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body(*self.static)
-        return graph
+    def _first_compiled(self, *batch_) -> None:
+        """The first step of a compiled network; if compiling fails, the eager network takes it."""
+        self.first_compiled = False
+        restore = snapshot(self.model, self.opt)
+        try:
+            self._body(*batch_)
+        except torch._dynamo.exc.TorchDynamoException as e:  # a compiler's failure (dynamo wraps the backend's)
+            restore()
+            self.model, self.compile_failed = getattr(self.model, "_orig_mod", self.model), True
+            self.path = fallback("torch.compile", self.desc, e)
+            self._body(*batch_)
 
     def __call__(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
-        if self.graph is None:
+        if self.static is not None:
+            for buffer, value in zip(self.static, (idx, offsets, flips)):
+                buffer.copy_(value, non_blocking=True)
+            idx, offsets, flips = self.static
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.first_compiled:
+            self._first_compiled(idx, offsets, flips)
+        else:
             self._body(idx, offsets, flips)
-            return
-        for buffer, value in zip(self.static, (idx, offsets, flips)):
-            buffer.copy_(value, non_blocking=True)
-        self.graph.replay()
+
+    def tag(self) -> str:
+        """The path the step ran (the run's ``compiled`` tag): whether a compiled network stayed
+        one graph, ``graph`` for a captured step, ``fallback: <why>`` where a fast path was left."""
+        parts = []
+        if self.t.compile and not self.compile_failed:
+            graphs = graphs_compiled()
+            parts.append("stayed" if graphs == 1 else f"recompiled: {graphs} graphs")
+        if self.path != "no":
+            parts.append(self.path)
+        return ", ".join(parts) or "no"
 
     def read(self) -> tuple[float, int]:
         """Loss sum and correct count of the epoch so far (the epoch's one host sync), then reset."""
@@ -341,16 +442,14 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
     saved at most every ``train.save_every_s`` seconds and after the last epoch; the caller
     deletes it (``discard``) once the result is safely stored."""
     t = job.recipe
-    configure(job.device, t)
     opt = make_optimizer(model, t, job.device)
     if job.optimizer_state is not None:
-        opt.load_state_dict(job.optimizer_state)
+        load_optimizer(opt, job.optimizer_state)
     result, kept = Trained(0.0), Kept(job.state_path)
     epoch = _resume(job.state_path, model, opt, result, job)
     for line in result.history if job.on_epoch else ():
         job.on_epoch(line)
-    step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job,
-                capture=t.cuda_graph and job.device.type == "cuda")
+    step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job)
     steps, stop, saved = num_batches(len(data.train), t), t.epochs if job.stop is None else job.stop, time.time()
     while True:
         if epoch in job.keep and epoch not in result.checkpoints:
@@ -371,11 +470,7 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
         if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):
             save_atomic(result.state(model, opt, epoch), job.state_path)
             saved = time.time()
-    if t.compile:
-        graphs = graphs_compiled()
-        result.compiled = "stayed" if graphs == 1 else f"recompiled: {graphs} graphs"
-    elif step.graph is not None:
-        result.compiled = "graph"
+    result.compiled = step.tag()
     return result
 
 

@@ -1,5 +1,6 @@
 """Whole trials on synthetic data (profile=smoke, ResNet20): the pipeline end to end."""
 
+import dataclasses
 import json
 import logging
 
@@ -13,9 +14,11 @@ from lottery.errors import LotteryError
 from lottery.experiment import dense, trial
 from lottery.experiment.context import Context
 from lottery.experiment.design import derive
+from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.structures import Pruning
 from lottery.tracking.store import DenseStore
 from lottery.training.data import load_dataset
+from lottery.training.devices import determinism
 from tests.helpers import compose_cfg, dense_key, resnet_plan, trial_keys
 
 
@@ -62,8 +65,19 @@ def test_init_trial_logs_dense_and_ticket_then_reuses_the_dense(shared, monkeypa
         raise AssertionError("the dense reference was trained again")
 
     monkeypatch.setattr(dense, "train_dense", must_not_train)
-    trial.run(shared("mode=init", "criterion=grasp", "density=1"))
+    # Scoring comes first in a trial whose dense network is stored: determinism must hold by then.
+    grasp, held = CRITERIA["grasp"], []
+    monkeypatch.setitem(CRITERIA._items, "grasp", dataclasses.replace(
+        grasp, blocks=lambda *a: held.append(determinism(torch.device("cpu"))) or grasp.blocks(*a)))
+    saved = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)  # what another trial of the process, or a fresh one, leaves
+    try:
+        trial.run(shared("mode=init", "criterion=grasp", "density=1"))
+    finally:
+        torch.use_deterministic_algorithms(saved)
     assert len(runs(cfg, "dense")) == 1 and len(runs(cfg, "ticket")) == 2
+    assert held == ["strict"]
+    assert {t.data.tags["deterministic"] for t in runs(cfg, "ticket")} == {"strict"}
 
 
 @pytest.mark.parametrize("overrides", [

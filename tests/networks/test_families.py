@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from lottery import networks
@@ -18,7 +19,7 @@ from lottery.measure.costs import ATTENTION, flops
 from lottery.networks import Shape
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks
 from lottery.tracking.tickets import from_file, ticket_file
-from tests.helpers import REPO, compose_cfg, kind_config, randomize
+from tests.helpers import FAKE_CUDA, REPO, compose_cfg, fake_cuda, kind_config, on_fake_cuda, randomize
 
 SHAPE = Shape((3, 32, 32), 10)
 VIT = {"image_size": 32, "patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 32, "mlp_dim": 64}
@@ -114,6 +115,20 @@ def test_a_network_without_blocks_equals_the_original_with_them_skipped(name):
     assert not torch.allclose(full, expected, atol=1e-4)  # skipping changes the output: the test can fail
     assert networks.count_params(ticket) < networks.count_params(net)
     assert len(networks.anatomy(ticket).blocks) == len(networks.anatomy(net).blocks) - 2
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_runs_forward_on_a_fake_cuda_1_without_a_cpu_tensor_or_a_host_sync(name):
+    """A CPU tensor made inside a forward pass (a mask, a position table) or a ``.item()`` would
+    fail here as it fails on a GPU; the shorter network stays there too."""
+    mode = FakeTensorMode()
+    net = network(name)
+    shorter = on_fake_cuda(mode, networks.without(net, two_removable(net)))  # (rebuilt on the host: see test_gpu_path)
+    net, x = on_fake_cuda(mode, net), fake_cuda(mode, images())
+    with mode:
+        for training in (True, False):
+            assert net.train(training)(x).device == FAKE_CUDA
+        assert shorter(x).device == FAKE_CUDA
 
 
 def alone(net, path: str) -> int:

@@ -17,7 +17,7 @@ from lottery.experiment import sweeps
 from lottery.measure import carbon, costs
 from lottery.networks.cifar_resnet import build
 from lottery.pruning.criteria import CRITERIA
-from lottery.training import devices
+from lottery.training import devices, trainer
 from lottery.training.data import SOURCES, load_dataset
 from lottery.training.trainer import Job, make_optimizer, train
 from tests.helpers import kind_config, resnet_plan
@@ -113,18 +113,40 @@ def test_trial_k_of_a_multirun_goes_to_gpu_k_mod_the_devices_and_cuda_n_is_check
         devices.check_device("cuda:x")
 
 
-def test_codecarbon_reads_the_trials_own_gpu(tmp_path, monkeypatch):
+def test_codecarbon_reads_the_trials_own_gpu_by_its_nvml_index(tmp_path, monkeypatch):
+    """codecarbon takes NVML's (physical) indices; torch's cuda:1 under CUDA_VISIBLE_DEVICES=3,5
+    is NVML's 5: found through the device's UUID, which both know, else the visible list."""
+    import pynvml
     from codecarbon import OfflineEmissionsTracker
 
     seen = []
     real = OfflineEmissionsTracker.__init__
     monkeypatch.setattr(OfflineEmissionsTracker, "__init__", lambda self, *a, **kw: seen.append(kw) or real(
         self, *a, **{k: v for k, v in kw.items() if k != "gpu_ids"}))
+    uuids = {0: "3c2b1a00-0000-4000-8000-000000000003", 1: "8f0a6c7e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"}
+    nvml = {"GPU-3c2b1a00-0000-4000-8000-000000000003": 3, "GPU-8f0a6c7e-1d2b-4c3d-9e8f-0a1b2c3d4e5f": 6}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: type("Props", (), {"uuid": uuids[index]}))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name, fn in {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetIndex": nvml.__getitem__,
+                     "nvmlDeviceGetHandleByUUID": lambda uuid: uuid}.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
-    for device in (torch.device("cuda:1"), torch.device("cuda"), CPU):
+
+    def ids(device):
         with carbon.tracked(cfg, "test", 1, device):
             pass
-    assert [kw.get("gpu_ids") for kw in seen] == [[1], [0], None]
+        return seen[-1].get("gpu_ids")
+
+    assert ids(torch.device("cuda:1")) == [6] and ids(torch.device("cuda")) == [3] and ids(CPU) is None  # by UUID
+
+    def no_nvml():
+        raise pynvml.NVMLError_LibraryNotFound()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_nvml)
+    assert ids(torch.device("cuda:1")) == [5] and ids(torch.device("cuda:0")) == [3]  # the visible list
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert ids(torch.device("cuda:1")) == [1]  # every GPU visible: torch's index
 
 
 def test_the_cuda_step_memory_counts_the_step_above_what_was_resident(monkeypatch):
@@ -164,12 +186,16 @@ def test_scoring_never_uses_tf32(monkeypatch):
 
 
 def test_determinism_is_configured_by_the_recipe_and_recorded():
-    torch.manual_seed(0)
-    train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))
-    assert not torch.are_deterministic_algorithms_enabled()
-    train(build(resnet_plan(8)), data(32), Job(recipe(), 0, CPU))
-    assert torch.are_deterministic_algorithms_enabled()
-    assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        devices.configure(CPU, recipe(deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "off"
+        devices.configure(CPU, recipe())
+        train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))  # training leaves it alone
+        assert torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "strict"
+        assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
 
 
 def test_auto_on_a_cpu_for_a_long_profile_says_so_and_how_long(caplog, monkeypatch):
@@ -217,10 +243,12 @@ def test_a_captured_cuda_graph_step_trains_like_the_eager_step():
     device = torch.device("cuda")
     ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
     out = []
-    for graph in (False, True):  # 256 images in batches of 32: no partial batch for the graph to drop
+    for captured in (False, True):  # the same branch (fused SGD, a tensor lr, static buffers), eager or replayed
         torch.manual_seed(0)
         model = build(resnet_plan(8)).to(device)
-        done = train(model, ds, Job(recipe(cuda_graph=graph), 0, device))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(trainer, "graphs_on", lambda device, t: captured)
+            done = train(model, ds, Job(recipe(cuda_graph=True, amp="off"), 0, device))
         out.append((model.state_dict(), done.compiled))
     assert out[1][1] == "graph"
     for k in out[0][0]:
@@ -232,6 +260,7 @@ def test_two_same_seed_trainings_on_a_gpu_are_bit_identical_when_deterministic()
     device = torch.device("cuda")
     ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
     states = []
+    devices.configure(device, recipe())  # as a trial opens
     for _ in range(2):
         torch.manual_seed(0)
         model = build(resnet_plan(14)).to(device).to(memory_format=torch.channels_last)
