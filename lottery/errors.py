@@ -25,9 +25,11 @@ def check_choice(kind: str, name: str, valid) -> None:
 def first_cause(e: BaseException) -> BaseException:
     """The error behind a wrapped one (dynamo's ``inner_exception``, ``raise ... from``, or the
     one being handled when it was raised)."""
+    seen = {id(e)}
     while (inner := getattr(e, "inner_exception", None) or e.__cause__
-           or (None if e.__suppress_context__ else e.__context__)) is not None:
+           or (None if e.__suppress_context__ else e.__context__)) is not None and id(inner) not in seen:
         e = inner
+        seen.add(id(e))
     return e
 
 

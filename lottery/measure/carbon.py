@@ -86,19 +86,31 @@ def gpu_ids(device) -> dict:
 
 
 def nvml_index(index: int) -> int:
+    """The NVML index of torch's ``cuda:index``: a whole GPU's, or for a MIG slice its GPU's."""
     uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
     if uuid:
         try:
             pynvml.nvmlInit()
             try:
-                name = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-                return int(pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(name)))
+                return int(pynvml.nvmlDeviceGetIndex(_nvml_gpu(uuid)))
             finally:
                 pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     return int(visible[index]) if index < len(visible) and visible[index].isdigit() else index
+
+
+def _nvml_gpu(uuid: str):
+    """The NVML handle of the GPU that CUDA's device UUID (no prefix) names: NVML prefixes a
+    whole GPU's UUID with ``GPU-`` and a MIG slice's with ``MIG-``."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except pynvml.NVMLError_NotFound:
+        handle = pynvml.nvmlDeviceGetHandleByUUID(f"MIG-{uuid}")
+    if pynvml.nvmlDeviceIsMigDeviceHandle(handle):
+        handle = pynvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+    return handle
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import statistics
 import time
@@ -159,33 +160,27 @@ def _stepper(model: nn.Module, t: TrainConfig, device, first: bool):
     m = copy.deepcopy(model).train()
     opt = make_optimizer(m, t, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
-
-    def eager():
-        _step(m, opt, x, y, device, t.amp)
-
+    eager = step = functools.partial(_step, m, opt, x, y, device, t.amp)
     if not (t.compile or graphs_on(device, t)):
         return eager
     try:
-        stepped = compiled(m, t, device, reset=first) if t.compile else m
-
-        def step():
-            _step(stepped, opt, x, y, device, t.amp)
-
+        if t.compile:
+            step = functools.partial(_step, compiled(m, t, device, reset=first), opt, x, y, device, t.amp)
         fast = capture(step, m, opt, device).replay if graphs_on(device, t) else step
         fast()  # a compile fails, if at all, at its first step
         return fast
     except torch._dynamo.exc.TorchDynamoException as e:
-        return _eager_instead(eager, "compiled", e)
-    except RuntimeError as e:  # a capture's failure
+        return _instead(eager, "compiled", "eager", e)
+    except RuntimeError as e:  # a capture's failure: the step uncaptured, compiled if the recipe compiles
         if not graphs_on(device, t):
             raise
-        return _eager_instead(eager, "captured", e)
+        return _instead(step, "captured", "compiled" if t.compile else "eager", e)
 
 
-def _eager_instead(eager, path: str, e: BaseException):
-    log.warning("costs: the %s step failed on this host (%s); timing the eager step, as training fell back to it",
-                path, one_line(first_cause(e)))
-    return eager
+def _instead(step, failed: str, path: str, e: BaseException):
+    log.warning("costs: the %s step failed on this host (%s); timing the %s step, as training fell back to it",
+                failed, one_line(first_cause(e)), path)
+    return step
 
 
 def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, warmup: int) -> list[list[float]]:

@@ -296,7 +296,8 @@ def capture(body: Callable[[], None], model: nn.Module, opt, device: torch.devic
                 body()
         return graph
     except Exception:
-        torch.cuda.set_stream(current)  # a capture that failed as it ended may leave its stream current
+        with torch.cuda.device(device):  # (set_stream makes its stream's device current: only for the block)
+            torch.cuda.set_stream(current)  # a capture that failed as it ended may leave its stream current
         restore()
         raise
 

@@ -128,7 +128,8 @@ def test_codecarbon_reads_the_trials_own_gpu_by_its_nvml_index(tmp_path, monkeyp
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: type("Props", (), {"uuid": uuids[index]}))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     for name, fn in {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None, "nvmlDeviceGetIndex": nvml.__getitem__,
-                     "nvmlDeviceGetHandleByUUID": lambda uuid: uuid}.items():
+                     "nvmlDeviceGetHandleByUUID": lambda uuid: uuid, "nvmlDeviceIsMigDeviceHandle": lambda h: False
+                     }.items():
         monkeypatch.setattr(pynvml, name, fn)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     cfg = OmegaConf.structured(MeasureConfig(carbon_dir=str(tmp_path / "cc")))
@@ -139,6 +140,22 @@ def test_codecarbon_reads_the_trials_own_gpu_by_its_nvml_index(tmp_path, monkeyp
         return seen[-1].get("gpu_ids")
 
     assert ids(torch.device("cuda:1")) == [6] and ids(torch.device("cuda")) == [3] and ids(CPU) is None  # by UUID
+
+    slice_uuid = "a1b2c3d4-0000-4000-8000-00000000000a"  # cuda:1 a MIG slice of NVML's GPU 6
+
+    def by_uuid(name):  # NVML knows a slice as MIG-<uuid>, not GPU-<uuid>
+        if name == f"MIG-{slice_uuid}":
+            return "slice"
+        if name in nvml:
+            return name
+        raise pynvml.NVMLError_NotFound()
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", by_uuid)
+    monkeypatch.setattr(pynvml, "nvmlDeviceIsMigDeviceHandle", lambda handle: handle == "slice")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+                        lambda handle: "GPU-8f0a6c7e-1d2b-4c3d-9e8f-0a1b2c3d4e5f")
+    uuids[1] = slice_uuid
+    assert ids(torch.device("cuda:1")) == [6]
 
     def no_nvml():
         raise pynvml.NVMLError_LibraryNotFound()

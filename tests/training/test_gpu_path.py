@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lottery import networks
 from lottery.config import TrainConfig
+from lottery.errors import first_cause
 from lottery.measure import costs
 from lottery.networks.cifar_resnet import build
 from lottery.pruning.criteria import CRITERIA, ScoringSet
@@ -258,6 +259,20 @@ def test_a_capture_that_fails_says_so_once_and_trains_eagerly(monkeypatch, caplo
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in eager.state_dict().items())
 
 
+def test_a_fallback_names_the_first_cause_and_survives_a_cycle():
+    inner = OSError("no C compiler found for Triton")
+    try:
+        try:
+            raise inner
+        except OSError:
+            raise RuntimeError("capture_end failed\nmore")  # noqa: B904 - raised while handling: __context__
+    except RuntimeError as outer:
+        assert first_cause(outer) is inner
+    looped = RuntimeError("wraps itself")
+    looped.__cause__ = looped
+    assert first_cause(looped) is looped
+
+
 @pytest.fixture
 def failing_backend():
     """A torch.compile backend that fails the way a host without a working compiler does."""
@@ -330,10 +345,17 @@ def test_costs_measure_the_eager_step_where_the_fast_path_fails_as_training_did(
         graph = recipe(cuda_graph=True, batch_size=4)
         rates += costs.throughputs(nets, graph, CPU, 2, 1)
         memory, method = costs.training_memory(nets[0], graph, CPU)
-    assert [len(r) for r in rates] == [2, 2] and memory > 0 and method != "cuda_graph_pool_plus_own_state"
+        torch._dynamo.reset()
+        both = recipe(cuda_graph=True, compile=True, compile_backend="eager", batch_size=4)
+        rates += costs.throughputs(nets, both, CPU, 2, 1)  # compiled, its capture failing: the compiled step
+    assert [len(r) for r in rates] == [2, 2, 2] and memory > 0 and method != "cuda_graph_pool_plus_own_state"
     said = [r.getMessage() for r in caplog.records]
-    assert any("the compiled step failed on this host (OSError: no C compiler found for Triton)" in m for m in said)
-    assert any("the captured step failed on this host (RuntimeError: capture failed)" in m for m in said)
+    assert any("the compiled step failed on this host (OSError: no C compiler found for Triton); timing the eager"
+               in m for m in said)
+    assert any("the captured step failed on this host (RuntimeError: capture failed); timing the eager" in m
+               for m in said)
+    assert any("the captured step failed on this host (RuntimeError: capture failed); timing the compiled" in m
+               for m in said)
 
 
 # ---------------------------------------------------------------------------------------------
