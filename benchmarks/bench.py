@@ -35,7 +35,7 @@ from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
 from lottery.tracking import runs  # noqa: E402
 from lottery.training.data import CIFAR, SOURCES, load_dataset, scoring_set  # noqa: E402
-from lottery.training.devices import FUSED_ATTENTION, configure, precision, synchronize  # noqa: E402
+from lottery.training.devices import configure, precision, restored, synchronize  # noqa: E402
 from lottery.training.trainer import Job, prepare, train  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def lottery_throughput(args, data, device, amp: str, **variant) -> float:
     configures it (``devices.configure``), the global settings put back afterwards."""
     t = recipe(args, amp, **variant)
     times = []
-    with settings():
+    with restored():
         configure(device, t)
         for r in range(args.repeats):
             torch.manual_seed(0)
@@ -76,26 +76,9 @@ def lottery_throughput(args, data, device, amp: str, **variant) -> float:
 
 
 @contextlib.contextmanager
-def settings():
-    """torch's global settings put back as they were after the block."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    attention = [(enable, enabled()) for enable, enabled in FUSED_ATTENTION]
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
-         torch.backends.cudnn.allow_tf32) = saved[2:]
-        for enable, was in attention:
-            enable(was)
-
-
-@contextlib.contextmanager
 def plain():
     """The settings a hand-written loop runs with: torch's defaults, cuDNN autotuning on."""
-    with settings():
+    with restored():
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
         yield

@@ -15,7 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from lottery.errors import LotteryError
 from lottery.experiment import identity, sweeps
+from lottery.experiment.design import validate
 from lottery.files import content_key
 from lottery.networks import cifar_resnet
 from lottery.training.data import IMAGE_SHAPE, fingerprint
@@ -31,6 +33,17 @@ def compose_cfg(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=["device=cpu", *overrides])
+
+
+def refusal(*overrides: str) -> str:
+    """The one-line error a smoke trial on synthetic data with these overrides gets at the door
+    (validation, before any work); fails the test if it is accepted or says more than one line."""
+    try:
+        validate(compose_cfg("profile=smoke", "data=synthetic", *overrides))
+    except LotteryError as e:
+        assert "\n" not in str(e), str(e)
+        return str(e)
+    raise AssertionError(f"accepted: {overrides}")
 
 
 def randomize(model, seed=0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lottery.pruning.criteria import CRITERIA
-from lottery.training.devices import precision
+from lottery.training.devices import precision, restored
 from tests.helpers import REPO
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup", "trainer_grid_img_s",
@@ -89,14 +89,12 @@ def test_gpu_check_on_a_machine_without_cuda_says_so_in_one_line_and_exits_0(tmp
 def test_the_plain_loop_runs_with_torchs_defaults_and_the_settings_come_back():
     from benchmarks.bench import plain
 
-    saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(True)  # what a trial's configure leaves in the process
-    try:
+    with restored():
+        torch.use_deterministic_algorithms(True)  # what a trial's configure leaves in the process
+        torch.backends.cudnn.benchmark = False
         with plain():
             assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
-        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark == saved[1]
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
 
 
 def test_concurrent_workers_are_timed_only_after_every_one_has_warmed_up():

@@ -81,6 +81,25 @@ def configure(device: torch.device, t: TrainConfig) -> None:
             enable(not deterministic)
 
 
+@contextlib.contextmanager
+def restored():
+    """The process-wide settings ``configure`` changes (determinism, cuDNN, TF32, attention
+    backends) put back as they were after the block: for code that configures for a while, a
+    benchmark's reference or a test, inside a process that goes on."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    attention = [(enable, enabled()) for enable, enabled in FUSED_ATTENTION]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[2:]
+        for enable, was in attention:
+            enable(was)
+
+
 def determinism(device: torch.device) -> str:
     """What holds now (the run's ``deterministic`` tag): ``strict`` (with the attention backend
     on CUDA), ``warn-only`` or ``off``."""

@@ -18,7 +18,7 @@ from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.structures import Pruning
 from lottery.tracking.store import DenseStore
 from lottery.training.data import load_dataset
-from lottery.training.devices import determinism
+from lottery.training.devices import determinism, restored
 from tests.helpers import compose_cfg, dense_key, resnet_plan, trial_keys
 
 
@@ -69,12 +69,9 @@ def test_init_trial_logs_dense_and_ticket_then_reuses_the_dense(shared, monkeypa
     grasp, held = CRITERIA["grasp"], []
     monkeypatch.setitem(CRITERIA._items, "grasp", dataclasses.replace(
         grasp, blocks=lambda *a: held.append(determinism(torch.device("cpu"))) or grasp.blocks(*a)))
-    saved = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(False)  # what another trial of the process, or a fresh one, leaves
-    try:
+    with restored():
+        torch.use_deterministic_algorithms(False)  # what another trial of the process, or a fresh one, leaves
         trial.run(shared("mode=init", "criterion=grasp", "density=1"))
-    finally:
-        torch.use_deterministic_algorithms(saved)
     assert len(runs(cfg, "dense")) == 1 and len(runs(cfg, "ticket")) == 2
     assert held == ["strict"]
     assert {t.data.tags["deterministic"] for t in runs(cfg, "ticket")} == {"strict"}

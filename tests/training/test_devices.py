@@ -203,16 +203,13 @@ def test_scoring_never_uses_tf32(monkeypatch):
 
 
 def test_determinism_is_configured_by_the_recipe_and_recorded():
-    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
+    with devices.restored():
         devices.configure(CPU, recipe(deterministic=False))
         assert not torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "off"
         devices.configure(CPU, recipe())
         train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))  # training leaves it alone
         assert torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "strict"
         assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
 
 
 def test_auto_on_a_cpu_for_a_long_profile_says_so_and_how_long(caplog, monkeypatch):

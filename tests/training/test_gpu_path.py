@@ -38,14 +38,8 @@ def recipe(**kw):
 @pytest.fixture
 def globals_restored():
     """Whatever a test sets for the process (determinism, attention backends, cuDNN) put back after it."""
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    attention = [(enable, enabled()) for enable, enabled in devices.FUSED_ATTENTION]
-    yield
-    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
-    for enable, was in attention:
-        enable(was)
+    with devices.restored():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
