@@ -13,7 +13,9 @@ ROOT ?= .lottery
 STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
 # Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [MODEL=resnet18] [SEEDS=3] [XI=0|std] [DRY_RUN=1]
 PROFILE ?= paper
-DATA ?= $(if $(filter smoke,$(PROFILE)),synthetic,cifar10)
+# DATA: the data config; unset, a sweep runs on its own for the profile, else synthetic (smoke) or cifar10
+DATA ?=
+DATA_OR_DEFAULT = $(or $(DATA),$(if $(filter smoke,$(PROFILE)),synthetic,cifar10))
 DATA_ROOT ?=
 MODEL ?=
 SEEDS ?= 1
@@ -72,11 +74,11 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 # A failed trial never hides the table: it is built from what finished, then the sweep's status is returned.
 # DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
 $(TABLES) $(BEYOND): install
-	$(PY) -m lottery sweep $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(PY) -m lottery sweep $@ --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
 		paths.root=$(ROOT) $(OVERRIDES); \
 	status=$$?; $(if $(DRY_RUN),exit $$status;) \
-	$(PY) -m lottery table $@ --profile $(PROFILE) --data $(DATA) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(PY) -m lottery table $@ --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
 		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
@@ -85,7 +87,7 @@ report: install  ## one page (HTML + md) of every paper claim with our verdict, 
 	$(PY) -m lottery report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL))
 
 search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
-	$(PY) -m lottery search profile=$(PROFILE) data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
+	$(PY) -m lottery search profile=$(PROFILE) data=$(DATA_OR_DEFAULT) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
 		search.trials=$(TRIALS) paths.root=$(ROOT) $(OVERRIDES)
 
 server: install  ## MLflow tracking server on 127.0.0.1:$(PORT), its backend checked first (BACKEND_URI=postgresql://..., HOST, WORKERS, ALLOWED_HOSTS)
@@ -100,7 +102,7 @@ bench: install  ## trainer (default amp and fp32) vs a plain fp32 loop, FLOP/s v
 
 bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off vs amp=auto, AMP_SEEDS (3) each
 	$(PY) benchmarks/amp.py --seeds $(AMP_SEEDS) $(if $(JSON),--json $(JSON)) \
-		data=$(DATA) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) paths.root=$(ROOT) $(OVERRIDES)
+		data=$(DATA_OR_DEFAULT) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) paths.root=$(ROOT) $(OVERRIDES)
 
 bench-gpu: install  ## one GPU: the trainer's img/s eager/compiled/CUDA graph x fp32/bf16, 1/2/4 trials at once, tables' GPU-hours
 	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)

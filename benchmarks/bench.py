@@ -183,7 +183,7 @@ def criteria_seconds(device, depth: int, scoring_size: int | None) -> dict[str, 
         cfg = OmegaConf.structured(CRITERIA.settings_of(name)(name=name))
         if scoring_size:
             cfg.scoring_size = scoring_size
-        scoring = ScoringSet(*scoring_set(data, cfg.scoring_size, 0), cfg.batch_size)
+        scoring = ScoringSet(*scoring_set(data, cfg.scoring_size, 0), cfg.batch_size, data.task)
         synchronize(device)
         began = time.perf_counter()
         score_blocks(name, model, scoring, cfg, 0)

@@ -20,8 +20,8 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get(
 
 # The files whose end-to-end trials take longest start first, so that with one file per worker
 # (make test: pytest-xdist --dist loadfile) no long file is left running alone at the end.
-LONGEST_FIRST = ("test_trial.py", "test_tracking.py", "test_tables.py", "test_bench.py", "test_sweeps.py",
-                 "test_config.py", "test_postgres.py", "test_trainer.py", "test_beyond.py", "test_parallel.py", "test_layout.py")
+LONGEST_FIRST = ("test_trial.py", "test_language_models.py", "test_tracking.py", "test_tables.py", "test_bench.py",
+                 "test_sweeps.py", "test_config.py", "test_postgres.py", "test_trainer.py", "test_beyond.py", "test_parallel.py", "test_layout.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,7 +23,7 @@ from lottery.tracking import runs
 from lottery.tracking.store import DenseResult, Entry
 from lottery.training.data import describe, fingerprint
 from lottery.training.devices import conditions, determinism
-from lottery.training.trainer import accuracy, cpu_state, discard, held_out_accuracy, predict, rewind_epochs, train
+from lottery.training.trainer import cpu_state, discard, held_out_accuracy, predict, rewind_epochs, train
 
 log = logging.getLogger("lottery")
 
@@ -56,7 +56,9 @@ def train_dense(ctx: Context, partial, keep: set[int], run: runs.LiveRun) -> Den
         done = train(model, ctx.data, ctx.job(keep=frozenset(keep), state_path=partial / "state.pt", desc="dense",
                                               on_epoch=run.epoch))
     predictions = predict(model, ctx.data, cfg.train, ctx.device)
-    metrics = {"accuracy": accuracy(predictions, ctx.data.test), "train_seconds": done.seconds,
+    data = ctx.data
+    metrics = {"accuracy": data.accuracy(predictions), **data.task.summary(predictions, data.test.y),
+               "train_seconds": done.seconds,
                "epochs": cfg.train.epochs, "train_images": len(ctx.data.train), "params": networks.count_params(model),
                "filters": networks.count_filters(model), **footprint.metrics(),
                **held_out_accuracy(model, ctx.data, cfg.train, ctx.device)}

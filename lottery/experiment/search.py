@@ -54,7 +54,9 @@ class SearchRunConfig(TrialConfig):
 
 
 # Metrics read from the test set (or its shifted copies): a search that chose by them would select on test.
-TEST_METRICS = {"accuracy", "delta_pp", "winning", "mcnemar_p", "cka", "cifar10c_accuracy", "cifar10c_delta_pp",
+TEST_METRICS = {"accuracy", "delta_pp", "winning", "mcnemar_p", "p_value", "loss", "perplexity", "perplexity_ratio",
+                "loss_delta", "loss_p_value", "loss_delta_ci_low", "loss_delta_ci_high", "dense_loss",
+                "dense_perplexity", "cka", "cifar10c_accuracy", "cifar10c_delta_pp",
                 "cifar102_accuracy", "cifar102_delta_pp"}
 
 

@@ -52,6 +52,7 @@ class Sweep:
     experiment: str = ""  # MLflow experiment of its runs; default: the sweep's name
     difference: dict | None = None  # {of, minus, label}: a column of the paired difference of two columns' cells
     model: str | None = None  # the model config it runs on instead of its own (MODEL=...), not read from the file
+    data: dict = field(default_factory=dict)  # profile -> the data config its cells run on unless told (DATA=...)
 
     def __post_init__(self):
         self.experiment = self.experiment or self.name
@@ -127,8 +128,11 @@ def launcher_overrides(jobs: int, launcher: str | None) -> list[str]:
     return []
 
 
-def default_data(profile: str) -> str | None:
-    """The data a profile runs on unless told: synthetic for smoke, else the config's (CIFAR-10)."""
+def default_data(profile: str, sweep: Sweep | None = None) -> str | None:
+    """The data a profile runs on unless told: the sweep's own for the profile (a language-model
+    sweep's text), else synthetic for smoke, else the config's (CIFAR-10)."""
+    if sweep is not None and profile in sweep.data:
+        return sweep.data[profile]
     return "synthetic" if profile == "smoke" else None
 
 
@@ -143,8 +147,8 @@ class Setting:
     extra: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, args) -> "Setting":
-        return cls(args.profile, args.data, args.data_root, tuple(args.extra))
+    def of(cls, args, sweep: Sweep) -> "Setting":
+        return cls(args.profile, args.data or default_data(args.profile, sweep), args.data_root, tuple(args.extra))
 
     def overrides(self) -> list[str]:
         data = self.data or default_data(self.profile)
@@ -244,7 +248,8 @@ def main(argv=None) -> int:
                    help="what train.amp resolves to on the workers (default: this machine's; with --launcher slurm, "
                         "bf16, as on every GPU since Ampere)")
     args = p.parse_intermixed_args(argv)
-    sweep, setting = load(args.name, args.model), Setting.of(args)
+    sweep = load(args.name, args.model)
+    setting = Setting.of(args, sweep)
     cells = compose_cells(sweep, setting)
     cfg = cells[0][1]
     found = designs(cells)

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
@@ -23,7 +24,7 @@ from lottery.files import content_key, save_atomic
 from lottery.measure import carbon, costs
 from lottery.measure.metrics import Phase, compare, console, dense_side
 from lottery.measure.similarity import cka_to_dense
-from lottery.measure.stats import ALPHA, discordant, mcnemar_from
+from lottery.measure.stats import ALPHA
 from lottery.measure.trial_costs import network_costs, robustness_key
 from lottery.pruning.criteria import ScoringSet
 from lottery.pruning.modes import REINIT_SEED_OFFSET
@@ -35,7 +36,6 @@ from lottery.training.data import describe, scoring_set, train_images
 from lottery.training.devices import conditions, configure, determinism, name_of, not_deterministic
 from lottery.training.trainer import (
     Trained,
-    accuracy,
     cpu_state,
     discard,
     held_out_accuracy,
@@ -59,7 +59,8 @@ def prune(ctx: Context, scored: nn.Module) -> Pruning:
 
 def scoring(ctx: Context) -> ScoringSet:
     cfg = ctx.cfg
-    return ScoringSet(*scoring_set(ctx.data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size)
+    return ScoringSet(*scoring_set(ctx.data, cfg.criterion.scoring_size, cfg.seed), cfg.criterion.batch_size,
+                      ctx.data.task)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def imp(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket
                 ticket.model.load_state_dict(done["weights"])
                 trained = TrainedTicket.restored(done, predict(ticket.model, ctx.data, cfg.train, ctx.device), saved)
                 run.history(done["history"])
-            run.finish(runs.Results({"round": r, "accuracy": accuracy(trained.predictions, ctx.data.test),
+            run.finish(runs.Results({"round": r, "accuracy": ctx.data.accuracy(trained.predictions),
                                          "blocks_removed": len(pruning.record["removed"]),
                                          "flops": costs.flops(ticket.model),
                                          "params": networks.count_params(ticket.model),
@@ -251,6 +252,7 @@ def ticket_trial(ctx: Context, live: runs.LiveRun) -> dict:
         pruning, ticket, trained, trial_key = one_shot(ctx, entry, live, early)
     metrics, measured_tags = ticket_metrics(ctx, ticket, trained, pruning, entry)
     tags = {"dense_key": entry.key, "dense_run_id": dense_run, "trial_key": trial_key, **ctx.shifted.tags(),
+            "paired_test": ctx.data.task.test,
             "dense_power_source": entry.tags.get("power_source", "unavailable"), **pruning.tags,
             **dense.learning_tags(ctx, entry), **measured_tags}
     name = run_name(ctx, pruning.label)
@@ -268,31 +270,33 @@ def ticket_trial(ctx: Context, live: runs.LiveRun) -> dict:
     else:
         discard(trained.state)
     log.info("%s: ticket %.2f%% vs dense %.2f%% (%s) | filters %d -> %d | params %d -> %d | %s | MLflow run %s",
-             name, metrics["accuracy"], metrics["dense_accuracy"], verdict(metrics, tags), metrics["dense_filters"],
+             name, metrics["accuracy"], metrics["dense_accuracy"], verdict(ctx, metrics, tags), metrics["dense_filters"],
              metrics["filters"], metrics["dense_params"], metrics["params"], console(metrics), live.run_id)
     return {**metrics, "run_id": live.run_id, "name": name}
 
 
-def verdict(metrics: dict, tags: dict) -> str:
-    """Eq. 1's word and whether the difference exceeds the noise (McNemar's exact test, docs/design.md
-    §8.2), e.g. ``-2.78 pp, loses, significant: McNemar p=0.0213``; a dense network that did not
-    learn says so instead of a finding."""
+def verdict(ctx: Context, metrics: dict, tags: dict) -> str:
+    """Eq. 1's word and whether the difference exceeds the noise (the task's paired test: McNemar's
+    exact test on images, a paired t-test on sequence accuracies; docs/design.md §8.2), e.g. ``-2.78 pp,
+    loses, significant: McNemar p=0.0213``; a dense network that did not learn says so instead of
+    a finding."""
     word = "wins" if metrics["winning"] else "loses"
-    noise = "significant" if metrics["mcnemar_p"] < ALPHA else "within noise"
-    text = f"{metrics['delta_pp']:+.2f} pp, {word}, {noise}: McNemar p={metrics['mcnemar_p']:.3g}"
+    noise = "significant" if metrics["p_value"] < ALPHA else "within noise"
+    text = f"{metrics['delta_pp']:+.2f} pp, {word}, {noise}: {ctx.data.task.test} p={metrics['p_value']:.3g}"
     return text + ("; the dense network is at chance: no finding" if tags.get("dense_at_chance") == "true" else "")
 
 
 def accuracy_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, entry: Entry) -> dict:
-    """Test accuracy against the dense network's on the same images (Eq. 1, McNemar), and the
+    """Test accuracy against the dense network's on the same examples (Eq. 1, the task's paired
+    test), the task's other test numbers (a language model's loss and perplexity), and the
     held-out validation accuracy when there is a validation split."""
     data, dm = ctx.data, entry.metrics
-    acc = accuracy(trained.predictions, data.test)
-    dense_predictions = torch.tensor(entry.meta["predictions"])
-    only_ticket, only_dense = discordant(trained.predictions, dense_predictions, data.test.y.cpu())
+    acc = data.accuracy(trained.predictions)
+    dense_predictions = torch.from_numpy(np.asarray(entry.meta["predictions"]))  # as stored: int64 or float64
     out = {"accuracy": acc, "winning": float(acc + ctx.cfg.xi >= dm["accuracy"]),
-           "mcnemar_p": mcnemar_from(only_ticket, only_dense), "ticket_only_correct": only_ticket,
-           "dense_only_correct": only_dense, "train_images": len(data.train), "test_images": len(data.test)}
+           **data.task.summary(trained.predictions, data.test.y),
+           **data.task.paired(trained.predictions, dense_predictions, data.test.y),
+           "train_images": len(data.train), "test_images": len(data.test)}
     return {**out, **held_out_accuracy(ticket.model, data, ctx.cfg.train, ctx.device)}
 
 

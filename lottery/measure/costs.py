@@ -60,28 +60,36 @@ def evaluating(model: nn.Module):
 
 
 def counted(model: nn.Module) -> FlopCounterMode:
-    """The flop counter after one forward pass of one image (per module: ``get_flop_counts()``)."""
-    x = torch.zeros(1, *networks.input_shape(model), device=next(model.parameters()).device)
+    """The flop counter after one forward pass of one example (an image, or a sequence at the
+    data's length; per module: ``get_flop_counts()``)."""
+    x = networks.example(model)
     with evaluating(model), FlopCounterMode(display=False, custom_mapping=ATTENTION) as counter, torch.no_grad():
         model(x)
     return counter
 
 
+def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every predicted unit (an image's class, each position's next token):
+    what a training step computes, whatever the task."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten())
+
+
 def _step(model, opt, x, y, device, amp):
     with autocast(device, amp):
-        loss = F.cross_entropy(model(x), y)
+        loss = _loss(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
 def _batch(model: nn.Module, batch_size: int, device, channels_last: bool):
-    """A seeded batch of random images at the network's input shape, with labels of its classes."""
+    """A seeded batch of random inputs at the network's input shape (images, or token ids), with
+    random targets (its classes, or next tokens)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *networks.input_shape(model), generator=g).to(device)
-    if channels_last:
+    x = networks.example(model, batch_size, g).to(device)
+    if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, networks.classes(model), (batch_size,), generator=g).to(device)
+    return x, networks.targets(model, batch_size, g).to(device)
 
 
 def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]:
@@ -109,7 +117,7 @@ def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]
         return tensor
 
     with autocast(device, t.amp), torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
-        loss = F.cross_entropy(m(x), y)
+        loss = _loss(m(x), y)
     loss.backward()
     opt.step()
     grads = sum(p.numel() * p.element_size() for p in m.parameters())

@@ -96,7 +96,11 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("accuracy", "top-1 % on the test split after the last epoch", rule=delta, compared="delta_pp"),
+    Metric("accuracy", "top-1 % on the test split after the last epoch (a language model: next-token accuracy)",
+           rule=delta, compared="delta_pp"),
+    Metric("loss", "mean next-token cross-entropy (nats) on the test sequences (language models)"),
+    Metric("perplexity", "exp of the mean next-token loss on the test sequences (language models)", rule=ratio,
+           compared="perplexity_ratio", console="perplexity x{:.3f}"),
     Metric("val_accuracy", "top-1 % on the validation split held out of training (data.val_size)",
            rule=delta, compared="val_delta_pp"),
     Metric("params", "parameters"),

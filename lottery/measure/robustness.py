@@ -22,7 +22,8 @@ from lottery.errors import LotteryError, check_choice
 from lottery.files import atomic
 from lottery.measure.corruptions import CORRUPTIONS, corrupt
 from lottery.networks import Shape
-from lottery.training.data import IMAGE_SHAPE, IMAGE_SIZE, SUBSET_SEED, Dataset, Split, balanced_indices, subset
+from lottery.training.data import IMAGE_SHAPE, IMAGE_SIZE, SUBSET_SEED, Dataset, Split
+from lottery.training.tasks import balanced_indices
 from lottery.training.trainer import evaluate
 
 log = logging.getLogger("lottery")
@@ -47,8 +48,9 @@ class ShiftedSets:
 
 def check(cfg: RobustnessConfig, shape: Shape) -> None:
     """Known corruptions, severities 1..5, the given files present, and images of CIFAR's shape
-    (the corruptions' parameters are CIFAR-10-C's, for 32x32 RGB images)."""
-    if cfg.enabled and tuple(shape.input) != IMAGE_SHAPE:
+    (the corruptions' parameters are CIFAR-10-C's, for 32x32 RGB images). Data that are not
+    images have no shifted sets: nothing is measured for them (``load_shifted``)."""
+    if cfg.enabled and shape.kind == "images" and tuple(shape.input) != IMAGE_SHAPE:
         raise LotteryError(f"robustness (CIFAR-10-C, CIFAR-10.2) is measured on {'x'.join(map(str, IMAGE_SHAPE))} "
                            f"images, and these are {'x'.join(map(str, shape.input))}: set robustness.enabled=false")
     for name in cfg.corruptions:
@@ -103,7 +105,7 @@ def released_cifar10c(cfg: RobustnessConfig, device):
 def regenerated_cifar10c(cfg: RobustnessConfig, data: Dataset, names: list[str], cache: Path, device):
     """The corruptions ``names`` at ``cfg.severities`` (robustness config), regenerated from the
     test split's class-balanced images and cached under ``cache``."""
-    chosen = subset(data.test, cfg.images)
+    chosen = data.subset(data.test, cfg.images)
     clean = chosen.x.permute(0, 2, 3, 1).cpu().numpy()
     labels = chosen.y.cpu().numpy()
     seed = cfg.seed
@@ -121,11 +123,14 @@ def regenerated_cifar10c(cfg: RobustnessConfig, data: Dataset, names: list[str],
 
 
 def load_shifted(cfg: RobustnessConfig, data: Dataset, cache: str, device) -> ShiftedSets:
-    """The configured CIFAR-10-C and CIFAR-10.2 sets (CIFAR-10.2 None when no file is given)."""
+    """The configured CIFAR-10-C and CIFAR-10.2 sets (CIFAR-10.2 None when no file is given;
+    none at all for a task they do not apply to, such as language modelling)."""
     skipped: list[str] = []
     sets: list = []
-    source = "none"
-    if cfg.enabled:
+    applies = data is None or data.task.shifted_sets  # (released sets are read without the data)
+    source = "none" if applies else f"not defined for {data.task.name}"
+    enabled = cfg.enabled and applies
+    if enabled:
         if cfg.cifar10c_root:
             sets = released_cifar10c(cfg, device)
             source = "released"
@@ -135,7 +140,7 @@ def load_shifted(cfg: RobustnessConfig, data: Dataset, cache: str, device) -> Sh
             sets = regenerated_cifar10c(cfg, data, names, Path(cache).expanduser(), device)
             source = "regenerated"
     c102 = None
-    if cfg.enabled and cfg.cifar102_path:
+    if enabled and cfg.cifar102_path:
         path = Path(cfg.cifar102_path).expanduser()
         try:
             with np.load(path, allow_pickle=False) as z:

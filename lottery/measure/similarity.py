@@ -8,7 +8,7 @@ from torch import nn
 
 from lottery import networks
 from lottery.config import TrialConfig
-from lottery.training.data import Dataset, eval_batches, subset
+from lottery.training.data import Dataset, eval_batches
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -27,6 +27,6 @@ def features(model: nn.Module, batches) -> torch.Tensor:
 
 def cka_to_dense(ticket: nn.Module, dense: nn.Module, data: Dataset, cfg: TrialConfig) -> float:
     """Linear CKA of penultimate features on ``measure.cka_images`` class-balanced test images."""
-    split = subset(data.test, cfg.measure.cka_images)
+    split = data.subset(data.test, cfg.measure.cka_images)
     batches = list(eval_batches(data, split, cfg.train.eval_batch_size, cfg.train.channels_last))
     return linear_cka(features(ticket, batches), features(dense, batches))

@@ -1,5 +1,5 @@
-"""The statistics a verdict rests on (docs/design.md §8.2): paired deltas over seeds, and McNemar's exact
-test of one ticket against its dense network on the same test images."""
+"""The statistics a verdict rests on (docs/design.md §8.2): paired deltas over seeds. One ticket against
+its dense network on the same test examples is its task's paired test (``lottery.training.tasks``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-import torch
+from lottery.training.tasks import paired_t
 
-CONFIDENCE = 0.95
 ALPHA = 0.05  # 1 - CONFIDENCE: a difference is significant when its p is below it
 
 
@@ -34,34 +33,10 @@ class Stat:
 
 def summarize(values: list[float]) -> Stat | None:
     """Mean, std, n and the 95 % Student-t interval of the values (NaN and None dropped)."""
-    from scipy import stats
-
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return None
-    mean = statistics.fmean(values)
+    mean, p, low, high = paired_t(values)
     if len(values) < 2:
         return Stat(mean, None, 1)
-    n, std = len(values), statistics.stdev(values)
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
-    p = float(2 * stats.t.sf(abs(mean) / (std / math.sqrt(n)), n - 1)) if std > 0 else (1.0 if mean == 0 else 0.0)
-    return Stat(mean, std, n, mean - half, mean + half, p)
-
-
-def discordant(ticket: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """Images only the ticket gets right, and images only the dense network gets right."""
-    ticket_right, dense_right = ticket == labels, dense == labels
-    return int((ticket_right & ~dense_right).sum()), int((dense_right & ~ticket_right).sum())
-
-
-def mcnemar_p(ticket: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor) -> float:
-    """McNemar's exact test (two-sided binomial on the discordant pairs) of two classifiers'
-    predictions on the same images: is one right where the other is wrong more often than chance?"""
-    return mcnemar_from(*discordant(ticket, dense, labels))
-
-
-def mcnemar_from(b: int, c: int) -> float:
-    """McNemar's exact p from the discordant counts."""
-    from scipy.stats import binomtest
-
-    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return Stat(mean, statistics.stdev(values), len(values), low, high, p)

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lottery.config import ModelConfig, import_kinds
-from lottery.errors import LotteryError, check_choice
+from lottery.errors import LotteryError, check_choice, one_line
 from lottery.networks.contract import FAMILIES, Anatomy, Block, Family, Narrowable, Shape
 
 __all__ = ["FAMILIES", "Anatomy", "Block", "Family", "Narrowable", "Shape"]
@@ -72,10 +72,22 @@ def skeleton(cfg: ModelConfig, shape: Shape) -> nn.Module:
 
 
 def check(cfg: ModelConfig, shape: Shape) -> nn.Module:
-    """A model config that builds a residual network with removable blocks: its skeleton, else one line."""
-    family(cfg.family).check(cfg, shape)
-    net = skeleton(cfg, shape)
-    found = anatomy(net)
+    """A model config that reads the data's kind of input and builds a residual network with
+    removable blocks: its skeleton, else one line."""
+    fam = family(cfg.family)
+    if fam.reads != shape.kind:
+        fits = sorted(n for n, f in FAMILIES.items() if f.reads == shape.kind)
+        raise LotteryError(f"model.family={cfg.family} reads {fam.reads}, and this data is {shape.kind}: choose a "
+                           f"model whose family reads {shape.kind} ({', '.join(fits)}) or other data")
+    fam.check(cfg, shape)
+    try:
+        net = skeleton(cfg, shape)
+        found = anatomy(net)
+    except LotteryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a builder's or a forward's own error, from settings it accepted
+        raise LotteryError(f"{label(cfg)} cannot be built and run at the data's shape {shape.input} "
+                           f"({one_line(e)[:200]}): check the model's settings") from None
     if not found.removable:
         raise LotteryError(f"{label(cfg)} has {len(found.blocks)} residual block(s) but none whose shortcut is the "
                            "identity with matching input and output shapes: no block can be removed")
@@ -153,8 +165,33 @@ def classes(model: nn.Module) -> int:
     return model.get_submodule(head(model)).out_features
 
 
-def input_shape(model: nn.Module) -> tuple[int, int, int]:
+def input_shape(model: nn.Module) -> tuple[int, ...]:
+    """One example's input shape: (C, H, W) of an image, (T,) of a token sequence."""
     return tuple(record(model)["input"])
+
+
+def example(model: nn.Module, n: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` inputs the network reads, on its device: zeros, or random ones drawn from
+    ``generator`` (standard normal images, uniform token ids)."""
+    shape, device = (n, *input_shape(model)), next(model.parameters()).device
+    tokens = family_of(model).reads == "tokens"
+    if generator is None:
+        x = torch.zeros(shape, dtype=torch.long if tokens else next(model.parameters()).dtype)
+    else:
+        x = torch.randint(0, classes(model), shape, generator=generator) if tokens else torch.randn(shape,
+                                                                                                generator=generator)
+    return x.to(device)
+
+
+def targets(model: nn.Module, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Random targets for ``n`` inputs, on the network's device: a class per image, a next token per position."""
+    shape = (n, *input_shape(model)) if family_of(model).reads == "tokens" else (n,)
+    return torch.randint(0, classes(model), shape, generator=generator).to(next(model.parameters()).device)
+
+
+def ones_input(model: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """SynFlow's data-free all-ones input, as the network's family defines it (docs/design.md §3)."""
+    return family_of(model).ones_input(model, input_shape(model), dtype)
 
 
 _ANATOMIES: dict[str, Anatomy] = {}
@@ -192,11 +229,10 @@ def _probe(model: nn.Module, paths: list[str]) -> dict[str, tuple[tuple, tuple]]
     for path in paths:
         hooks.append(model.get_submodule(path).register_forward_hook(
             lambda m, a, y, path=path: shapes.__setitem__(path, (tuple(a[0].shape[1:]), tuple(y.shape[1:])))))
-    param = next(model.parameters())
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape(model), dtype=param.dtype, device=param.device))
+            model(example(model))
     finally:
         for h in hooks:
             h.remove()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
+import torch
 from torch import nn
 
 from lottery.config import ModelConfig, Registry
@@ -23,11 +24,12 @@ from lottery.errors import LotteryError
 
 @dataclass(frozen=True)
 class Shape:
-    """What the data fixes about a network: the input of one example ((C, H, W) for images) and
-    the class count."""
+    """What the data fixes about a network: the input of one example ((C, H, W) for images, (T,)
+    for token sequences), the class count (a language model's vocabulary) and what the input is."""
 
     input: tuple[int, ...]
     classes: int
+    kind: str = "images"  # images | tokens
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Family:
     """The contract a model family fulfils (see the module docstring); one subclass per family."""
 
     name: ClassVar[str]
+    reads: ClassVar[str] = "images"  # the input kind its networks read (``Shape.kind``)
 
     def check(self, cfg: ModelConfig, shape: Shape) -> None:
         """Raise ``LotteryError`` (one line) for a model config this family cannot build."""
@@ -127,6 +130,11 @@ class Family:
     def narrowed(self, model: nn.Module, keep: dict[str, list[int]]) -> nn.Module:
         """A new network keeping only the listed output channels of each narrowable convolution."""
         raise NotImplementedError
+
+    def ones_input(self, model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """SynFlow's data-free input (docs/design.md §3): one example of all ones at the input
+        (``shape``: one example's)."""
+        return torch.ones(1, *shape, dtype=dtype, device=next(model.parameters()).device)
 
     def record(self, model: nn.Module) -> dict:
         """Plain data (str, int, float, lists, dicts) from which ``rebuild`` makes the same architecture."""

@@ -25,7 +25,7 @@ class Cell:
     paper: float | None
     winning: bool | None = None  # Eq. 1, for signed tables
     significant: bool | None = None  # the interval excludes 0 (n = 1: McNemar p < 0.05)
-    p_value: float | None = None  # t-test of mean 0 (n >= 2) or McNemar's exact test (n = 1)
+    p_value: float | None = None  # t-test of mean 0 (n >= 2) or the run's own paired test (n = 1)
     sign_agrees: bool | None = None
     mark: str = ""  # best | second
     na: str | None = None  # why the model cannot run this cell's trial (e.g. p above its maximum)
@@ -51,6 +51,12 @@ def _column_of(sweep: Sweep, cell: dict[str, str], metric: str) -> str:
     return cell[sweep.columns] if sweep.columns else metric
 
 
+def single_run_p(metrics: dict) -> float | None:
+    """The p of one ticket's paired test against its dense network (its task's: McNemar on
+    images, a paired t on sequence accuracies); runs logged before tasks had one name only McNemar's."""
+    return metrics.get("p_value", metrics.get("mcnemar_p"))
+
+
 def _verdict(c: Cell, sweep: Sweep, chosen: list[dict], xi: str) -> None:
     """Eq. 1 (winning), significance and sign agreement of a signed cell."""
     if xi == "std":
@@ -61,9 +67,8 @@ def _verdict(c: Cell, sweep: Sweep, chosen: list[dict], xi: str) -> None:
     c.winning = c.ours.mean + margin >= 0
     if c.ours.n >= 2:
         c.p_value, c.significant = c.ours.p_value, c.ours.significant
-    elif chosen[0]["metrics"].get("mcnemar_p") is not None:
-        c.p_value = chosen[0]["metrics"]["mcnemar_p"]
-        c.significant = c.p_value < ALPHA
+    elif (p := single_run_p(chosen[0]["metrics"])) is not None:
+        c.p_value, c.significant = p, p < ALPHA
     c.sign_agrees = None if c.paper is None else (c.ours.mean >= 0) == (c.paper >= 0)
 
 

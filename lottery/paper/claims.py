@@ -109,15 +109,21 @@ def _costs_rise(tables):
     return sides, total
 
 
-def _cka_grasp_above_snip(tables):
-    sides = []
-    for p in ("1", "2", "3", "4", "5"):
-        grasp = _cells(tables, "table2", density={p}, column={"grasp"})
-        snip = _cells(tables, "table2", density={p}, column={"snip"})
-        diff = paired(grasp[0], snip[0], "cka") if grasp and snip else None
-        if diff is not None:
-            sides.append(side(diff, +1))
-    return sides, 5 if "table2" in tables else 0
+def _beats(name: str, better: str, worse: str, metric: str, densities: tuple[str, ...],
+           **where) -> Callable[[dict], tuple[list[str], int]]:
+    """At each density, the ``better`` column's metric above the ``worse`` column's (paired per seed)."""
+
+    def judge(tables):
+        sides = []
+        for p in densities:
+            a = _cells(tables, name, density={p}, column={better}, **where)
+            b = _cells(tables, name, density={p}, column={worse}, **where)
+            diff = paired(a[0], b[0], metric) if a and b else None
+            if diff is not None:
+                sides.append(side(diff, +1))
+        return sides, len(densities) if name in tables else 0
+
+    return judge
 
 
 def _l1_rises_by_stage(tables):
@@ -131,6 +137,9 @@ def _l1_rises_by_stage(tables):
     return [on_means([a, b]) for a, b in zip(means, means[1:])], 2
 
 
+BEYOND, LANGUAGE_MODELS = "Beyond the paper", "Beyond the paper: language models"
+
+
 @dataclass(frozen=True)
 class Claim:
     id: str
@@ -138,6 +147,7 @@ class Claim:
     table: str
     quantifier: str  # all | most
     judge: Callable[[dict], tuple[list[str], int]]  # tables -> (sides of the measured cells, cells expected)
+    section: str = "The paper's claims"  # the report's section that judges it
 
 
 CLAIMS = (
@@ -155,13 +165,19 @@ CLAIMS = (
     Claim("C7", "Tickets keep or improve CIFAR-10-C accuracy for most cells", "table5", "most",
           _signed("table5", +1, column={"cifar10c_delta_pp"})),
     Claim("C8", "CKA of GraSP tickets to the dense network stays above SNIP's as p grows", "table2", "all",
-          _cka_grasp_above_snip),
+          _beats("table2", "grasp", "snip", "cka", ("1", "2", "3", "4", "5"))),
     Claim("C9", "l1 block scores rise stage by stage (means)", "figure3", "all", _l1_rises_by_stage),
     # Beyond the paper (docs/design.md §11): its stated limitation and its open question, judged alike.
     Claim("Q1", "Re-scoring at initialization (one block per round) beats one-shot layer tickets", "iterative",
-          "most", _signed("iterative", +1, column={"iterative - one-shot"}, density={"2", "3", "4", "5"})),
+          "most", _signed("iterative", +1, column={"iterative - one-shot"}, density={"2", "3", "4", "5"}),
+          BEYOND),
     Claim("Q2", "Layers and filters together beat layers alone at equal FLOPs", "joint", "most",
-          _signed("joint", +1, column={"joint - layer"})),
+          _signed("joint", +1, column={"joint - layer"}), BEYOND),
+    # Beyond the paper: language models (sweeps/lm.yaml), where layer pruning is studied most today.
+    Claim("Q3", "Layer tickets of a transformer language model win at initialization (next-token accuracy)", "lm",
+          "most", _signed("lm", +1, mode={"init"}), LANGUAGE_MODELS),
+    Claim("Q4", "The paper's ranking carries over to language models: GraSP tickets at initialization beat SNIP's",
+          "lm", "all", _beats("lm", "grasp", "snip", "delta_pp", ("1", "2", "3"), mode={"init"}), LANGUAGE_MODELS),
 )
 
 
@@ -170,7 +186,8 @@ def judge(tables: dict) -> list[dict]:
     out = []
     for c in CLAIMS:
         sides, expected = c.judge(tables)
-        out.append({"id": c.id, "claim": c.text, "table": c.table, "verdict": verdict(c.quantifier, sides, expected),
+        out.append({"id": c.id, "claim": c.text, "table": c.table, "section": c.section,
+                    "verdict": verdict(c.quantifier, sides, expected),
                     "agree": sides.count(AGREE), "disagree": sides.count(DISAGREE),
                     "inconclusive": sides.count(INCONCLUSIVE), "cells": expected})
     return out

@@ -8,7 +8,7 @@ import io
 import json
 
 from lottery.experiment.sweeps import Sweep
-from lottery.measure.stats import ALPHA
+from lottery.measure.stats import ALPHA, summarize
 from lottery.paper.cells import Cell, budget
 
 MISSING = "missing"
@@ -49,7 +49,8 @@ def ours_text(sweep: Sweep, c: Cell | None) -> str:
         text += f" [{_number(sweep, s.ci_low)}, {_number(sweep, s.ci_high)}]"
     detail = [f"n={s.n}"]
     if sweep.signed and s.n == 1 and c.p_value is not None:
-        detail.append(f"McNemar p={c.p_value:.3g}")
+        test = c.runs[0]["tags"].get("paired_test", "McNemar") if c.runs else "McNemar"  # its task's
+        detail.append(f"{test} p={c.p_value:.3g}")
     if c.significant is not None:
         detail.append("sig" if c.significant else "n.s.")
     if c.at_chance:
@@ -74,6 +75,29 @@ def _marked(c: Cell | None, text: str, best: str, second: str) -> str:
     return text
 
 
+DENSE_NUMBERS = {"dense_accuracy": ("accuracy", "{:.2f} %"), "dense_perplexity": ("perplexity", "{:.3f}")}
+
+
+def dense_reference(cells: list[Cell]) -> list[str]:
+    """The dense networks the cells compare against, per model, one per seed: their accuracy (and
+    a language model's perplexity) as mean and 95 % interval over seeds."""
+    models: dict[str, dict[str, dict]] = {}  # model -> dense_key -> its metrics
+    for c in cells:
+        for r in c.runs:
+            models.setdefault(r["tags"].get("model", "?"), {}).setdefault(r["tags"].get("dense_key"), r["metrics"])
+    lines = []
+    for model, dense in models.items():
+        parts = []
+        for key, (name, form) in DENSE_NUMBERS.items():
+            s = summarize([m.get(key) for m in dense.values()])
+            if s is not None:
+                ci = f" [{form.format(s.ci_low)}, {form.format(s.ci_high)}]" if s.ci_low is not None else ""
+                parts.append(f"{name} {form.format(s.mean)}{ci}")
+        if parts:
+            lines.append(f"Dense {model} (n = {len(dense)} network(s), mean [95 % interval]): {', '.join(parts)}.")
+    return lines
+
+
 def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
     """What was measured, how it is judged, and on what budget."""
     diffs = [c for c in cells if c.difference]
@@ -85,7 +109,8 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
         judged = [c for c in filled if c.significant is not None]
         text += (f"; {sum(c.winning for c in filled)} winning by Eq. 1; {sum(c.significant for c in judged)} of "
                  f"{len(judged)} significant (95 % Student-t interval of the paired delta excludes 0; n = 1: "
-                 f"McNemar's exact p < {ALPHA}), the rest n.s. (within noise: a sign on noise)")
+                 f"the run's paired test, McNemar's exact test on images or a paired t on sequence accuracies, p < "
+                 f"{ALPHA}), the rest n.s. (within noise: a sign on noise)")
         if sweep.paper:
             text += f"; sign agrees with the paper in {sum(c.sign_agrees for c in agree)}/{len(agree)}"
     replaced = sum(c.replaced for c in cells if c.metric == sweep.metrics[0])  # once per cell, not per metric
@@ -105,7 +130,7 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
     if chance:
         text += (f"; {len(chance)} cell(s) rest on a dense network that ended at chance accuracy (marked dense at "
                  "chance): it did not learn, so they are no findings")
-    lines = [text + ".", f"Budget: {budget(cells)}."]
+    lines = [text + ".", *dense_reference(cells), f"Budget: {budget(cells)}."]
     if sweep.model:
         lines.append(f"Ours are {sweep.model}'s; the paper's values are its own network's (CIFAR ResNet).")
     return lines + ([sweep.note] if sweep.note else [])
@@ -182,7 +207,7 @@ def latex(sweep: Sweep, cells: list[Cell]) -> str:
 # Per seed, what the report needs beyond the cell's own metric: CKA (claim C8), costs, and the
 # training time and CO2 it totals.
 SEED_KEYS = ("delta_pp", "accuracy", "dense_accuracy", "cka", "train_seconds", "dense_train_seconds", "co2_kg",
-             "dense_co2_kg", "mcnemar_p")
+             "dense_co2_kg", "mcnemar_p", "p_value", "perplexity", "dense_perplexity")
 
 
 def json_text(sweep: Sweep, cells: list[Cell]) -> str:

@@ -130,10 +130,11 @@ def claims_md(claims: list[dict], budget: str = "paper") -> str:
 def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None) -> str:
     on = f", {model}" if model else ""
     budget, banner = budget_of(profile)
-    paper = [c for c in claims if c["id"].startswith("C")]
-    beyond = [c for c in claims if not c["id"].startswith("C")]
-    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", *([banner, ""] if banner else []),
-             claims_md(paper, budget), "", "## Beyond the paper", "", claims_md(beyond, budget), ""]
+    sections = list(dict.fromkeys(c["section"] for c in claims))  # the paper's claims first, then beyond it
+    parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", *([banner, ""] if banner else [])]
+    for k, section in enumerate(sections):
+        parts += [*(["## " + section, ""] if k else []), claims_md([c for c in claims if c["section"] == section],
+                                                                   budget), ""]
     for name in sorted(available(), key=lambda n: (n.startswith("figure"), n)):  # the paper's order
         t = tables.get(name)
         if t is None:

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         except ValueError:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
     sweep = load(args.name, args.model)
-    composed = compose_cells(sweep, Setting.of(args))
+    composed = compose_cells(sweep, Setting.of(args, sweep))
     found = designs(composed)
     mlflow.set_tracking_uri(runs.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     finished = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")

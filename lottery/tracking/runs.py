@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
@@ -334,7 +333,7 @@ def log_network(run_id: str, model) -> None:
     if any(o.model_id for o in (mlflow_client().get_run(run_id).outputs.model_outputs or [])):
         return  # already logged (a sync resumed after it)
     network = copy.deepcopy(model).cpu().float().eval()
-    example = np.zeros((2, *networks.input_shape(network)), np.float32)
+    example = networks.example(network, 2).numpy()  # zeros: images (float32) or token ids (int64)
     requirements = [f"{m.__name__}=={m.__version__.split('+')[0]}" for m in (torch, torchvision)]
     with mlflow.start_run(run_id=run_id):
         try:

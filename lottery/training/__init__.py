@@ -1,4 +1,5 @@
-"""Training: the data (sources, device-resident splits, batches: ``data``), the trainer
+"""Training: what the data means (``tasks``: classification, language modelling), the data
+(sources, device-resident splits, batches: ``data``), the trainer
 (resumable, eager / compiled / CUDA graph: ``trainer``) and where and how it computes
 (``devices``).
 

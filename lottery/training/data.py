@@ -1,10 +1,12 @@
-"""Image classification data held whole on the training device, augmented there per batch, and
-the contract of a data source (its kinds: ``lottery.training.sources``).
+"""Data held whole on the training device, batched and augmented there, and the contract of a
+data source (its kinds: ``lottery.training.sources``); what the data means is its source's task
+(``lottery.training.tasks``).
 
-Each split is one uint8 tensor (N, 3, 32, 32) plus int64 labels. Augmentation (4-pixel pad,
-random 32x32 crop, horizontal flip) and normalisation run batched on the device from a
-per-epoch seeded generator: no per-image PIL work in the loop, and an epoch's order and crops
-depend only on (seed, epoch), so a resumed run sees exactly the data an uninterrupted one would.
+An image split is one uint8 tensor (N, 3, 32, 32) plus int64 labels; a text split int64 token
+ids (N, T) plus the next tokens (N, T). Image augmentation (4-pixel pad, random 32x32 crop,
+horizontal flip) and normalisation run batched on the device from a per-epoch seeded generator:
+no per-image PIL work in the loop, and an epoch's order and crops depend only on (seed, epoch),
+so a resumed run sees exactly the data an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -22,19 +24,20 @@ from lottery.config import DataConfig, Registry, TrainConfig, bad_value
 from lottery.errors import LotteryError
 from lottery.files import content_key
 from lottery.networks import Shape
+from lottery.training.tasks import TASKS, Task
 
 IMAGE_SIZE = 32
 IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # what sources yield unless they say otherwise (folders are resized)
 CIFAR = Shape(IMAGE_SHAPE, 10)  # what CIFAR-10 fixes about a network
 PAD = 4
 SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
-SUBSET_RULE = 2  # version of ``balanced_indices``: part of the data's identity
+SUBSET_RULE = 2  # version of the subset rules (``lottery.training.tasks``): part of the data's identity
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # uint8 (N, 3, H, W)
-    y: torch.Tensor  # int64 (N,)
+    x: torch.Tensor  # uint8 (N, 3, H, W) images, or int64 (N, T) token ids
+    y: torch.Tensor  # int64 (N,) labels, or (N, T) next tokens
 
     def __len__(self) -> int:
         return len(self.y)
@@ -49,6 +52,7 @@ class Dataset:
     std: torch.Tensor
     fingerprint: str  # identifies the content (source, files, subset) for the dense store
     val: Split | None = None  # held out from the training images (``data.val_size``)
+    task: Task = TASKS["classification"]
 
     @property
     def num_classes(self) -> int:
@@ -56,18 +60,32 @@ class Dataset:
 
     @property
     def shape(self) -> Shape:
-        """What the data fixes about a network: its input shape and class count."""
-        return Shape(tuple(self.train.x.shape[1:]), self.num_classes)
+        """What the data fixes about a network: its input shape, class count and input kind."""
+        return Shape(tuple(self.train.x.shape[1:]), self.num_classes, self.task.inputs)
 
     def normalize(self, x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-        x = (x.float().div_(255) - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        """Raw examples as the network reads them (images normalised; token ids as they are)."""
+        return self.task.prepare(x, self.mean, self.std, channels_last)
+
+    def subset(self, split: Split, n: int | None, seed: int = SUBSET_SEED) -> Split:
+        """``n`` examples of a split by the task's subset rule (the whole split, in that rule's
+        order, when ``n`` is None or covers it); every consumer takes its examples here, so dense
+        and ticket see the same ones."""
+        labels = split.y.cpu().numpy()
+        n = len(labels) if n is None else min(n, len(labels))
+        idx = torch.from_numpy(self.task.indices(labels, n, seed)).to(split.y.device)
+        return Split(split.x[idx], split.y[idx])
+
+    def accuracy(self, outcomes: torch.Tensor, split: Split | None = None) -> float:
+        """Accuracy (%) of a network's outcomes (``trainer.predict``) on the test split (or ``split``)."""
+        return self.task.accuracy(outcomes, (split if split is not None else self.test).y)
 
 
 @dataclass
 class Arrays:
-    """What a source returns: NHWC uint8 images, labels and class names (its content identity is
-    ``Source.fingerprint``, known without loading)."""
+    """What a source returns: NHWC uint8 images, labels and class names, or for a text source
+    token windows (N, T + 1) with the document each came from and the symbols (its content
+    identity is ``Source.fingerprint``, known without loading)."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -83,6 +101,7 @@ class Source:
     door, known by its content and sizes without decoding an image, and loaded as arrays."""
 
     name: ClassVar[str]
+    task: ClassVar[str] = "classification"  # what its data means (``lottery.training.tasks``)
 
     def check(self, cfg: DataConfig) -> None:
         """Raise ``LotteryError`` (one line) before any work for settings it cannot load."""
@@ -102,26 +121,33 @@ class Source:
         """The class count, without decoding images."""
         raise NotImplementedError
 
-    def shape(self, cfg: DataConfig) -> tuple[int, int, int]:
-        """(C, H, W) of one image: CIFAR's 3 x 32 x 32 unless the source says otherwise."""
+    def shape(self, cfg: DataConfig) -> tuple[int, ...]:
+        """One example's shape: (C, H, W) of an image, CIFAR's 3 x 32 x 32 unless the source says
+        otherwise; (T,) of a token sequence."""
         return IMAGE_SHAPE
 
 
 SOURCES: Registry[Source] = Registry("data set", group="data", base=DataConfig)
 
 
+def task_of(cfg: DataConfig) -> Task:
+    """The task a data config's source poses."""
+    return TASKS[SOURCES[cfg.name].task]
+
+
 def check(cfg: DataConfig) -> None:
-    """A known source, its own checks, and subsets of at least one image per class that their
-    splits can fill."""
+    """A known source, its own checks, and subsets its splits can fill (class-balanced ones with at
+    least one image per class)."""
     src = SOURCES[cfg.name]
     src.check(cfg)
-    classes = src.classes(cfg)
+    classes, task = src.classes(cfg), task_of(cfg)
     if classes < 2:
         raise LotteryError(f"data {cfg.name} has {classes} class: a classifier needs at least 2 classes")
+    least, rule = (classes, "need at least one image per class") if task.balanced else (1, "must be positive")
     for key in ("train_size", "test_size", "val_size"):
         size = getattr(cfg, key)
-        if size is not None and size < classes:
-            raise bad_value(f"data.{key}", size, "need at least one image per class")
+        if size is not None and size < least:
+            raise bad_value(f"data.{key}", size, rule)
     train, test = src.splits(cfg)
     if (cfg.train_size or 0) + (cfg.val_size or 0) > train:
         what = "data.train_size" + (f" + data.val_size = {cfg.train_size or 0} + {cfg.val_size}" if cfg.val_size else
@@ -141,7 +167,7 @@ def check_memory(cfg: DataConfig, device: torch.device) -> None:
     """The data fits comfortably: its arrays (decoded, subset and moved: about three uint8 copies
     at once) within half the available RAM, and the resident splits within half the free memory
     of a CUDA device. Said in one line before anything is allocated."""
-    per_image = int(np.prod(SOURCES[cfg.name].shape(cfg)))
+    per_image = task_of(cfg).resident_bytes(SOURCES[cfg.name].shape(cfg))
     need, available = 3 * images(cfg) * per_image, psutil.virtual_memory().available
     if need > available / 2:
         raise LotteryError(f"data {cfg.name} with these sizes ({images(cfg)} images) needs about "
@@ -156,8 +182,8 @@ def check_memory(cfg: DataConfig, device: torch.device) -> None:
 
 
 def shape_of(cfg: DataConfig) -> Shape:
-    """The network shape a data config implies (input and classes), without loading any image."""
-    return Shape(SOURCES[cfg.name].shape(cfg), SOURCES[cfg.name].classes(cfg))
+    """The network shape a data config implies (input, classes, input kind), without loading any example."""
+    return Shape(SOURCES[cfg.name].shape(cfg), SOURCES[cfg.name].classes(cfg), task_of(cfg).inputs)
 
 
 def train_images(cfg: DataConfig) -> int:
@@ -169,81 +195,34 @@ def train_images(cfg: DataConfig) -> int:
 # Subsets, placement, batches
 
 
-def balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """The one subset rule: ``n`` indices, class-balanced and class-interleaved.
-
-    Each class's indices are drawn in a seeded order and the classes taken in turn (one of each,
-    then the next of each, ...), so the subset and every prefix or chunk of it hold each class
-    within +-1 of the others, even when the split is stored class by class. A class with fewer
-    images than its share gives them all, and the others share the rest (a split whose classes
-    differ in size, taken whole).
-    """
-    classes = np.unique(labels)
-    rng = np.random.default_rng(seed)
-    have = [int((labels == c).sum()) for c in classes]
-    if n > sum(have):
-        raise LotteryError(f"asked for {n} images, the split has {sum(have)}")
-    per_class, left = [0] * len(classes), n
-    while left:  # equal shares, the first classes taking the one more; a full class's rest goes round again
-        room = [i for i in range(len(classes)) if per_class[i] < have[i]]
-        share, extra = divmod(left, len(room))
-        for j, i in enumerate(room):
-            take = min(have[i] - per_class[i], share + (j < extra))
-            per_class[i] += take
-            left -= take
-    drawn = []
-    for c, k in zip(classes, per_class):
-        drawn.append(rng.permutation(np.flatnonzero(labels == c))[:k])
-    rounds = [[d[r] for d in drawn if r < len(d)] for r in range(max(per_class))]
-    return np.asarray([i for r in rounds for i in r], dtype=np.int64)
-
-
-def subset(split: Split, n: int | None, seed: int = SUBSET_SEED) -> Split:
-    """``n`` images of a split by the subset rule (the whole split, interleaved, when ``n`` is None
-    or covers it); every consumer takes its images here, so dense and ticket see the same ones."""
-    labels = split.y.cpu().numpy()
-    n = len(labels) if n is None else min(n, len(labels))
-    idx = torch.from_numpy(balanced_indices(labels, n, seed)).to(split.y.device)
-    return Split(split.x[idx], split.y[idx])
-
-
-def _to_split(x: np.ndarray, y: np.ndarray, size, device) -> Split:
-    if size is not None and size > len(y):
-        raise LotteryError(f"asked for {size} images, the split has only {len(y)}")
-    keep = balanced_indices(y, len(y) if size is None else size, SUBSET_SEED)
-    xt = torch.from_numpy(np.ascontiguousarray(x[keep].transpose(0, 3, 1, 2)))
-    return Split(xt.to(device), torch.from_numpy(np.asarray(y[keep], np.int64)).to(device))
-
-
-def _hold_out(x: np.ndarray, y: np.ndarray, val_size: int | None):
-    """(train, validation) arrays: a class-balanced validation split taken from the training images."""
+def _hold_out(task: Task, x: np.ndarray, y: np.ndarray, val_size: int | None):
+    """(train, validation) arrays: a validation split (by the task's subset rule) taken from the
+    training examples."""
     if not val_size:
         return (x, y), None
     if val_size >= len(y):
-        raise LotteryError(f"data.val_size={val_size} leaves no training images (the split has {len(y)})")
-    val = balanced_indices(y, val_size, SUBSET_SEED + 1)
+        raise LotteryError(f"data.val_size={val_size} leaves no training examples (the split has {len(y)})")
+    val = task.indices(y, val_size, SUBSET_SEED + 1)
     rest = np.setdiff1d(np.arange(len(y)), val)
     return (x[rest], y[rest]), (x[val], y[val])
 
 
+def _to_split(task: Task, x: np.ndarray, y: np.ndarray, size, device) -> Split:
+    if size is not None and size > len(y):
+        raise LotteryError(f"asked for {size} examples, the split has only {len(y)}")
+    keep = task.indices(y, len(y) if size is None else size, SUBSET_SEED)
+    return Split(*task.tensors(x[keep], y[keep], device))
+
+
 def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
+    task = task_of(cfg)
     arrays = SOURCES[cfg.name].load(cfg)
-    (train_x, train_y), val = _hold_out(arrays.train_x, arrays.train_y, cfg.val_size)
-    train = _to_split(train_x, train_y, cfg.train_size, device)
-    test = _to_split(arrays.test_x, arrays.test_y, cfg.test_size, device)
-    val = _to_split(*val, None, device) if val is not None else None
-    channels = train.x.shape[1]
-    sums = torch.zeros(channels, dtype=torch.float64, device=device)
-    squares = torch.zeros(channels, dtype=torch.float64, device=device)
-    for chunk in train.x.split(4096):
-        v = chunk.double().div(255)
-        sums += v.sum((0, 2, 3))
-        squares += v.pow(2).sum((0, 2, 3))
-    count = train.x.shape[0] * train.x.shape[2] * train.x.shape[3]
-    mean = sums / count
-    std = (squares / count - mean**2).clamp_min(1e-12).sqrt()
-    return Dataset(train, test, arrays.classes, mean.float().view(1, channels, 1, 1),
-                   std.float().view(1, channels, 1, 1), fingerprint(cfg), val)
+    (train_x, train_y), val = _hold_out(task, arrays.train_x, arrays.train_y, cfg.val_size)
+    train = _to_split(task, train_x, train_y, cfg.train_size, device)
+    test = _to_split(task, arrays.test_x, arrays.test_y, cfg.test_size, device)
+    val = _to_split(task, *val, None, device) if val is not None else None
+    mean, std = task.statistics(train.x)
+    return Dataset(train, test, arrays.classes, mean, std, fingerprint(cfg), val, task)
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -317,7 +296,7 @@ def epoch_plan(data: Dataset, t: TrainConfig, seed: int,
 def batch(data: Dataset, t: TrainConfig, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor):
     """The augmented, normalised training batch of the given images (gathered on the device)."""
     x = data.train.x[idx]
-    if t.augment:
+    if t.augment and data.task.augments:
         x = crop_flip(x, offsets, flips)
     return data.normalize(x, t.channels_last), data.train.y[idx]
 
@@ -333,7 +312,7 @@ def num_batches(n: int, t: TrainConfig) -> int:
 
 
 def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A class-balanced, unaugmented, normalised sample of the training split (seeded); every
-    chunk of it holds every class."""
-    chosen = subset(data.train, size, seed)
+    """A sample of the training split by the task's subset rule (seeded: class-balanced, every
+    chunk holding every class, for images), unaugmented, as the network reads it."""
+    chosen = data.subset(data.train, size, seed)
     return data.normalize(chosen.x), chosen.y

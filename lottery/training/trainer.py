@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -317,8 +316,9 @@ def fallback(what: str, desc: str, error: BaseException) -> str:
 
 
 class Step:
-    """One SGD step on device-resident data: gather and augment the batch, forward, backward,
-    update; loss and correct predictions accumulate on the device.
+    """One SGD step on device-resident data: gather and augment the batch, forward, the task's
+    loss, backward, update; loss and correct predictions (of the task's units: images, tokens)
+    accumulate on the device.
 
     With ``train.cuda_graph`` the step reads its batch from static buffers and, on CUDA, is
     recorded once as a CUDA graph and replayed (a ResNet32 step is ~400 kernel launches for
@@ -349,14 +349,15 @@ class Step:
 
     def _body(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
         x, y = batch(self.data, self.t, idx, offsets, flips)
+        task = self.data.task
         with autocast(self.device, self.t.amp):
             out = self.model(x)
-            loss = F.cross_entropy(out, y)
+            loss = task.loss(out, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.loss_sum += loss.detach() * len(y)
-        self.correct += (out.argmax(1) == y).sum()
+        self.correct += task.hits(out, y)
 
     def _first_compiled(self, *batch_) -> None:
         """The first step of a compiled network; if compiling fails, the eager network takes it."""
@@ -414,7 +415,8 @@ def _epoch(step: Step, job: Job, epoch: int, bar) -> EpochStats:
         seen += len(idx)
         bar.update()
     loss_sum, correct = step.read()
-    return EpochStats(loss_sum / seen, 100 * correct / seen, time.perf_counter() - began, seen)
+    units = seen * step.data.task.units(step.data.train.y[:1])  # what an accuracy counts: images, or tokens
+    return EpochStats(loss_sum / seen, 100 * correct / units, time.perf_counter() - began, seen)
 
 
 def _bar(t: TrainConfig, steps: int, desc: str, epoch: int):
@@ -484,20 +486,16 @@ def discard(state_path: Path | None) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device, split=None) -> torch.Tensor:
-    """Predicted classes (CPU int64) on the test split (or ``split``), in eval mode, unaugmented,
-    under the training precision."""
+    """The task's outcome of each example of the test split (or ``split``), on the CPU: the
+    predicted class of an image, a sequence's summed token loss and correct tokens; in eval mode,
+    unaugmented, under the training precision."""
     model.eval()
     split = split if split is not None else data.test
     out = []
-    for x, _ in eval_batches(data, split, t.eval_batch_size, t.channels_last):
+    for x, y in eval_batches(data, split, t.eval_batch_size, t.channels_last):
         with autocast(device, t.amp):
-            out.append(model(x).argmax(1))
-    return torch.cat(out).cpu()
-
-
-def accuracy(predictions: torch.Tensor, split) -> float:
-    """Top-1 accuracy (%) of predictions against a split's labels."""
-    return 100.0 * (predictions == split.y.cpu()).sum().item() / len(split)
+            out.append(data.task.outcome(model(x), y))
+    return torch.cat(out)
 
 
 def held_out_accuracy(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device) -> dict:
@@ -506,9 +504,9 @@ def held_out_accuracy(model: nn.Module, data: Dataset, t: TrainConfig, device: t
 
 
 def evaluate(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.device, split=None) -> float:
-    """Top-1 accuracy (%) on the test split (or ``split``)."""
+    """Accuracy (%) on the test split (or ``split``): top-1 of images, next-token of sequences."""
     split = split if split is not None else data.test
-    return accuracy(predict(model, data, t, device, split), split)
+    return data.accuracy(predict(model, data, t, device, split), split)
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

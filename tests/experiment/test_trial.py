@@ -281,7 +281,7 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
 
     model = prepare(load_ticket(out["run_id"], uri=cfg.tracking.uri), torch.device("cpu"), cfg.train.channels_last)
     data = load_dataset(cfg.data, torch.device("cpu"))
-    assert trial.accuracy(predict(model, data, cfg.train, torch.device("cpu")), data.test) == out["accuracy"]
+    assert data.accuracy(predict(model, data, cfg.train, torch.device("cpu"))) == out["accuracy"]
     with pytest.raises(LotteryError, match="has no ticket.pt"):
         load_ticket(dense_run.info.run_id, uri=cfg.tracking.uri)
 

@@ -236,7 +236,7 @@ def test_surgery_keeps_the_memory_format_device_and_mode():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.family=nosuch"], "unknown model.family 'nosuch'; choose one of: cifar_resnet, custom, timm, torchvision"),
+    (["model.family=nosuch"], "unknown model.family 'nosuch'; choose one of: cifar_resnet, custom, hf_causal_lm, timm, torchvision"),
     (["model=torchvision", "model.arch=resnet7"], "unknown model.arch 'resnet7'; choose one of: "),
     (["model=torchvision", "model.arch=efficientnet_b0"],
      "efficientnet_b0 has no residual blocks of a registered type (BasicBlock, Bottleneck, InvertedResidual, "

@@ -134,7 +134,8 @@ def test_a_report_without_runs_says_what_to_run(tmp_path, new_store):
     md = (tmp_path / "report" / "quick" / "report.md").read_text()
     assert "No table of the quick profile in MLflow yet: run `make tables PROFILE=quick`" in md
     assert "**Reduced budget.** The quick profile trains 8 epochs (the paper: 200)" in md and "(wiring check)" not in md
-    assert md.count("**not run**") == 11  # C1-C9, and Q1-Q2 beyond the paper
+    assert md.count("**not run**") == 13  # C1-C9, Q1-Q2 beyond the paper, Q3-Q4 on language models
+    assert "## Beyond the paper: language models" in md
 
 
 def test_a_trial_that_failed_and_then_finished_is_not_counted_as_failed(tmp_path, new_store):

@@ -18,7 +18,8 @@ from tests.helpers import cell_keys
 @pytest.mark.parametrize("name", sweeps.available())
 def test_every_sweep_composes_under_every_profile(name, profile):
     sweep = sweeps.load(name)
-    cells = sweeps.compose_cells(sweep, sweeps.Setting(profile, "synthetic", extra=("device=cpu",)))
+    data = sweep.data.get("smoke", "synthetic")  # the sweep's own wiring data (text for language models)
+    cells = sweeps.compose_cells(sweep, sweeps.Setting(profile, data, extra=("device=cpu",)))
     assert [c for c, _ in cells] == sweep.cells()
     for _, cfg in cells:
         validate(cfg)
@@ -26,7 +27,7 @@ def test_every_sweep_composes_under_every_profile(name, profile):
 
 def test_every_paper_artefact_has_a_sweep():
     assert set(sweeps.available()) == {"table1", "table1_reinit", "table2", "table3", "table4", "table5", "figure3",
-                                       "iterative", "joint"}
+                                       "iterative", "joint", "lm"}
     assert len(sweeps.load("table4").cells()) == 7 and len(sweeps.load("table1").cells()) == 20
 
 
@@ -100,7 +101,10 @@ def test_interval_and_p_value_match_student_t_computed_by_hand():
 def test_mcnemar_exact_test_matches_the_binomial_computed_by_hand():
     import torch
 
-    from lottery.measure.stats import mcnemar_p
+    from lottery.training.tasks import TASKS
+
+    def mcnemar_p(ticket, dense, labels):
+        return TASKS["classification"].paired(ticket, dense, labels)["p_value"]
 
     labels = torch.zeros(20, dtype=torch.long)
     dense = torch.zeros(20, dtype=torch.long)

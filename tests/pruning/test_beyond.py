@@ -73,7 +73,7 @@ def test_one_round_is_the_one_shot_ticket_bit_for_bit(smoke):
     train(ticket, ctx.data, Job(cfg.train, cfg.seed, ctx.device))
     loaded = load_ticket(out["run_id"], uri=cfg.tracking.uri)
     assert all(torch.equal(v, loaded.state_dict()[k].to(v.dtype)) for k, v in ticket.state_dict().items())
-    accuracy = trial.accuracy(trial.predict(ticket, ctx.data, cfg.train, ctx.device), ctx.data.test)
+    accuracy = ctx.data.accuracy(trial.predict(ticket, ctx.data, cfg.train, ctx.device))
     assert accuracy == run.data.metrics["accuracy"] and run.info.run_name == "init-snip-p2-resnet14-s0"
 
 

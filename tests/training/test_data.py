@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from lottery.config import RobustnessConfig, TrainConfig
 from lottery.training import data as D
 from lottery.training.sources import imagefolder
+from lottery.training.tasks import balanced_indices
 from tests.helpers import kind_config
 
 
@@ -29,10 +30,10 @@ def write_folder(root, per_class=(6, 3), classes=("cat", "dog", "eel"), size=32)
 
 def test_balanced_subset_counts():
     labels = np.repeat(np.arange(10), 50)
-    idx = D.balanced_indices(labels, 103, seed=0)
+    idx = balanced_indices(labels, 103, seed=0)
     counts = np.bincount(labels[idx], minlength=10)
     assert counts.sum() == 103 and counts.max() - counts.min() == 1
-    assert np.array_equal(idx, D.balanced_indices(labels, 103, seed=0))
+    assert np.array_equal(idx, balanced_indices(labels, 103, seed=0))
 
 
 def test_synthetic_is_deterministic_and_balanced():
@@ -107,7 +108,7 @@ def test_scoring_set_is_balanced_and_unaugmented():
 
 def test_every_prefix_of_a_subset_holds_every_class():
     labels = np.repeat(np.arange(10), 50)  # stored class by class, like an image folder
-    idx = D.balanced_indices(labels, 200, seed=3)
+    idx = balanced_indices(labels, 200, seed=3)
     for n in (10, 25, 100, 200):
         counts = np.bincount(labels[idx[:n]], minlength=10)
         assert counts.max() - counts.min() <= 1, (n, counts)

@@ -25,14 +25,17 @@ from lottery import networks
 from lottery.config import CriterionConfig, DataConfig, Registry, bad_value, import_kinds
 from lottery.errors import LotteryError
 from lottery.pruning.criteria.weights import aggregate_blocks, aggregate_filters
+from lottery.training.data import task_of
 from lottery.training.devices import exact_matmuls
+from lottery.training.tasks import TASKS, Task
 
 
 @dataclass
 class ScoringSet:
-    x: torch.Tensor  # normalised images, unaugmented
-    y: torch.Tensor
+    x: torch.Tensor  # inputs as the network reads them: normalised images, or token ids; unaugmented
+    y: torch.Tensor  # their targets: labels, or next tokens
     batch_size: int
+    task: Task = TASKS["classification"]  # what the loss and the output distribution are (``lottery.training.tasks``)
 
     def chunks(self):
         """(x, y, weight) with weights summing to 1, so summed chunk losses equal the mean loss."""
@@ -52,6 +55,7 @@ class Criterion:
     per_weight: Callable | None = None  # same arguments -> {parameter name: per-weight scores}
     layout: str | None = None  # "maps": defined only where block outputs are (N, C, H, W) feature maps
     additive: bool = False  # a saliency that sums over weights: a block and a filter in the same units
+    tasks: tuple[str, ...] | None = None  # the tasks it is defined on (None: every task)
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion", group="criterion", base=CriterionConfig)
@@ -62,19 +66,20 @@ def _doc(fn) -> str:
 
 
 def per_block(name: str, needs_data: bool = True, layout: str | None = None,
-              settings: type[CriterionConfig] | None = None, filters: Callable | None = None):
+              settings: type[CriterionConfig] | None = None, filters: Callable | None = None,
+              tasks: tuple[str, ...] | None = None):
     """A criterion defined per block: ``fn`` returns one score per removable block (``filters``:
-    its own per-filter scoring, when it has one)."""
+    its own per-filter scoring, when it has one; ``tasks``: the tasks it is defined on, when not all)."""
 
     def wrap(fn):
-        CRITERIA.add(name, Criterion(name, fn, filters, needs_data, _doc(fn), layout=layout), settings)
+        CRITERIA.add(name, Criterion(name, fn, filters, needs_data, _doc(fn), layout=layout, tasks=tasks), settings)
         return fn
 
     return wrap
 
 
 def per_weight(name: str, needs_data: bool = True, additive: bool = False,
-               settings: type[CriterionConfig] | None = None):
+               settings: type[CriterionConfig] | None = None, tasks: tuple[str, ...] | None = None):
     """A criterion defined per weight: ``fn`` returns {parameter name: per-weight scores},
     aggregated (``criterion.aggregate``) per block and per filter; ``additive`` when its sum over
     any set of weights is that set's saliency (what scoring blocks and filters together needs)."""
@@ -86,8 +91,8 @@ def per_weight(name: str, needs_data: bool = True, additive: bool = False,
         def filters(model, scoring, cfg, seed):
             return aggregate_filters(model, fn(model, scoring, cfg, seed), cfg.aggregate)
 
-        CRITERIA.add(name, Criterion(name, blocks, filters, needs_data, _doc(fn), per_weight=fn, additive=additive),
-                     settings)
+        CRITERIA.add(name, Criterion(name, blocks, filters, needs_data, _doc(fn), per_weight=fn, additive=additive,
+                                     tasks=tasks), settings)
         return fn
 
     return wrap
@@ -180,7 +185,11 @@ def check(cfg: CriterionConfig, data_cfg: DataConfig, prunes: bool, anatomy: net
           model: str) -> None:
     """A known criterion, defined for the network's block outputs; one that reads data gets a
     scoring set the training split can fill."""
-    crit = CRITERIA[cfg.name]
+    crit, task = CRITERIA[cfg.name], task_of(data_cfg).name
+    if prunes and crit.tasks is not None and task not in crit.tasks:
+        fits = sorted(n for n, c in CRITERIA.items() if c.tasks is None or task in c.tasks)
+        raise LotteryError(f"criterion {cfg.name} is defined for {', '.join(crit.tasks)}, not for {task} (data="
+                           f"{data_cfg.name}): use one of {', '.join(fits)}")
     if prunes and crit.layout not in (None, anatomy.layout):
         fits = sorted(n for n, c in CRITERIA.items() if c.layout in (None, anatomy.layout))
         raise LotteryError(f"criterion {cfg.name} reads {crit.layout} (N, C, H, W) at block outputs, but {model}'s "

@@ -54,7 +54,10 @@ def feature_map_rank(maps: torch.Tensor) -> torch.Tensor:
     return ranks.reshape(n, c).double().mean(1) / min(h, w)
 
 
-@per_block("hrank", layout="maps")
+IMAGES = ("classification",)  # criteria read from pooled maps or class labels: the paper's image classifiers
+
+
+@per_block("hrank", layout="maps", tasks=IMAGES)
 def hrank(model, scoring, cfg, seed):
     """HRank (Lin et al. 2020): average rank of the block's output feature maps.
 
@@ -65,7 +68,7 @@ def hrank(model, scoring, cfg, seed):
     return per_chunk_mean(model, scoring, feature_map_rank)
 
 
-@per_block("expectabs")
+@per_block("expectabs", tasks=IMAGES)
 def expectabs(model, scoring, cfg, seed):
     """expectABS (Tan & Motani 2020, DropNet): mean absolute activation of the block's output.
 
@@ -87,7 +90,7 @@ def vip(x: np.ndarray, y: np.ndarray, components: int) -> np.ndarray:
     return np.sqrt(x.shape[1] * (wn**2 @ ss) / ss.sum())
 
 
-@per_block("pls", settings=PlsSettings)
+@per_block("pls", settings=PlsSettings, tasks=IMAGES)
 def pls(model, scoring, cfg: PlsSettings, seed):
     """PLS-VIP (Jordao et al. 2020): one PLS on every block's pooled output; mean VIP per block.
 
@@ -117,7 +120,8 @@ def kl(model, scoring, cfg, seed):
 
     Follows the paper's definition (no public reference code): KL divergence of the network's
     softmax output with the block removed from the full network's, from logits with log_softmax
-    in float64, averaged over the scoring set; a block whose removal changes the output least
+    in float64, averaged over the scoring set (a language model's: over its sequences' positions, each
+    a next-token distribution); a block whose removal changes the output least
     scores lowest. A removable block's shortcut is the identity, so the network without it is
     the network with the block passing its input on (``lottery.networks.skipping``).
     """
@@ -126,10 +130,10 @@ def kl(model, scoring, cfg, seed):
     totals = torch.zeros(len(paths), dtype=torch.float64)
     with torch.no_grad():
         for x, _, w in scoring.chunks():
-            full = F.log_softmax(model(x).double(), 1)
+            full = scoring.task.log_probs(model(x))
             for k, path in enumerate(paths):
                 with networks.skipping(model, path):
-                    dropped = F.log_softmax(model(x).double(), 1)
-                per_image = F.kl_div(dropped, full, log_target=True, reduction="none").sum(1)
-                totals[k] += per_image.mean().cpu() * w
+                    dropped = scoring.task.log_probs(model(x))
+                per_output = F.kl_div(dropped, full, log_target=True, reduction="none").sum(-1)  # per image, or token
+                totals[k] += per_output.mean().cpu() * w
     return totals

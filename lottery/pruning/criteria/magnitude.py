@@ -4,7 +4,7 @@ from lottery.pruning.criteria import per_weight
 from lottery.pruning.criteria.weights import scored_parameters
 
 
-@per_weight("l1", needs_data=False)
+@per_weight("l1", needs_data=False, tasks=("classification",))
 def l1(model, scoring, cfg, seed):
     """l1: absolute weight; averaged per block it grows with stage (the paper's Figure 3).
 

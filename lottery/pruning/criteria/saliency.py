@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lottery import networks
@@ -27,10 +26,10 @@ class GraspSettings(CriterionConfig):
 
 
 def loss_gradient(model, params: list[torch.Tensor], scoring, temperature: float = 1.0):
-    """dL/dtheta of the mean cross-entropy of logits / T over the scoring set."""
+    """dL/dtheta of the task's mean cross-entropy of logits / T over the scoring set."""
     grads = [torch.zeros_like(p) for p in params]
     for x, y, w in scoring.chunks():
-        loss = F.cross_entropy(model(x) / temperature, y) * w
+        loss = scoring.task.loss(model(x) / temperature, y) * w
         for g, d in zip(grads, torch.autograd.grad(loss, params)):
             g += d
     return grads
@@ -45,7 +44,7 @@ def hessian_gradient_product(model, params: list[torch.Tensor], scoring, tempera
     hg = [torch.zeros_like(p) for p in params]
     for x, y, w in scoring.chunks():
         with sdpa_kernel(SDPBackend.MATH):
-            loss = F.cross_entropy(model(x) / temperature, y) * w
+            loss = scoring.task.loss(model(x) / temperature, y) * w
             grad = torch.autograd.grad(loss, params, create_graph=True)
         z = sum((gi.detach() * di).sum() for gi, di in zip(g, grad))
         for acc, d in zip(hg, torch.autograd.grad(z, params)):
@@ -88,13 +87,15 @@ def synflow(model, scoring, cfg, seed):
 
     Follows ganguli-lab/Synaptic-Flow (Pruners/pruners.py, SynFlow): the absolute value of the
     whole state, BatchNorm's running statistics included, in float64, eval mode, one all-ones
-    input; sign: none (absolute value); no normalisation.
+    input; sign: none (absolute value); no normalisation. A language model's input is token ids,
+    for which all ones has no meaning: its all-ones input enters after the embedding, into the
+    first decoder layer (``networks.ones_input``; docs/design.md §3).
     """
     model.double().eval()
     with torch.no_grad():
         for value in model.state_dict().values():  # parameters and buffers, like the reference
             value.abs_()
     named = scored_parameters(model, cfg.weights)
-    x = torch.ones(1, *networks.input_shape(model), dtype=torch.float64, device=next(model.parameters()).device)
+    x = networks.ones_input(model, torch.float64)
     grads = torch.autograd.grad(model(x).sum(), list(named.values()))
     return {k: (p.detach() * g).abs() for (k, p), g in zip(named.items(), grads)}
