@@ -84,7 +84,7 @@ class Dataset:
 @dataclass
 class Arrays:
     """What a source returns: NHWC uint8 images, labels and class names, or for a text source
-    token windows (N, T + 1) with the document each came from and the symbols (its content
+    token windows (N, T + 1), an index per window and the symbols (its content
     identity is ``Source.fingerprint``, known without loading)."""
 
     train_x: np.ndarray
