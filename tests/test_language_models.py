@@ -337,6 +337,11 @@ def test_model_settings_transformers_rejects_or_layer_indexed_configs_are_one_li
     assert "model.kwargs" in refusal(*lm_, "++model.kwargs.rope_theta=abc")  # one line, not a traceback
     assert "scale_attn_by_inverse_layer_idx" in refusal(*lm_, "model.arch=gpt2",
                                                         "++model.kwargs.scale_attn_by_inverse_layer_idx=true")
+    moe_every_other_layer = ("model.arch=qwen2_moe", "++model.kwargs.decoder_sparse_step=2",
+                             "++model.kwargs.num_experts=2", "++model.kwargs.num_experts_per_tok=1",
+                             "++model.kwargs.moe_intermediate_size=16",
+                             "++model.kwargs.shared_expert_intermediate_size=16")
+    assert "decoder layers differ in their weights" in refusal(*lm_, *moe_every_other_layer)
 
 
 def test_grouped_query_archs_and_dropout_free_defaults_build():

@@ -21,7 +21,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
@@ -29,6 +28,7 @@ from lottery import networks
 from lottery.config import TrainConfig
 from lottery.errors import first_cause, one_line
 from lottery.training.devices import autocast, synchronize
+from lottery.training.tasks import unit_cross_entropy
 from lottery.training.trainer import capture, compiled, graphs_on, make_optimizer
 
 log = logging.getLogger("lottery")
@@ -68,15 +68,9 @@ def counted(model: nn.Module) -> FlopCounterMode:
     return counter
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over every predicted unit (an image's class, each position's next token):
-    what a training step computes, whatever the task."""
-    return F.cross_entropy(out.flatten(0, -2), y.flatten())
-
-
 def _step(model, opt, x, y, device, amp):
     with autocast(device, amp):
-        loss = _loss(model(x), y)
+        loss = unit_cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -117,7 +111,7 @@ def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]
         return tensor
 
     with autocast(device, t.amp), torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
-        loss = _loss(m(x), y)
+        loss = unit_cross_entropy(m(x), y)
     loss.backward()
     opt.step()
     grads = sum(p.numel() * p.element_size() for p in m.parameters())

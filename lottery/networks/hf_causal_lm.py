@@ -161,20 +161,12 @@ class HFCausalLM(Family):
     reads = "tokens"
 
     def check(self, cfg: CausalLMSettings, shape):
+        """The settings, then the transformers config they give (read once); that every decoder
+        layer has one structure is checked where the layers are found (``candidates``)."""
         if cfg.pretrained:
-            folder = Path(cfg.pretrained).expanduser()
-            if not (folder / "config.json").is_file():
+            if not (Path(cfg.pretrained).expanduser() / "config.json").is_file():
                 raise LotteryError(f"model.pretrained={cfg.pretrained} is not a transformers checkpoint folder (no "
                                    "config.json): give the folder save_pretrained wrote")
-            config = _config_of(cfg, shape)
-            if config.get("model_type") not in causal_types():
-                raise LotteryError(f"model.pretrained={cfg.pretrained} holds a {config.get('model_type')} model, "
-                                   "which has no causal-LM head in transformers")
-            vocab = config.get("vocab_size")
-            if not isinstance(vocab, int) or vocab < shape.classes:
-                raise LotteryError(f"model.pretrained={cfg.pretrained} has {vocab} tokens, not at least the data's "
-                                   f"{shape.classes} symbols (or a nested config lottery does not read)")
-            limit = config.get("max_position_embeddings") or config.get("n_positions")
         else:
             if cfg.arch not in causal_types():
                 close = difflib.get_close_matches(str(cfg.arch), sorted(causal_types()), n=5, cutoff=0.6)
@@ -185,23 +177,24 @@ class HFCausalLM(Family):
                     raise LotteryError(f"model.{key}={getattr(cfg, key)}: must be positive")
             if cfg.width % cfg.heads:
                 raise LotteryError(f"model.width={cfg.width} is not a multiple of model.heads={cfg.heads}")
-            limit = cfg.max_positions
+        config = _config_of(cfg, shape)
+        if cfg.pretrained:
+            if config.get("model_type") not in causal_types():
+                raise LotteryError(f"model.pretrained={cfg.pretrained} holds a {config.get('model_type')} model, "
+                                   "which has no causal-LM head in transformers")
+            vocab = config.get("vocab_size")
+            if not isinstance(vocab, int) or vocab < shape.classes:
+                raise LotteryError(f"model.pretrained={cfg.pretrained} has {vocab} tokens, not at least the data's "
+                                   f"{shape.classes} symbols (or a nested config lottery does not read)")
+        limit = config.get("max_position_embeddings") or config.get("n_positions")  # GPT-2 names it n_positions
         if limit and shape.input[0] > limit:
             raise LotteryError(f"sequences of {shape.input[0]} tokens exceed the model's position limit of {limit}: "
                                "use a smaller data.seq_len" + ("" if cfg.pretrained else " or a larger "
                                                                                        "model.max_positions"))
-        config = _config_of(cfg, shape)
         for key, why in BY_INDEX.items():
             if config.get(key):
                 raise LotteryError(f"{self.label(cfg)}: {why} ({key}={config[key]}), so removing layers would change "
                                    f"what the kept ones compute: set ++model.kwargs.{key}=... off, or another arch")
-        with torch.device("meta"):
-            net = self.build(cfg, shape)
-        layers = net.lm.get_submodule(decoder_layers(net.lm))
-        shapes = [[(n, tuple(p.shape)) for n, p in layer.named_parameters()] for layer in layers]
-        if any(s != shapes[0] for s in shapes):
-            raise LotteryError(f"{self.label(cfg)}'s decoder layers differ in their weights (e.g. a mixture of experts "
-                               "in some layers only): lottery removes layers of one structure")
 
     def build(self, cfg: CausalLMSettings, shape):
         arch = {"arch": cfg.arch, "config": _config_of(cfg, shape), "input": list(shape.input),
@@ -244,8 +237,15 @@ class HFCausalLM(Family):
         return f"{cfg.arch}-{cfg.layers}x{cfg.width}"
 
     def candidates(self, model):
+        """Every decoder layer, once all are known to share one structure (a layer removed must be
+        like the others: its neighbours are renumbered into its place)."""
         path = decoder_layers(model.lm)
-        return [(f"lm.{path}.{i}", True) for i in range(len(model.lm.get_submodule(path)))]
+        layers = model.lm.get_submodule(path)
+        shapes = [[(n, tuple(p.shape)) for n, p in layer.named_parameters()] for layer in layers]
+        if any(s != shapes[0] for s in shapes):
+            raise LotteryError(f"{model.lottery_arch['arch']}'s decoder layers differ in their weights (e.g. a mixture "
+                               "of experts in some layers only): lottery removes layers of one structure")
+        return [(f"lm.{path}.{i}", True) for i in range(len(layers))]
 
     def weight_types(self):
         from transformers.pytorch_utils import Conv1D  # GPT-2's projections

@@ -4,10 +4,10 @@ A task says what a network's output means against its targets: the training loss
 accuracy counts (images, or next tokens), what the test split keeps of each example for the
 paired comparison of a ticket with its dense network on the same examples, and that comparison
 itself (McNemar's exact test on images; for language models paired t-tests on per-sequence
-accuracies and losses, the latter with its interval). It also says how raw examples become network inputs (normalised,
-augmented images; token ids as they are), which subset rule draws examples (class-balanced, or
-seeded draws of sequences, which have no class) and whether the image-only shifted test sets
-apply. The pipeline, the trainer, the criteria and the tables ask the task; none names one.
+accuracies and losses, the latter with its interval). It also says how raw examples become
+network inputs (normalised, augmented images; token ids as they are), which subset rule draws
+examples (class-balanced, or seeded draws of sequences, which have no class) and whether the
+image-only shifted test sets apply. The pipeline, the trainer, the criteria and the tables ask the task; none names one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ from lottery.config import Registry
 from lottery.errors import LotteryError
 
 
+def unit_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every predicted unit: an image's class (out (N, C), y (N,)), each
+    position's next token (out (N, T, V), y (N, T)); the same call either way."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten())
+
+
 class Task:
     """The contract of a task (one subclass each, registered by name in ``TASKS``)."""
 
@@ -35,8 +41,8 @@ class Task:
     augments: ClassVar[bool]  # train.augment's crops and flips apply
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the batch's units."""
-        raise NotImplementedError
+        """Mean cross-entropy over the batch's units (``unit_cross_entropy``)."""
+        return unit_cross_entropy(out, y)
 
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:
         """The output as log-probabilities, classes on the last dimension, in float64."""
@@ -139,9 +145,6 @@ class Classification(Task):
     name, inputs, shifted_sets, test = "classification", "images", True, "McNemar"
     balanced, augments = True, True
 
-    def loss(self, out, y):
-        return F.cross_entropy(out, y)
-
     def log_probs(self, out):
         return F.log_softmax(out.double(), 1)
 
@@ -212,9 +215,6 @@ class LanguageModeling(Task):
     name, inputs, shifted_sets = "language_modeling", "tokens", False
     test = "paired t on sequence accuracies"
     balanced, augments = False, False
-
-    def loss(self, out, y):
-        return F.cross_entropy(out.flatten(0, -2), y.flatten())
 
     def log_probs(self, out):
         return F.log_softmax(out.double(), -1)

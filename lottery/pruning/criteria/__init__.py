@@ -59,6 +59,7 @@ class Criterion:
 
 
 CRITERIA: Registry[Criterion] = Registry("criterion", group="criterion", base=CriterionConfig)
+IMAGES = ("classification",)  # the tasks of criteria read from pooled maps, class labels or image classifiers' weights
 
 
 def _doc(fn) -> str:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lottery import networks
 from lottery.config import CriterionConfig, opt
-from lottery.pruning.criteria import per_block
+from lottery.pruning.criteria import IMAGES, per_block
 
 
 @dataclass
@@ -52,9 +52,6 @@ def feature_map_rank(maps: torch.Tensor) -> torch.Tensor:
     n, c, h, w = maps.shape
     ranks = torch.linalg.matrix_rank(maps.reshape(n * c, h, w).float())  # float32 tolerance
     return ranks.reshape(n, c).double().mean(1) / min(h, w)
-
-
-IMAGES = ("classification",)  # criteria read from pooled maps or class labels: the paper's image classifiers
 
 
 @per_block("hrank", layout="maps", tasks=IMAGES)
