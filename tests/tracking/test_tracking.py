@@ -123,7 +123,10 @@ def test_a_trial_started_again_logs_its_outbox_instead_of_training(smoke, monkey
     monkeypatch.setattr(trial, "train_ticket", must_not_train)
     out = trial.run(cfg)
     key = trial_keys(cfg)["config_key"]
-    [run] = [r for r in ticket_runs(cfg.tracking.uri) if r.data.tags.get("config_key") == key]
+    own = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id  # the worker's store is shared by
+    # every file it runs: test_trial.py runs this very config in an experiment of its own
+    [run] = [r for r in ticket_runs(cfg.tracking.uri) if r.data.tags.get("config_key") == key
+             and r.info.experiment_id == own]
     assert run.info.status == "FINISHED" and run.info.run_id == out["run_id"]
     assert run.data.metrics["accuracy"] == out["accuracy"] and run.data.tags["cell_key"]  # its tags, kept too
     assert trial.run(cfg)["skipped"]
