@@ -21,13 +21,12 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery import networks  # noqa: E402
-from lottery.config import register  # noqa: E402
+from lottery.config import CONF, register  # noqa: E402
+from lottery.experiment import fast_path  # noqa: E402
 from lottery.experiment.design import validate  # noqa: E402
 from lottery.training.data import load_dataset  # noqa: E402
-from lottery.training.devices import configure, pick_device, precision  # noqa: E402
+from lottery.training.devices import configure, pick_device, precision, restored  # noqa: E402
 from lottery.training.trainer import Job, evaluate, prepare, train  # noqa: E402
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def compose_quick(overrides: list[str], amp: str):
@@ -62,9 +61,14 @@ def main(argv=None) -> int:
     register()
     results = {}
     data = None
+    auto = compose_quick(args.overrides, "auto")
+    device = pick_device(auto.device)
+    with restored():
+        configure(device, auto.train)
+        path = fast_path.settle(auto, device)  # both precisions on the path a trial takes: precision alone differs
     for amp in ("off", "auto"):
         cfg = compose_quick(args.overrides, amp)
-        device = pick_device(cfg.device)
+        path.apply(cfg.train)
         data = data or load_dataset(cfg.data, device)
         runs = [one_run(cfg, data, device, seed) for seed in range(args.seeds)]
         results[amp] = {"dtype": precision(device, amp), "accuracy": summary([a for a, _ in runs]),

@@ -1,8 +1,9 @@
 """lottery's performance against the loop a researcher would write by hand, in one run.
 
 (a) training throughput of lottery's trainer, at the default precision (``amp=auto``: bf16 where
-the device has it) and at fp32, vs a plain fp32 PyTorch loop (PIL transforms, DataLoader with
-workers, standard step), same device, model, batch, optimizer and images; (b) achieved training
+the device has it) and at fp32, both on the fast path a paper-profile trial settles on here
+(layout and compile, timed as ``lottery.experiment.fast_path`` times them), vs a plain fp32
+PyTorch loop (PIL transforms, DataLoader with workers, standard step), same device, model, batch, optimizer and images; (b) achieved training
 FLOP/s as a fraction of the device's peak in the dtype actually used (the better of a large matmul
 and a large convolution), measured in the same run; (c) scoring
 time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
@@ -24,12 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.config import DataConfig, MeasureConfig, TrackingConfig, TrainConfig  # noqa: E402
+from lottery.config import CONF, DataConfig, MeasureConfig, TrackingConfig, TrainConfig, register  # noqa: E402
+from lottery.experiment import fast_path  # noqa: E402
+from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.measure import carbon  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
@@ -54,9 +58,22 @@ def synthetic(n_train: int, **more) -> DataConfig:
 
 def recipe(args, amp: str = "off", **variant) -> TrainConfig:
     """The trainer's recipe for one timed epoch after one that warms up (as a trial trains:
-    deterministic, channels_last unless the variant says otherwise)."""
+    deterministic, eager and channels_last unless the variant says otherwise)."""
     return OmegaConf.structured(TrainConfig(epochs=2, milestones=[], batch_size=args.batch_size,
-                                            progress=False, amp=amp, **variant))
+                                            progress=False, amp=amp, **{**DEFAULT.settings, **variant}))
+
+
+def settled_path(args, device) -> fast_path.Settled:
+    """The path a paper-profile trial of this ResNet takes on this device (200 epochs of 50,000
+    images: long enough to try compiling), timed in a store of its own."""
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "profile=paper", "model=resnet20", f"model.depth={args.model}", "data=synthetic", "data.train_size=50000",
+            f"train.batch_size={args.batch_size}", f"train.amp={args.amp}",
+            f"train.compile_backend={args.compile_backend}", f"store.root={tmp}", f"paths.root={tmp}"])
+        with restored():
+            configure(device, cfg.train)
+            return fast_path.settle(cfg, device)
 
 
 def lottery_throughput(args, data, device, amp: str, **variant) -> float:
@@ -230,14 +247,18 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=".lottery", help="paths.root: where decoded image caches live")
     p.add_argument("--no-log-model", action="store_true", help="(d) without the MLflow model (tracking.log_model=false)")
     args = p.parse_args(argv)
+    register()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     args.steps = args.steps or (200 if device.type == "cuda" else 16)
     data = load_dataset(data_config(args, args.steps * args.batch_size), device)
 
     dtype = precision(device, args.amp)
-    ours = lottery_throughput(args, data, device, args.amp)
-    fp32 = lottery_throughput(args, data, device, "off")
+    settled = settled_path(args, device)
+    ours = lottery_throughput(args, data, device, args.amp, **settled.path.settings,
+                              compile_backend=args.compile_backend)
+    fp32 = lottery_throughput(args, data, device, "off", **settled.path.settings,  # the same path: precision alone
+                              compile_backend=args.compile_backend)
     ref = reference_throughput(args, data, device)
     grid = {} if args.no_grid else {
         f"{'compiled' if c else 'eager'}_{'channels_last' if cl else 'contiguous'}":
@@ -254,7 +275,7 @@ def main(argv=None) -> int:
         "device": f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
                   f"({torch.get_num_threads()} threads)",
         "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp, "dtype": dtype,
-        "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
+        "fast_path": settled.tag, "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
         "trainer_vs_reference": ours / ref, "trainer_fp32_vs_reference": fp32 / ref, "amp_speedup": ours / fp32,
         "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
         "peak_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
@@ -266,9 +287,9 @@ def main(argv=None) -> int:
     print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s"
           f" | {dtype} trainer / loop {ours / ref:5.2f}x, fp32 trainer / loop {fp32 / ref:5.2f}x,"
           f" amp_speedup {ours / fp32:5.2f}x")
+    print(f"    the trainer's path: {settled.tag}")
     if grid:
-        print(f"    trainer {dtype} grid (img/s): " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items())
-              + "; the trials' default is eager_channels_last (train.compile=false, train.channels_last=true)")
+        print(f"    trainer {dtype} grid (img/s): " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items()))
     print(f"(b) {flops / 1e9:.3f} GFLOP per training image -> {dtype}: {ours * flops / 1e12:.3f} TFLOP/s of a "
           f"{peak / 1e12:.3f} TFLOP/s {dtype} peak (matmul or conv) = {100 * ours * flops / peak:.0f}%; fp32: "
           f"{fp32 * flops / 1e12:.3f} of {peak_fp32 / 1e12:.3f} = {100 * fp32 * flops / peak_fp32:.0f}%")

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery.config import TrainConfig  # noqa: E402
+from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.experiment.sweeps import available, load  # noqa: E402
 from lottery.measure.costs import flops  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
@@ -64,7 +65,7 @@ def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, 
     synthetic = SOURCES.settings_of("synthetic")(name="synthetic", train_size=steps * batch, test_size=100)
     data = load_dataset(OmegaConf.structured(synthetic), dev)
     t = OmegaConf.structured(TrainConfig(epochs=1 + timed_epochs, milestones=[], batch_size=batch, progress=False,
-                                         **variant))
+                                         **{**DEFAULT.settings, **variant}))
     configure(dev, t)
     torch.manual_seed(0)
     model = prepare(resnet(depth, CIFAR), dev, t.channels_last)

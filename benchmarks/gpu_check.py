@@ -102,7 +102,8 @@ def same_seed_smoke_trials() -> dict:
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfgs = [compose(config_name="config", overrides=["profile=smoke", "data=synthetic", "device=cuda",
                                                          "criterion=grasp", "density=2", f"paths.root={tmp}/{i}",
-                                                         "tracking.log_model=false"]) for i in range(2)]
+                                                         "tracking.log_model=false", "train.channels_last=true",
+                                                         "train.compile=false"]) for i in range(2)]  # one path
         outs = [trial.run(cfg) for cfg in cfgs]
         a, b = (load_ticket(o["run_id"], root=f"{tmp}/{i}").state_dict() for i, o in enumerate(outs))
         return {"bit_equal": all(torch.equal(a[k], b[k]) for k in a), "accuracies": [o["accuracy"] for o in outs]}
@@ -111,7 +112,7 @@ def same_seed_smoke_trials() -> dict:
 def ballast() -> dict:
     device = torch.device("cuda")
     model = resnet(32, CIFAR).to(device).to(memory_format=torch.channels_last)
-    t = TrainConfig(batch_size=128)
+    t = TrainConfig(batch_size=128, channels_last=True, compile=False)
     alone, _ = costs.training_memory(model, t, device)
     extra = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     beside, _ = costs.training_memory(model, t, device)

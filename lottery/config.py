@@ -121,10 +121,13 @@ class TrainConfig:
                                           "on demand", factory=lambda: [0.0, 0.125, 0.25, 0.375], execution=True)
     eval_batch_size: int = opt(1000, "evaluation batch size")
     amp: Amp = opt(Amp.auto, "precision: auto = bf16 where the device has it natively, off = fp32, bf16")
-    channels_last: bool = opt(True, "channels_last memory format (faster convolutions)")
-    compile: bool = opt(False, "torch.compile the network once per architecture, static shapes (the last partial "
-                               "batch of an epoch is dropped)")
-    compile_backend: str = opt("inductor", "torch.compile backend (eager: dynamo alone, for tests)")
+    channels_last: Optional[bool] = opt(None, "channels_last memory format of images; null: the faster layout on "
+                                              "this device, timed once per architecture and remembered in the store "
+                                              "(docs/design.md §5.1)", execution=True)
+    compile: Optional[bool] = opt(None, "torch.compile the network once per architecture, static shapes (a last "
+                                        "partial batch runs eagerly); null: where it is faster on this device and "
+                                        "pays for its compile within the training (§5.1)", execution=True)
+    compile_backend: str = opt("inductor", "torch.compile backend (eager: dynamo alone, for tests)", execution=True)
     cuda_graph: bool = opt(False, "CUDA: capture the whole training step (augmentation, forward, backward, optimizer) "
                                   "once and replay it (the last partial batch is dropped)")
     deterministic: bool = opt(True, "deterministic algorithms, no cuDNN autotuning: a rerun, a resume or a replay "

@@ -103,3 +103,17 @@ def tiny(tmp_path, monkeypatch):
     return ["tiny", "--profile", "smoke", f"paths.root={tmp_path / 'root'}", "measure.enabled=false",
             "robustness.enabled=false", "measure.carbon=false", "threads=1", "tracking.log_model=false", "device=cpu",
             "data.train_size=128"]
+
+
+@pytest.fixture
+def failing_backend():
+    """A torch.compile backend that fails the way a host without a working compiler does."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    def broken(gm, example_inputs):
+        raise OSError("no C compiler found for Triton")
+
+    register_backend(broken, name="lottery_test_broken")
+    yield "lottery_test_broken"
+    _COMPILER_FNS.pop("lottery_test_broken", None)
+    torch._dynamo.reset()

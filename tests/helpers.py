@@ -14,10 +14,13 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
+from lottery.config import TrainConfig
 from lottery.errors import LotteryError
 from lottery.experiment import identity, sweeps
 from lottery.experiment.design import validate
+from lottery.experiment.fast_path import DEFAULT
 from lottery.files import content_key
 from lottery.networks import cifar_resnet
 from lottery.training.data import IMAGE_SHAPE, fingerprint
@@ -32,7 +35,18 @@ def compose_cfg(*overrides: str):
     (a GPU host runs the suite as this one does; GPU tests carry the ``cuda`` mark)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=["device=cpu", *overrides])
+        return compose(config_name="config", overrides=["device=cpu", *PINNED, *overrides])
+
+
+# The default fast path, given: a suite's numbers never hang on timing its candidates (the tests
+# of lottery.experiment.fast_path leave it open).
+PINNED = ("train.channels_last=true", "train.compile=false")
+
+
+def train_config(**values):
+    """A training recipe on the default fast path unless ``values`` say otherwise: what a trial
+    trains with once its path is settled."""
+    return OmegaConf.structured(TrainConfig(**{**DEFAULT.settings, **values}))
 
 
 def refusal(*overrides: str) -> str:

@@ -13,7 +13,8 @@ from lottery.training.devices import precision, restored
 from tests.helpers import REPO
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup", "trainer_grid_img_s",
-        "fraction_of_peak", "fp32_fraction_of_peak", "dtype", "criteria_seconds", "tracking_seconds", "device"}
+        "fraction_of_peak", "fp32_fraction_of_peak", "dtype", "criteria_seconds", "tracking_seconds", "device",
+        "fast_path"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,9 @@ def test_bench_runs_and_writes_every_key(bench):
     assert set(figures["criteria_seconds"]) == set(CRITERIA)  # every registered criterion is timed
     assert figures["trainer_img_s"] > 0 and figures["reference_img_s"] > 0 and 0 < figures["fraction_of_peak"]
     assert "(a) trainer" in r.stdout and "(d) MLflow + codecarbon" in r.stdout
+    # a paper-length training: the compiled paths are timed too (the eager backend: a compile in no time)
+    assert "the trainer's path: " in r.stdout and "timed here: eager channels_last " in figures["fast_path"]
+    assert "compiled contiguous" in figures["fast_path"] and "a compile " in figures["fast_path"]
     assert set(figures["trainer_grid_img_s"]) == {"eager_channels_last", "eager_contiguous", "compiled_channels_last",
                                                   "compiled_contiguous"} and min(figures["trainer_grid_img_s"].values()) > 0
 

@@ -24,6 +24,7 @@ class Context(Design):
     store: DenseStore | None = None
     data: Dataset | None = None  # loaded by ``load``
     shifted: ShiftedSets | None = None
+    fast_path: str = ""  # the layout and compile the trial trains with, and why (``lottery.experiment.fast_path``)
 
     @classmethod
     def open(cls, design: Design) -> "Context":

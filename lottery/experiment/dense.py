@@ -63,6 +63,7 @@ def train_dense(ctx: Context, partial, keep: set[int], run: runs.LiveRun) -> Den
                "filters": networks.count_filters(model), **footprint.metrics(),
                **held_out_accuracy(model, ctx.data, cfg.train, ctx.device)}
     tags = {"train_conditions": conditions(ctx.device, cfg.train, cfg.jobs), "compiled": done.compiled,
+            "fast_path": ctx.fast_path,
             "deterministic": determinism(ctx.device),
             **footprint.tags(done.resumed_from)}
     extra = {"predictions": predictions.tolist(), "history": done.history,

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from lottery import networks
 from lottery.config import TrialConfig
+from lottery.experiment import fast_path
 from lottery.experiment.design import derive
 from lottery.experiment.identity import dense_spec
 from lottery.files import content_key
@@ -115,10 +116,12 @@ def _rate(m: dict, epochs: int) -> float:
 
 
 def timed_speed(cfg: TrialConfig) -> Speed:
-    """A few timed training steps of the dense network on this machine."""
+    """A few timed training steps of the dense network on this machine, on the first path its
+    trials may take (the default where the config leaves it open: an estimate never compiles)."""
     device = pick_device(cfg.device)
-    model = prepare(networks.build(cfg.model, shape_of(cfg.data)), device, cfg.train.channels_last)
-    img_s = throughput(model, cfg.train, device, steps=TIMED_STEPS, warmup=2)
+    t = fast_path.candidates(cfg)[0].recipe(cfg.train)
+    model = prepare(networks.build(cfg.model, shape_of(cfg.data)), device, t.channels_last)
+    img_s = throughput(model, t, device, steps=TIMED_STEPS, warmup=2)
     return Speed(network_flops(cfg, 0) * img_s, None, f"{TIMED_STEPS} timed training steps (no finished training yet)")
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from lottery import networks
 from lottery.config import TrialConfig
 from lottery.errors import LotteryError
-from lottery.experiment import dense, estimate, identity
+from lottery.experiment import dense, estimate, fast_path, identity
 from lottery.experiment.context import Context
 from lottery.experiment.design import derive
 from lottery.files import content_key, save_atomic
@@ -190,6 +190,9 @@ def run(cfg: TrialConfig, overrides: list[str] = (), tags: dict | None = None, j
         torch.set_num_threads(cfg.threads)
     configure(ctx.device, cfg.train)
     log.info("device: %s", name_of(ctx.device))
+    settled = fast_path.settle(cfg, ctx.device)  # layout and compile, before any network is built
+    settled.apply(cfg.train)
+    ctx.fast_path = settled.tag
     warn_if_slow(ctx)
     try:
         return _run(ctx, overrides, tags)
@@ -208,6 +211,7 @@ def _run(ctx: Context, overrides: list[str], tags: dict | None) -> dict:
     start_tags = {"role": "ticket", "mode": ctx.mode.name, "criterion": cfg.criterion.name, "structure": cfg.structure,
                   "profile": cfg.profile_name, "seed": cfg.seed, "model": ctx.model_name, **ctx.keys,
                   "device": str(ctx.device), "amp": ctx.precision, "deterministic": determinism(ctx.device),
+                  "fast_path": ctx.fast_path,
                   **override_tags(overrides),
                   **(tags or {})}
     with runs.live(ctx.experiment, run_name(ctx, label), start_tags, params(ctx), cfg.tracking.parent) as live:

@@ -155,10 +155,11 @@ def _graph_step_memory(m, opt, x, y, device, amp) -> int:
     return _own_bytes(m, opt) + int(torch.cuda.memory_reserved(device)) - before
 
 
-def _stepper(model: nn.Module, t: TrainConfig, device, first: bool):
+def _stepper(model: nn.Module, t: TrainConfig, device, first: bool, strict: bool = False):
     """One network's training step as the recipe trains it, on a copy and a fixed batch: eager,
     compiled, or captured as a CUDA graph and replayed; where the fast path fails on this host
-    (as the training then fell back), the eager step, said once."""
+    (as the training then fell back), the eager step, said once (``strict``: a failing compile
+    raises)."""
     m = copy.deepcopy(model).train()
     opt = make_optimizer(m, t, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
@@ -172,6 +173,8 @@ def _stepper(model: nn.Module, t: TrainConfig, device, first: bool):
         fast()  # a compile fails, if at all, at its first step
         return fast
     except torch._dynamo.exc.TorchDynamoException as e:
+        if strict:
+            raise
         return _instead(eager, "compiled", "eager", e)
     except RuntimeError as e:  # a capture's failure: the step uncaptured, compiled if the recipe compiles
         if not graphs_on(device, t):
@@ -185,12 +188,18 @@ def _instead(step, failed: str, path: str, e: BaseException):
     return step
 
 
-def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, warmup: int) -> list[list[float]]:
+def throughputs(models: list[nn.Module], t: TrainConfig | list[TrainConfig], device, steps: int, warmup: int,
+                strict: bool = False) -> list[list[float]]:
     """Training images per second of each timed step of each network (after ``warmup`` untimed
     steps), the networks taking turns step by step, so a load that comes and goes touches them
     alike: the recipe's step (its precision, its optimizer, compiled when it trains compiled, the
-    captured graph when it trains one), on copies of the networks."""
-    steppers = [_stepper(model, t, device, k == 0) for k, model in enumerate(models)]
+    captured graph when it trains one), on copies of the networks. ``t``: one recipe, or one per
+    network (the fast path's candidates: one network, several layouts and compile choices).
+    ``strict``: a compile that fails raises, where a measurement would time the eager step the
+    training fell back to (a candidate that cannot compile here is none)."""
+    recipes = list(t) if isinstance(t, (list, tuple)) else [t] * len(models)
+    first = next((k for k, r in enumerate(recipes) if r.compile), 0)  # the first compiled network resets dynamo
+    steppers = [_stepper(model, r, device, k == first, strict) for k, (model, r) in enumerate(zip(models, recipes))]
     for _ in range(warmup):
         for step in steppers:
             step()
@@ -201,7 +210,7 @@ def throughputs(models: list[nn.Module], t: TrainConfig, device, steps: int, war
             began = time.perf_counter()
             step()
             synchronize(device)
-            rates[k].append(t.batch_size / (time.perf_counter() - began))
+            rates[k].append(recipes[k].batch_size / (time.perf_counter() - began))
     return rates
 
 

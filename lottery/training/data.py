@@ -270,9 +270,10 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> to
 
 
 def drops_last(t: TrainConfig) -> bool:
-    """Whether the recipe drops an epoch's last partial batch: a compiled step or a captured CUDA
-    graph trains on one static batch shape (dense and ticket alike: the choice is the recipe's)."""
-    return bool(t.compile or t.cuda_graph)
+    """Whether the recipe drops an epoch's last partial batch: a captured CUDA graph trains on one
+    static batch shape (dense and ticket alike: the choice is the recipe's). A compiled step does
+    not: it takes a partial batch eagerly, so compiling never changes what is trained."""
+    return bool(t.cuda_graph)
 
 
 def epoch_plan(data: Dataset, t: TrainConfig, seed: int,

@@ -4,8 +4,9 @@ The learning rate is a pure function of the absolute epoch, and the data order a
 of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule from epoch i
 on, and a run resumed from a checkpoint ends with the same weights as an uninterrupted one (on a
 GPU too, with ``train.deterministic``). The step runs eager, compiled once per architecture
-(``train.compile``), or captured whole as a CUDA graph (``train.cuda_graph``); an epoch never
-waits for the host (loss and accuracy accumulate on the device and are read once at its end).
+(``train.compile``, a last partial batch eagerly), or captured whole as a CUDA graph
+(``train.cuda_graph``); an epoch never waits for the host (loss and accuracy accumulate on the
+device and are read once at its end). Layout and compile arrive settled (``fast_path``).
 """
 
 from __future__ import annotations
@@ -323,12 +324,14 @@ class Step:
     With ``train.cuda_graph`` the step reads its batch from static buffers and, on CUDA, is
     recorded once as a CUDA graph and replayed (a ResNet32 step is ~400 kernel launches for
     ~1.5 ms of GPU work); on a CPU the same buffers and optimizer run eagerly, the branch the
-    tests check. A fast path that fails on the host (a capture, or a compile at the first step)
-    is said once and the step goes on eagerly; ``path`` says which ran."""
+    tests check. A compiled network takes an epoch's last partial batch eagerly (one graph, one
+    static shape: no recompilation). A fast path that fails on the host (a capture, or a compile
+    at the first step) is said once and the step goes on eagerly; ``path`` says which ran."""
 
     def __init__(self, model: nn.Module, opt, data: Dataset, job: Job):
         t, device = job.recipe, job.device
         self.model, self.opt, self.data, self.t, self.device, self.desc = model, opt, data, t, device, job.desc
+        self.eager = getattr(model, "_orig_mod", model)  # the network itself, compiled or not
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.graph, self.static, self.path = None, None, "no"
@@ -349,9 +352,9 @@ class Step:
 
     def _body(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
         x, y = batch(self.data, self.t, idx, offsets, flips)
-        task = self.data.task
+        task, model = self.data.task, self.model if len(idx) == self.t.batch_size else self.eager
         with autocast(self.device, self.t.amp):
-            out = self.model(x)
+            out = model(x)
             loss = task.loss(out, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -367,7 +370,7 @@ class Step:
             self._body(*batch_)
         except torch._dynamo.exc.TorchDynamoException as e:  # a compiler's failure (dynamo wraps the backend's)
             restore()
-            self.model, self.compile_failed = getattr(self.model, "_orig_mod", self.model), True
+            self.model, self.compile_failed = self.eager, True
             self.path = fallback("torch.compile", self.desc, e)
             self._body(*batch_)
 
@@ -378,7 +381,7 @@ class Step:
             idx, offsets, flips = self.static
         if self.graph is not None:
             self.graph.replay()
-        elif self.first_compiled:
+        elif self.first_compiled and len(idx) == self.t.batch_size:
             self._first_compiled(idx, offsets, flips)
         else:
             self._body(idx, offsets, flips)
@@ -389,7 +392,7 @@ class Step:
         parts = []
         if self.t.compile and not self.compile_failed:
             graphs = graphs_compiled()
-            parts.append("stayed" if graphs == 1 else f"recompiled: {graphs} graphs")
+            parts.append({0: "unused: no full batch trained", 1: "stayed"}.get(graphs, f"recompiled: {graphs} graphs"))
         if self.path != "no":
             parts.append(self.path)
         return ", ".join(parts) or "no"
@@ -445,6 +448,9 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
     saved at most every ``train.save_every_s`` seconds and after the last epoch; the caller
     deletes it (``discard``) once the result is safely stored."""
     t = job.recipe
+    if t.channels_last is None or t.compile is None:
+        raise ValueError("train.channels_last and train.compile are settled (lottery.experiment.fast_path) before "
+                         "a training starts")
     opt = make_optimizer(model, t, job.device)
     if job.optimizer_state is not None:
         load_optimizer(opt, job.optimizer_state)
@@ -510,5 +516,7 @@ def evaluate(model: nn.Module, data: Dataset, t: TrainConfig, device: torch.devi
 
 
 def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    if channels_last is None:
+        raise ValueError("train.channels_last is settled (lottery.experiment.fast_path) before a network is placed")
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model

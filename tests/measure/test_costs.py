@@ -7,11 +7,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lottery.config import MeasureConfig, RobustnessConfig, TrainConfig
+from lottery.config import MeasureConfig, RobustnessConfig
 from lottery.measure import carbon, costs, robustness, similarity
 from lottery.measure.corruptions import CORRUPTIONS, corrupt
 from lottery.networks.cifar_resnet import build, remove_blocks
-from tests.helpers import resnet_plan, write_released
+from tests.helpers import resnet_plan, train_config, write_released
 
 CPU = torch.device("cpu")
 
@@ -45,7 +45,7 @@ def test_one_block_cuts_the_papers_share_of_flops(depth, cut):
 
 
 def recipe(batch):
-    return OmegaConf.structured(TrainConfig(batch_size=batch))
+    return train_config(batch_size=batch)
 
 
 def test_cpu_memory_grows_with_batch_and_drops_with_blocks():
@@ -252,7 +252,7 @@ def test_a_ticket_measured_beside_its_dense_network_under_load_is_within_bounds_
     ticket = remove_blocks(dense, [1])
     ctx = SimpleNamespace(device=CPU, cfg=OmegaConf.create({
         "measure": OmegaConf.structured(MeasureConfig(throughput_steps=6, warmup_steps=1, latency_repeats=6)),
-        "train": OmegaConf.structured(TrainConfig(batch_size=16, amp="off"))}))
+        "train": train_config(batch_size=16, amp="off")}))
     load = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         measured, _ = device_costs(ctx, [ticket, dense])

@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lottery.config import RobustnessConfig, TrainConfig
+from lottery.config import RobustnessConfig
 from lottery.training import data as D
 from lottery.training.sources import imagefolder
 from lottery.training.tasks import balanced_indices
-from tests.helpers import kind_config
+from tests.helpers import kind_config, train_config
 
 
 def cfg(name, **kw):
@@ -61,7 +61,7 @@ def test_crop_flip_matches_per_image_reference():
 
 def test_epoch_batches_depend_only_on_seed_and_epoch():
     ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
-    t = OmegaConf.structured(TrainConfig(batch_size=32))
+    t = train_config(batch_size=32)
 
     def batches(epoch):  # what the trainer's step gathers: the epoch's plan, each batch built on the device
         return [D.batch(ds, t, *planned)[0] for planned in D.epoch_plan(ds, t, seed=1, epoch=epoch)]
@@ -127,7 +127,7 @@ def balanced(labels, n_classes=4) -> bool:
 
 
 def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_path, monkeypatch):
-    from lottery.config import MeasureConfig, TrainConfig
+    from lottery.config import MeasureConfig
     from lottery.measure import robustness, similarity
     from lottery.networks.cifar_resnet import build
     from tests.helpers import resnet_plan
@@ -141,7 +141,7 @@ def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_pat
     monkeypatch.setattr(similarity, "features", lambda m, batches: seen.append(torch.cat([b[1] for b in batches]))
                         or torch.randn(sum(len(b[1]) for b in batches), 4))
     c = OmegaConf.create({"measure": OmegaConf.structured(MeasureConfig(cka_images=6)),
-                          "train": OmegaConf.structured(TrainConfig(eval_batch_size=4))})
+                          "train": train_config(eval_batch_size=4)})
     model = build(resnet_plan(8, num_classes=4))
     similarity.cka_to_dense(model, model, ds, c)
     assert len(seen[0]) == 6 and balanced(seen[0])

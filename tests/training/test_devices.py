@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lottery import networks
-from lottery.config import MeasureConfig, TrainConfig
+from lottery.config import MeasureConfig
 from lottery.errors import LotteryError
 from lottery.experiment import sweeps
 from lottery.measure import carbon, costs
@@ -20,7 +20,7 @@ from lottery.pruning.criteria import CRITERIA
 from lottery.training import devices, trainer
 from lottery.training.data import SOURCES, load_dataset
 from lottery.training.trainer import Job, make_optimizer, train
-from tests.helpers import kind_config, resnet_plan
+from tests.helpers import kind_config, resnet_plan, train_config
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ def data(n=70):
 
 
 def recipe(**kw):
-    return OmegaConf.structured(TrainConfig(epochs=2, milestones=[1], batch_size=32, progress=False, **kw))
+    return train_config(epochs=2, milestones=[1], batch_size=32, progress=False, **kw)
 
 
 class Counting(TorchDispatchMode):
@@ -54,7 +54,7 @@ def test_an_epoch_reads_the_device_once_however_many_steps_it_takes():
 
 
 def test_compile_captures_one_graph_per_architecture_without_recompiling():
-    """Static shapes: the epoch's last partial batch (70 = 2 x 32 + 6) is dropped, so no second
+    """Static shapes: the epoch's last partial batch (70 = 2 x 32 + 6) runs eagerly, so no second
     shape recompiles; a second architecture (a ticket) starts from reset caches."""
     ds, t = data(70), recipe(compile=True, compile_backend="eager")
     torch.manual_seed(0)
@@ -67,13 +67,29 @@ def test_compile_captures_one_graph_per_architecture_without_recompiling():
     assert train(eager, ds, Job(recipe(), 0, CPU)).compiled == "no"
 
 
-def test_a_compiled_recipe_drops_the_last_partial_batch_for_dense_and_ticket_alike():
+def test_compiling_never_changes_what_is_trained_only_a_captured_graph_drops_the_partial_batch():
+    """Compile is how a step runs (not part of a trial's identity): a compiled recipe trains every
+    batch an eager one does, its partial batch eagerly, to the same weights (dynamo with the eager
+    backend runs the same kernels); only a captured CUDA graph drops the partial batch."""
     from lottery.training.data import epoch_plan, num_batches
 
     ds = data(70)
     assert [len(i) for i, _, _ in epoch_plan(ds, recipe(), 0, 0)] == [32, 32, 6]
-    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(compile=True), 0, 0)] == [32, 32]
-    assert num_batches(70, recipe(cuda_graph=True)) == 2 and num_batches(70, recipe()) == 3
+    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(compile=True), 0, 0)] == [32, 32, 6]
+    assert num_batches(70, recipe(compile=True)) == 3 and num_batches(70, recipe(cuda_graph=True)) == 2
+    weights = []
+    for t in (recipe(amp="off"), recipe(amp="off", compile=True, compile_backend="eager")):
+        torch.manual_seed(0)
+        model = build(resnet_plan(8))
+        done = train(model, ds, Job(t, 0, CPU))
+        weights.append(model.state_dict())
+    assert done.compiled == "stayed"
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_training_refuses_a_path_left_unsettled():
+    with pytest.raises(ValueError, match="settled"):
+        train(build(resnet_plan(8)), data(70), Job(train_config(epochs=1, milestones=[], compile=None), 0, CPU))
 
 
 def test_kept_rewind_points_are_written_once_and_the_state_at_most_every_save_every_s(tmp_path, monkeypatch):
@@ -83,7 +99,7 @@ def test_kept_rewind_points_are_written_once_and_the_state_at_most_every_save_ev
     real = T.save_atomic
     monkeypatch.setattr(T, "save_atomic", lambda obj, path: written.append(path.name) or real(obj, path))
     torch.manual_seed(0)
-    t = OmegaConf.structured(TrainConfig(epochs=4, milestones=[2], batch_size=32, progress=False, save_every_s=3600))
+    t = train_config(epochs=4, milestones=[2], batch_size=32, progress=False, save_every_s=3600)
     done = train(build(resnet_plan(8)), data(64), Job(t, 0, CPU, keep=frozenset({0, 2}), state_path=tmp_path / "s.pt"))
     # each kept point once; the state once, at the end (an hour between saves)
     assert sorted(written) == ["s.optim_0.pt", "s.optim_2.pt", "s.pt", "s.theta_0.pt", "s.theta_2.pt"]
@@ -93,7 +109,7 @@ def test_kept_rewind_points_are_written_once_and_the_state_at_most_every_save_ev
 
 def test_a_resumed_training_reads_its_kept_points_back(tmp_path):
     torch.manual_seed(0)
-    t = OmegaConf.structured(TrainConfig(epochs=3, milestones=[2], batch_size=32, progress=False, save_every_s=0))
+    t = train_config(epochs=3, milestones=[2], batch_size=32, progress=False, save_every_s=0)
     model, ds = build(resnet_plan(8)), data(64)
     first = train(copy.deepcopy(model), ds, Job(t, 0, CPU, keep=frozenset({1}), state_path=tmp_path / "s.pt", stop=2))
     again = train(copy.deepcopy(model), ds, Job(t, 0, CPU, keep=frozenset({1}), state_path=tmp_path / "s.pt"))

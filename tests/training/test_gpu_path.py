@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from lottery import networks
-from lottery.config import TrainConfig
 from lottery.errors import first_cause
 from lottery.measure import costs
 from lottery.networks.cifar_resnet import build
@@ -21,7 +20,7 @@ from lottery.pruning.criteria import CRITERIA, ScoringSet
 from lottery.training import devices, trainer
 from lottery.training.data import SOURCES, Split, batch, epoch_plan, load_dataset, scoring_set
 from lottery.training.trainer import Job, cpu_tree, current_lr, load_optimizer, make_optimizer, train
-from tests.helpers import FAKE_CUDA, fake_cuda, kind_config, on_fake_cuda, resnet_plan
+from tests.helpers import FAKE_CUDA, fake_cuda, kind_config, on_fake_cuda, resnet_plan, train_config
 
 CPU = torch.device("cpu")
 
@@ -31,8 +30,8 @@ def data(n=64):
 
 
 def recipe(**kw):
-    return OmegaConf.structured(TrainConfig(**{"epochs": 3, "milestones": [2], "batch_size": 32, "progress": False,
-                                               "amp": "off", "save_every_s": 0, **kw}))
+    return train_config(**{"epochs": 3, "milestones": [2], "batch_size": 32, "progress": False, "amp": "off",
+                           "save_every_s": 0, **kw})
 
 
 @pytest.fixture
@@ -265,20 +264,6 @@ def test_a_fallback_names_the_first_cause_and_survives_a_cycle():
     looped = RuntimeError("wraps itself")
     looped.__cause__ = looped
     assert first_cause(looped) is looped
-
-
-@pytest.fixture
-def failing_backend():
-    """A torch.compile backend that fails the way a host without a working compiler does."""
-    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
-
-    def broken(gm, example_inputs):
-        raise OSError("no C compiler found for Triton")
-
-    register_backend(broken, name="lottery_test_broken")
-    yield "lottery_test_broken"
-    _COMPILER_FNS.pop("lottery_test_broken", None)
-    torch._dynamo.reset()
 
 
 def test_a_compile_that_fails_says_so_once_and_trains_the_eager_network(failing_backend, caplog):

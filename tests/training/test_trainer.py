@@ -7,11 +7,10 @@ import time
 import pytest
 import torch
 
-from lottery.config import TrainConfig
 from lottery.networks.cifar_resnet import build
 from lottery.training.data import SOURCES, load_dataset
 from lottery.training.trainer import Job, lr_at, train
-from tests.helpers import REPO, compose_cfg, kind_config, resnet_plan
+from tests.helpers import REPO, compose_cfg, kind_config, resnet_plan, train_config
 
 CPU = torch.device("cpu")
 
@@ -23,9 +22,8 @@ def small_data():
 
 
 def recipe(**kw):
-    from omegaconf import OmegaConf
 
-    return OmegaConf.structured(TrainConfig(epochs=6, milestones=[2, 4], batch_size=32, progress=False, **kw))
+    return train_config(epochs=6, milestones=[2, 4], batch_size=32, progress=False, **kw)
 
 
 def test_multistep_schedule():
