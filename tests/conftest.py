@@ -11,7 +11,7 @@ import torch
 
 from lottery.config import register
 from lottery.experiment import sweeps
-from tests.helpers import compose_cfg
+from tests.helpers import PINNED, compose_cfg
 
 register()
 # Each pytest-xdist worker gets its share of the cores (oversubscribed OpenMP threads spin and crawl).
@@ -102,7 +102,7 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(sweeps, "SWEEPS", folder)
     return ["tiny", "--profile", "smoke", f"paths.root={tmp_path / 'root'}", "measure.enabled=false",
             "robustness.enabled=false", "measure.carbon=false", "threads=1", "tracking.log_model=false", "device=cpu",
-            "data.train_size=128"]
+            "data.train_size=128", *PINNED]
 
 
 @pytest.fixture

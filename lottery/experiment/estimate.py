@@ -117,7 +117,8 @@ def _rate(m: dict, epochs: int) -> float:
 
 def timed_speed(cfg: TrialConfig) -> Speed:
     """A few timed training steps of the dense network on this machine, on the first path its
-    trials may take (the default where the config leaves it open: an estimate never compiles)."""
+    trials may take (the default where the config leaves it open: an estimate compiles only what
+    the config compiles)."""
     device = pick_device(cfg.device)
     t = fast_path.candidates(cfg)[0].recipe(cfg.train)
     model = prepare(networks.build(cfg.model, shape_of(cfg.data)), device, t.channels_last)

@@ -110,18 +110,23 @@ def settle(cfg: TrialConfig, device: torch.device) -> Settled:
     under the store's lock, so concurrent trials time once, one after another."""
     paths = candidates(cfg)
     if len(paths) == 1:
-        return Settled(paths[0], "set in the config")
+        return Settled(paths[0], "the only path open")
     store = Path(cfg.store.root)
     store.mkdir(parents=True, exist_ok=True)
     first = [p for p in paths if p.compile == paths[0].compile]
     with FileLock(str(store / FILE) + ".lock"):
         book = _read(store / FILE)
-        entry, timed = _entry(cfg, device, book, first, None)
-        training_s = _training_images(cfg) / entry["img_s"][str(paths[0])]
-        worth = len(first) < len(paths) and training_s >= WORTH_COMPILING_S
-        if worth:
-            entry, more = _entry(cfg, device, book, paths, entry)
-            timed = timed or more
+        try:
+            entry, timed = _entry(cfg, device, book, first, None)
+            training_s = _training_images(cfg) / entry["img_s"][str(paths[0])]
+            worth = len(first) < len(paths) and training_s >= WORTH_COMPILING_S
+            if worth:
+                entry, more = _entry(cfg, device, book, paths, entry)
+                timed = timed or more
+        except torch.OutOfMemoryError:  # copies of every candidate at once: more than one training holds
+            log.warning("fast path: out of memory timing %d paths at once; training on %s, untimed", len(paths),
+                        paths[0])
+            return Settled(paths[0], "untimed: out of memory timing the candidates together")
         if timed:
             write_json(store / FILE, book)
     rates = {p: entry["img_s"][str(p)] for p in paths if str(p) in entry["img_s"]}
@@ -152,7 +157,8 @@ def _entry(cfg: TrialConfig, device: torch.device, book: dict, paths: list[FastP
         entry["img_s"], entry["compile_s"] = _rates(cfg, device, paths, strict=eager is not None)
     except torch._dynamo.exc.TorchDynamoException as e:  # a compiler's failure: the eager paths alone
         why = one_line(first_cause(e))
-        log.warning("fast path: compiling fails on this host (%s); choosing among the eager paths", why)
+        log.warning("fast path: compiling fails on this host (%s); choosing among the eager paths (remembered in "
+                    "%s: delete it to time again)", why, Path(cfg.store.root) / FILE)
         entry["img_s"], entry["compile_failed"] = dict(eager["img_s"]), why
     book[content_key(key)] = entry
     return entry, True
@@ -161,12 +167,16 @@ def _entry(cfg: TrialConfig, device: torch.device, book: dict, paths: list[FastP
 def _read(path: Path) -> dict:
     """The remembered timings; none where the file is missing or unreadable (then timed again and rewritten)."""
     try:
-        return json.loads(path.read_text())
+        book = json.loads(path.read_text())
+        if isinstance(book, dict):
+            return book
+        why = "not a JSON object"
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        log.warning("%s is unreadable (%s); timing the fast path again", path, type(e).__name__)
-        return {}
+        why = type(e).__name__
+    log.warning("%s is unreadable (%s); timing the fast path again", path, why)
+    return {}
 
 
 def kind_of(device: torch.device) -> str:

@@ -190,10 +190,10 @@ def run(cfg: TrialConfig, overrides: list[str] = (), tags: dict | None = None, j
         torch.set_num_threads(cfg.threads)
     configure(ctx.device, cfg.train)
     log.info("device: %s", name_of(ctx.device))
+    warn_if_slow(ctx)
     settled = fast_path.settle(cfg, ctx.device)  # layout and compile, before any network is built
     settled.apply(cfg.train)
     ctx.fast_path = settled.tag
-    warn_if_slow(ctx)
     try:
         return _run(ctx, overrides, tags)
     except RuntimeError as e:

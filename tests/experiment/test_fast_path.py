@@ -60,7 +60,7 @@ def test_an_identity_never_holds_the_path(tmp_path):
 def test_a_path_the_config_sets_is_taken_without_timing(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_path, "_rates", lambda *a: pytest.fail("timed a path the config set"))
     settled = settle(open_cfg(tmp_path, "train.channels_last=false", "train.compile=false"), CPU)
-    assert settled.path == EAGER_CONTIGUOUS and settled.tag == "eager contiguous (set in the config)"
+    assert settled.path == EAGER_CONTIGUOUS and settled.tag == "eager contiguous (the only path open)"
     assert not (tmp_path / "store" / fast_path.FILE).exists()
 
 
@@ -71,7 +71,7 @@ def test_the_paths_are_timed_once_and_remembered_compile_only_for_a_long_trainin
         timed.append([str(p) for p in paths])
         figures = {"eager channels_last": 1000.0, "eager contiguous": 1200.0, "compiled channels_last": 2000.0,
                    "compiled contiguous": 1900.0}
-        return {str(p): figures[str(p)] for p in paths}, 40.0
+        return {str(p): figures[str(p)] for p in paths}, 40.0 if any(p.compile for p in paths) else None
 
     monkeypatch.setattr(fast_path, "_rates", rates)
     short = open_cfg(tmp_path)  # 512 images x 4 epochs: ~2 s at 1000 img/s
@@ -86,9 +86,11 @@ def test_the_paths_are_timed_once_and_remembered_compile_only_for_a_long_trainin
     assert timed[1:] == [[str(p) for p in candidates(long)]]  # all again, taking turns
     assert settled.path == COMPILED and "a compile 40 s, training ~1024 s" in settled.tag
     book = json.loads((tmp_path / "store" / fast_path.FILE).read_text())
-    assert sorted(e["compile_s"] for e in book.values()) == [40.0, 40.0]  # the eager entry, then all together
+    assert [e["compile_s"] for e in book.values()] == [None, 40.0]  # the eager entry, then all together
     later = settle(short, CPU)  # what the long training timed never changes a short one's path
     assert later.path == first.path and later.figures == first.figures and len(timed) == 2
+    again = settle(long, CPU)
+    assert again.path == COMPILED and again.how.startswith("remembered from") and len(timed) == 2
     settle(open_cfg(tmp_path, "train.batch_size=16"), CPU)  # another recipe times again
     assert len(timed) == 3
 
@@ -144,3 +146,13 @@ def test_a_trial_trains_on_the_settled_path_and_tags_it(tmp_path, tracking_uri):
     dense_run = mlflow.MlflowClient(tracking_uri).get_run(tags["dense_run_id"]).data.tags
     assert dense_run["fast_path"] == tags["fast_path"]  # dense and ticket on one path
     assert f"channels_last={chosen.endswith('channels_last')} compile=False" in dense_run["train_conditions"]
+
+
+def test_out_of_memory_timing_the_candidates_trains_on_the_first_untimed(tmp_path, monkeypatch):
+    def rates(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(fast_path, "_rates", rates)
+    settled = settle(open_cfg(tmp_path), CPU)
+    assert settled.path == DEFAULT and "untimed: out of memory" in settled.tag
+    assert not (tmp_path / "store" / fast_path.FILE).exists()  # nothing remembered: next time it may fit

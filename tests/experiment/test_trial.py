@@ -173,6 +173,7 @@ COST_KEYS = ["flops", "dense_flops", "flops_reduction_pct", "params", "dense_par
              "dense_train_seconds", "speedup", "throughput_img_s", "dense_throughput_img_s", "latency_ms_b1",
              "co2_kg", "dense_co2_kg", "co2_reduction_pct", "energy_kwh", "cifar10c_accuracy",
              "dense_cifar10c_accuracy", "cifar10c_delta_pp", "cka"]
+WALL_TIME_KEYS = {"co2_reduction_pct"}
 CIFAR102_KEYS = ["cifar102_accuracy", "dense_cifar102_accuracy", "cifar102_delta_pp"]
 
 
@@ -182,7 +183,8 @@ def test_a_smoke_trial_logs_every_cost_key(shared):
     out = trial.run(cfg)
     ticket = next(r for r in runs(cfg, "ticket") if r.info.run_id == out["run_id"])
     m, tags = ticket.data.metrics, ticket.data.tags
-    assert set(COST_KEYS) <= set(m), set(COST_KEYS) - set(m)
+    missing = set(COST_KEYS) - set(m)  # a figure from wall times is left out, and says why, on a busy machine
+    assert all(k in WALL_TIME_KEYS and f"{k.removesuffix('_pct')}_unreliable" in tags for k in missing), missing
     assert not set(CIFAR102_KEYS) & set(m)  # absent, not zero
     assert tags["cifar102"] == "absent" and tags["cifar10c_source"] == "regenerated"
     assert tags["cifar10c_sets"] == "8" and tags["power_source"] in ("measured", "estimated")

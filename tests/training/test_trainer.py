@@ -10,7 +10,7 @@ import torch
 from lottery.networks.cifar_resnet import build
 from lottery.training.data import SOURCES, load_dataset
 from lottery.training.trainer import Job, lr_at, train
-from tests.helpers import REPO, compose_cfg, kind_config, resnet_plan, train_config
+from tests.helpers import PINNED, REPO, compose_cfg, kind_config, resnet_plan, train_config
 
 CPU = torch.device("cpu")
 
@@ -78,7 +78,8 @@ def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path, new_sto
               "train.save_every_s=0",
               "train.milestones=[2]", f"tracking.uri={new_store(tmp_path / 'db.sqlite')}", "tracking.log_model=false",
               f"threads={torch.get_num_threads()}",  # both runs alike: a thread count can change the sums
-              f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+              f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}",
+              *PINNED]  # the CLI's runs on the path the clean run takes
 
     def cli(store, **kw):
         return subprocess.Popen([sys.executable, "-m", "lottery", *common, f"store.root={store}"],
