@@ -3,7 +3,8 @@
 (a) training throughput of lottery's trainer, at the default precision (``amp=auto``: bf16 where
 the device has it) and at fp32, both on the fast path a paper-profile trial settles on here
 (layout and compile, timed as ``lottery.experiment.fast_path`` times them), vs a plain fp32
-PyTorch loop (PIL transforms, DataLoader with workers, standard step), same device, model, batch, optimizer and images; (b) achieved training
+PyTorch loop (PIL transforms, DataLoader with workers, standard step), same device, model,
+batch, optimizer and images; (b) achieved training
 FLOP/s as a fraction of the device's peak in the dtype actually used (the better of a large matmul
 and a large convolution), measured in the same run; (c) scoring
 time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
@@ -255,10 +256,9 @@ def main(argv=None) -> int:
 
     dtype = precision(device, args.amp)
     settled = settled_path(args, device)
-    ours = lottery_throughput(args, data, device, args.amp, **settled.path.settings,
-                              compile_backend=args.compile_backend)
-    fp32 = lottery_throughput(args, data, device, "off", **settled.path.settings,  # the same path: precision alone
-                              compile_backend=args.compile_backend)
+    path = {**settled.path.settings, "compile_backend": args.compile_backend}
+    ours = lottery_throughput(args, data, device, args.amp, **path)
+    fp32 = lottery_throughput(args, data, device, "off", **path)  # the same path: precision alone differs
     ref = reference_throughput(args, data, device)
     grid = {} if args.no_grid else {
         f"{'compiled' if c else 'eager'}_{'channels_last' if cl else 'contiguous'}":

@@ -33,6 +33,7 @@ from benchmarks.gpu import concurrent_rate, epochs_for, trainer_rate  # noqa: E4
 from lottery import networks  # noqa: E402
 from lottery.config import TrainConfig  # noqa: E402
 from lottery.errors import one_line  # noqa: E402
+from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.measure import costs  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.training.data import CIFAR  # noqa: E402
@@ -112,7 +113,7 @@ def same_seed_smoke_trials() -> dict:
 def ballast() -> dict:
     device = torch.device("cuda")
     model = resnet(32, CIFAR).to(device).to(memory_format=torch.channels_last)
-    t = TrainConfig(batch_size=128, channels_last=True, compile=False)
+    t = TrainConfig(batch_size=128, **DEFAULT.settings)
     alone, _ = costs.training_memory(model, t, device)
     extra = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     beside, _ = costs.training_memory(model, t, device)

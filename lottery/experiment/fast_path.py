@@ -4,9 +4,9 @@ contiguous) and whether the network is compiled, chosen per device, precision an
 Both say how a step runs, never what it trains (a compiled step takes an epoch's last partial
 batch eagerly), so neither is part of a trial's identity. A setting the config leaves null is
 chosen by timing the recipe's own training step on this device (``costs.throughputs``: the
-candidates take turns step by step), and the choice's figures are remembered in the store
-(``fast_path.json``), so every later trial of the architecture on this machine takes the same
-path and gives the same numbers. A setting the config gives is kept (docs/design.md §5.1).
+candidates take turns step by step), and the figures are remembered in the store
+(``fast_path.json``), so a config takes the same path in that store every time and gives the
+same numbers. A setting the config gives is kept (docs/design.md §5.1).
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from omegaconf import OmegaConf
 from lottery import networks
 from lottery.config import TrainConfig, TrialConfig
 from lottery.errors import first_cause, one_line
-from lottery.experiment.identity import section
 from lottery.files import content_key, write_json
 from lottery.measure.costs import throughputs
 from lottery.training.data import shape_of, train_images
-from lottery.training.devices import name_of, precision
+from lottery.training.devices import model_of, precision
 from lottery.training.trainer import prepare
 
 log = logging.getLogger("lottery")
@@ -88,7 +87,7 @@ def decide(rates: dict[FastPath, float], default: FastPath, training_s: float, c
 @dataclass
 class Settled:
     path: FastPath
-    how: str  # set in the config | timed here | remembered from <when>
+    how: str  # the only path open | timed here | remembered from <when> | untimed: <why>
     figures: str = ""  # the timed rates, and why compile was not tried
 
     @property
@@ -179,20 +178,16 @@ def _read(path: Path) -> dict:
     return {}
 
 
-def kind_of(device: torch.device) -> str:
-    """The device as a timing depends on it: its model (not its index: a multi-GPU box's jobs
-    share one figure, and a ticket on cuda:1 trains as its dense network did on cuda:0), and a
-    CPU's threads."""
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else name_of(device)
-
-
 def book_key(cfg: TrialConfig, device: torch.device, paths: list[FastPath]) -> dict:
-    """What a timing depends on: the device and its threads, precision, the recipe's step, the
-    architecture and its input, torch's version, and the candidates."""
+    """What a timing depends on: the device's model (not its index: a multi-GPU box's jobs share
+    one figure, and a ticket on cuda:1 trains as its dense network did on cuda:0) and threads,
+    precision, the recipe's step, the architecture (its config: pretrained weights by their folder,
+    not hashed again) and its input, torch's version, and the candidates."""
     t, shape = cfg.train, shape_of(cfg.data)
-    return {"device": kind_of(device), "precision": precision(device, t.amp), "deterministic": bool(t.deterministic),
+    return {"device": model_of(device), "precision": precision(device, t.amp), "deterministic": bool(t.deterministic),
             "batch_size": t.batch_size, "cuda_graph": bool(t.cuda_graph), "compile_backend": t.compile_backend,
-            "model": section(cfg, "model"), "input": list(shape.input), "classes": shape.classes,
+            "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True), "input": list(shape.input),
+            "classes": shape.classes,
             "torch": torch.__version__, "candidates": [str(p) for p in paths]}
 
 
@@ -212,7 +207,8 @@ def _rates(cfg: TrialConfig, device: torch.device, paths: list[FastPath],
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
         base = networks.build(cfg.model, shape_of(cfg.data))
-        models = [prepare(copy.deepcopy(base), device, p.channels_last) for p in paths]
+        placed = {cl: prepare(copy.deepcopy(base), device, cl) for cl in {p.channels_last for p in paths}}
+        models = [placed[p.channels_last] for p in paths]  # (each timed on a copy of its own)
         began = time.perf_counter()
         samples = throughputs(models, [p.recipe(cfg.train) for p in paths], device, m.throughput_steps, m.warmup_steps,
                               strict=strict)

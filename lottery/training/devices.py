@@ -43,6 +43,11 @@ def pick_device(name: str, job: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def model_of(device: torch.device) -> str:
+    """What a device's speed depends on: a GPU's model (not its index), a CPU and its threads."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else name_of(device)
+
+
 def name_of(device: torch.device) -> str:
     """The device by its name, e.g. ``cuda:1 (NVIDIA H200)`` or ``cpu (AMD EPYC ..., 2 threads)``."""
     if device.type == "cuda":
