@@ -8,8 +8,10 @@ batch, optimizer and images; (b) achieved training
 FLOP/s as a fraction of the device's peak in the dtype actually used (the better of a large matmul
 and a large convolution), measured in the same run; (c) scoring
 time of every criterion on ResNet56 with its default scoring set; (d) MLflow + codecarbon time
-per trial against the trial's own time. Figures are ratios and medians of repeats, never
-asserted in tests. Usage: ``python benchmarks/bench.py [--json PATH] [--model 32] ...``.
+per trial against the trial's own time. The rates of (a) are taken in rounds, every variant once
+per round, and each ratio is the median of its rounds' ratios: on a shared host whose speed drifts,
+rates timed minutes apart are not comparable. Figures are never asserted in tests.
+Usage: ``python benchmarks/bench.py [--json PATH] [--model 32] ...``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery.config import CONF, DataConfig, MeasureConfig, TrackingConfig, TrainConfig, register  # noqa: E402
 from lottery.experiment import fast_path  # noqa: E402
-from lottery.experiment.fast_path import DEFAULT  # noqa: E402
+from lottery.experiment.fast_path import DEFAULT, FastPath  # noqa: E402
 from lottery.measure import carbon  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
@@ -77,20 +79,17 @@ def settled_path(args, device) -> fast_path.Settled:
             return fast_path.settle(cfg, device)
 
 
-def lottery_throughput(args, data, device, amp: str, **variant) -> float:
-    """Images/s of lottery.training.trainer.train over its second epoch of ``steps`` batches (the
-    first warms the fresh network up), the median of ``repeats`` networks; configured as a trial
-    configures it (``devices.configure``), the global settings put back afterwards."""
+def trainer_rate(args, data, device, amp: str, repeat: int, **variant) -> float:
+    """Images/s of lottery.training.trainer.train over its second epoch of ``steps`` batches on a
+    fresh network (the first epoch warms it up), configured as a trial configures it
+    (``devices.configure``), the global settings put back afterwards."""
     t = recipe(args, amp, **variant)
-    times = []
     with restored():
         configure(device, t)
-        for r in range(args.repeats):
-            torch.manual_seed(0)
-            model = prepare(resnet(args.model, CIFAR), device, t.channels_last)
-            done = train(model, data, Job(t, r, device))
-            times.append(len(data.train) / done.history[-1]["epoch_seconds"])
-    return statistics.median(times)
+        torch.manual_seed(0)
+        model = prepare(resnet(args.model, CIFAR), device, t.channels_last)
+        done = train(model, data, Job(t, repeat, device))
+    return len(data.train) / done.history[-1]["epoch_seconds"]
 
 
 @contextlib.contextmanager
@@ -121,37 +120,64 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def reference_throughput(args, data, device) -> float:
-    """Images/s of the plain loop (DataLoader with workers, per-image transforms, standard step,
-    plain settings) over its second epoch on a fresh network, the median of ``repeats``: measured
-    as the trainer is."""
+def reference_loader(args, data, device) -> torch.utils.data.DataLoader:
+    """The plain loop's input: PIL images transformed one by one by ``workers`` processes."""
     images = data.train.x.permute(0, 2, 3, 1).cpu().numpy()
     ds = PilDataset(images, data.train.y.cpu().numpy(), data.mean.flatten().tolist(), data.std.flatten().tolist())
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                         drop_last=True, pin_memory=device.type == "cuda",
-                                         persistent_workers=args.workers > 0)
+    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                       drop_last=True, pin_memory=device.type == "cuda",
+                                       persistent_workers=args.workers > 0)
+
+
+def reference_rate(args, loader, device) -> float:
+    """Images/s of the plain loop (standard step, plain settings) over its second epoch on a fresh
+    network: measured as the trainer is."""
     t = recipe(args)
-    times = []
     with plain():
-        for _ in range(args.repeats):
-            torch.manual_seed(0)
-            model = resnet(args.model, CIFAR).to(device)
-            opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
-                                  weight_decay=t.weight_decay)
-            model.train()
-            for epoch in range(2):  # the first warms up
-                synchronize(device)
-                began, seen = time.perf_counter(), 0
-                for x, y in loader:
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    opt.zero_grad()
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
-                    opt.step()
-                    seen += len(y)
-                synchronize(device)
-            times.append(seen / (time.perf_counter() - began))
-    return statistics.median(times)
+        torch.manual_seed(0)
+        model = resnet(args.model, CIFAR).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                              weight_decay=t.weight_decay)
+        model.train()
+        for epoch in range(2):  # the first warms up
+            synchronize(device)
+            began, seen = time.perf_counter(), 0
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                seen += len(y)
+            synchronize(device)
+    return seen / (time.perf_counter() - began)
+
+
+def rates(args, data, device, settled: FastPath) -> dict[str, list[float]]:
+    """Each timed variant's img/s, one per repeat: the trainer at the default precision on every
+    path of the grid (or on the settled one alone), at fp32 on the settled one, and the plain loop.
+    A repeat times all of them back to back, so each ratio compares rates taken within a minute or
+    two of each other (a shared host's speed drifts by tens of percent over a few minutes)."""
+    grid = [settled] if args.no_grid else [FastPath(cl, c) for c in (False, True) for cl in (True, False)]
+    variants = {cell(p): (args.amp, p) for p in grid} | {"fp32": ("off", settled)}
+    loader = reference_loader(args, data, device)
+    out = {name: [] for name in [*variants, "reference"]}
+    for r in range(args.repeats):
+        for name, (amp, path) in variants.items():
+            out[name].append(trainer_rate(args, data, device, amp, r, **path.settings,
+                                          compile_backend=args.compile_backend))
+        out["reference"].append(reference_rate(args, loader, device))
+    return out
+
+
+def cell(path: FastPath) -> str:
+    return str(path).replace(" ", "_")
+
+
+def ratio(a: list[float], b: list[float]) -> tuple[float, list[float]]:
+    """The median of the per-repeat ratios a[r] / b[r], and those ratios."""
+    each = [x / y for x, y in zip(a, b)]
+    return statistics.median(each), each
 
 
 def training_flops_per_image(args, device) -> float:
@@ -235,7 +261,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per timed epoch (default: 16 on a CPU, 200 on a GPU: about 2 s either way)")
-    p.add_argument("--repeats", type=int, default=3, help="fresh networks timed, each after a warm-up epoch")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds of timings, each variant once per round on a fresh network after a warm-up epoch")
     p.add_argument("--no-grid", action="store_true", help="skip the eager/compiled x layout grid of the trainer")
     p.add_argument("--compile-backend", default="inductor", help="the grid's torch.compile backend")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
@@ -256,15 +283,13 @@ def main(argv=None) -> int:
 
     dtype = precision(device, args.amp)
     settled = settled_path(args, device)
-    path = {**settled.path.settings, "compile_backend": args.compile_backend}
-    ours = lottery_throughput(args, data, device, args.amp, **path)
-    fp32 = lottery_throughput(args, data, device, "off", **path)  # the same path: precision alone differs
-    ref = reference_throughput(args, data, device)
-    grid = {} if args.no_grid else {
-        f"{'compiled' if c else 'eager'}_{'channels_last' if cl else 'contiguous'}":
-            lottery_throughput(args, data, device, args.amp, compile=c, channels_last=cl,
-                               compile_backend=args.compile_backend)
-        for c in (False, True) for cl in (True, False)}
+    timed = rates(args, data, device, settled.path)
+    rate = {name: statistics.median(each) for name, each in timed.items()}
+    ours, fp32, ref = rate[cell(settled.path)], rate["fp32"], rate["reference"]
+    vs_ref, vs_ref_each = ratio(timed[cell(settled.path)], timed["reference"])
+    fp32_vs_ref, _ = ratio(timed["fp32"], timed["reference"])
+    amp_speedup, _ = ratio(timed[cell(settled.path)], timed["fp32"])
+    grid = {} if args.no_grid else {name: v for name, v in rate.items() if name not in ("fp32", "reference")}
     flops = training_flops_per_image(args, device)
     peak = peak_flops(device, dtype)
     peak_fp32 = peak if dtype == "fp32" else peak_flops(device, "fp32")
@@ -276,7 +301,8 @@ def main(argv=None) -> int:
                   f"({torch.get_num_threads()} threads)",
         "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp, "dtype": dtype,
         "fast_path": settled.tag, "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
-        "trainer_vs_reference": ours / ref, "trainer_fp32_vs_reference": fp32 / ref, "amp_speedup": ours / fp32,
+        "trainer_vs_reference": vs_ref, "trainer_vs_reference_per_repeat": vs_ref_each, "rounds_img_s": timed,
+        "trainer_fp32_vs_reference": fp32_vs_ref, "amp_speedup": amp_speedup,
         "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
         "peak_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
         "peak_fp32_tflop_s": peak_fp32 / 1e12, "fp32_fraction_of_peak": fp32 * flops / peak_fp32,
@@ -285,8 +311,8 @@ def main(argv=None) -> int:
     }
     print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp} -> {dtype}")
     print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s"
-          f" | {dtype} trainer / loop {ours / ref:5.2f}x, fp32 trainer / loop {fp32 / ref:5.2f}x,"
-          f" amp_speedup {ours / fp32:5.2f}x")
+          f" | {dtype} trainer / loop {vs_ref:5.2f}x (per repeat " + ", ".join(f"{x:.2f}" for x in vs_ref_each)
+          + f"), fp32 trainer / loop {fp32_vs_ref:5.2f}x, amp_speedup {amp_speedup:5.2f}x")
     print(f"    the trainer's path: {settled.tag}")
     if grid:
         print(f"    trainer {dtype} grid (img/s): " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items()))

@@ -45,8 +45,21 @@ def test_bench_runs_and_writes_every_key(bench):
 def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(bench):
     _, f = bench
     assert f["amp_speedup"] == pytest.approx(f["trainer_img_s"] / f["trainer_fp32_img_s"])
-    assert f["trainer_vs_reference"] == pytest.approx(f["trainer_img_s"] / f["reference_img_s"])
+    assert f["trainer_vs_reference"] == pytest.approx(f["trainer_img_s"] / f["reference_img_s"])  # one round
+    assert f["trainer_vs_reference_per_repeat"] == [pytest.approx(f["trainer_vs_reference"])]
+    assert f["rounds_img_s"]["reference"] == [f["reference_img_s"]]  # every variant's rate of each round
+    assert set(f["rounds_img_s"]) == {*f["trainer_grid_img_s"], "fp32", "reference"}
     assert f["dtype"] == precision(torch.device("cpu"), "auto")
+    settled = f["fast_path"].split(" (")[0].replace(" ", "_")  # the trainer's rate is its path's cell of the grid
+    assert f["trainer_img_s"] == f["trainer_grid_img_s"][settled]
+
+
+def test_a_ratio_pairs_the_rates_of_one_round_not_the_medians_of_all():
+    from benchmarks.bench import ratio
+
+    # the host's speed drifted between rounds; in each round the trainer ran 1x, 2x and 1x the loop,
+    # which the medians of the rates alone (200 / 100) would call 2x
+    assert ratio([100.0, 200.0, 400.0], [100.0, 100.0, 400.0]) == (1.0, [1.0, 2.0, 1.0])
 
 
 def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):
