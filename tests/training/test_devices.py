@@ -226,22 +226,25 @@ def test_determinism_is_configured_by_the_recipe_and_recorded():
         train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))  # training leaves it alone
         assert torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "strict"
         assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
-    assert torch.utils.deterministic.fill_uninitialized_memory  # torch's default, back after the block
 
 
 def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_stays_bit_identical():
     """Deterministic algorithms fill every fresh tensor with NaN unless told not to (13 % of a bf16
     ResNet32 step on a CPU); no op of a step reads memory it has not written, so without the fill
     two same-seed trainings still agree to the bit."""
+    fill = torch.utils.deterministic
     with devices.restored():
-        devices.configure(CPU, recipe())
-        assert torch.are_deterministic_algorithms_enabled() and not torch.utils.deterministic.fill_uninitialized_memory
-        weights = []
-        for _ in range(2):
-            torch.manual_seed(0)
-            model = build(resnet_plan(8))
-            train(model, data(64), Job(recipe(amp="bf16"), 0, CPU))
-            weights.append([p.detach().clone() for p in model.parameters()])
+        fill.fill_uninitialized_memory = True  # torch's default (a trial run earlier in the process turned it off)
+        with devices.restored():
+            devices.configure(CPU, recipe())
+            assert torch.are_deterministic_algorithms_enabled() and not fill.fill_uninitialized_memory
+            weights = []
+            for _ in range(2):
+                torch.manual_seed(0)
+                model = build(resnet_plan(8))
+                train(model, data(64), Job(recipe(amp="bf16"), 0, CPU))
+                weights.append([p.detach().clone() for p in model.parameters()])
+        assert fill.fill_uninitialized_memory  # put back after the block
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
