@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery.config import CONF, DataConfig, MeasureConfig, TrackingConfig, TrainConfig, register  # noqa: E402
+from lottery.errors import LotteryError  # noqa: E402
 from lottery.experiment import fast_path  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT, FastPath  # noqa: E402
 from lottery.measure import carbon  # noqa: E402
@@ -153,21 +154,30 @@ def reference_rate(args, loader, device) -> float:
     return seen / (time.perf_counter() - began)
 
 
+GRID = [FastPath(channels_last, compiled) for compiled in (False, True) for channels_last in (True, False)]
+
+
 def rates(args, data, device, settled: FastPath) -> dict[str, list[float]]:
-    """Each timed variant's img/s, one per repeat: the trainer at the default precision on every
-    path of the grid (or on the settled one alone), at fp32 on the settled one, and the plain loop.
-    A repeat times all of them back to back, so each ratio compares rates taken within a minute or
-    two of each other (a shared host's speed drifts by tens of percent over a few minutes)."""
-    grid = [settled] if args.no_grid else [FastPath(cl, c) for c in (False, True) for cl in (True, False)]
-    variants = {cell(p): (args.amp, p) for p in grid} | {"fp32": ("off", settled)}
+    """Each timed variant's img/s, one per repeat: the trainer at the default precision on the
+    settled path, at fp32 there, the plain loop, then the rest of the grid (eager/compiled x
+    layout, unless ``--no-grid``). A repeat times them back to back, the three of the headline
+    ratios first, so each ratio compares rates taken within a minute of each other (a shared
+    host's speed drifts by tens of percent over a few minutes)."""
+    variants = {cell(settled): (args.amp, settled), "fp32": ("off", settled), "reference": None}
+    variants |= {cell(p): (args.amp, p) for p in ([] if args.no_grid else GRID) if p != settled}
     loader = reference_loader(args, data, device)
-    out = {name: [] for name in [*variants, "reference"]}
+    out = {name: [] for name in variants}
     for r in range(args.repeats):
-        for name, (amp, path) in variants.items():
-            out[name].append(trainer_rate(args, data, device, amp, r, **path.settings,
-                                          compile_backend=args.compile_backend))
-        out["reference"].append(reference_rate(args, loader, device))
+        for name, variant in variants.items():
+            out[name].append(reference_rate(args, loader, device) if variant is None else trainer_rate(
+                args, data, device, variant[0], r, **variant[1].settings, compile_backend=args.compile_backend))
     return out
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def cell(path: FastPath) -> str:
@@ -261,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per timed epoch (default: 16 on a CPU, 200 on a GPU: about 2 s either way)")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=positive, default=5,
                    help="rounds of timings, each variant once per round on a fresh network after a warm-up epoch")
     p.add_argument("--no-grid", action="store_true", help="skip the eager/compiled x layout grid of the trainer")
     p.add_argument("--compile-backend", default="inductor", help="the grid's torch.compile backend")
@@ -279,7 +289,10 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     args.steps = args.steps or (200 if device.type == "cuda" else 16)
-    data = load_dataset(data_config(args, args.steps * args.batch_size), device)
+    try:
+        data = load_dataset(data_config(args, args.steps * args.batch_size), device)
+    except LotteryError as e:  # a timed epoch is --steps batches of --batch-size images
+        p.error(f"--data: {e}; lower --steps or --batch-size")
 
     dtype = precision(device, args.amp)
     settled = settled_path(args, device)
@@ -287,9 +300,9 @@ def main(argv=None) -> int:
     rate = {name: statistics.median(each) for name, each in timed.items()}
     ours, fp32, ref = rate[cell(settled.path)], rate["fp32"], rate["reference"]
     vs_ref, vs_ref_each = ratio(timed[cell(settled.path)], timed["reference"])
-    fp32_vs_ref, _ = ratio(timed["fp32"], timed["reference"])
-    amp_speedup, _ = ratio(timed[cell(settled.path)], timed["fp32"])
-    grid = {} if args.no_grid else {name: v for name, v in rate.items() if name not in ("fp32", "reference")}
+    fp32_vs_ref, fp32_vs_ref_each = ratio(timed["fp32"], timed["reference"])
+    amp_speedup, amp_speedup_each = ratio(timed[cell(settled.path)], timed["fp32"])
+    grid = {} if args.no_grid else {cell(p): rate[cell(p)] for p in GRID}
     flops = training_flops_per_image(args, device)
     peak = peak_flops(device, dtype)
     peak_fp32 = peak if dtype == "fp32" else peak_flops(device, "fp32")
@@ -302,7 +315,8 @@ def main(argv=None) -> int:
         "model": f"resnet{args.model}", "batch_size": args.batch_size, "amp": args.amp, "dtype": dtype,
         "fast_path": settled.tag, "trainer_img_s": ours, "trainer_fp32_img_s": fp32, "reference_img_s": ref,
         "trainer_vs_reference": vs_ref, "trainer_vs_reference_per_repeat": vs_ref_each, "rounds_img_s": timed,
-        "trainer_fp32_vs_reference": fp32_vs_ref, "amp_speedup": amp_speedup,
+        "trainer_fp32_vs_reference": fp32_vs_ref, "trainer_fp32_vs_reference_per_repeat": fp32_vs_ref_each,
+        "amp_speedup": amp_speedup, "amp_speedup_per_repeat": amp_speedup_each,
         "training_gflop_per_image": flops / 1e9, "achieved_tflop_s": ours * flops / 1e12,
         "peak_tflop_s": peak / 1e12, "fraction_of_peak": ours * flops / peak,
         "peak_fp32_tflop_s": peak_fp32 / 1e12, "fp32_fraction_of_peak": fp32 * flops / peak_fp32,
@@ -310,9 +324,11 @@ def main(argv=None) -> int:
         "tracking_fraction_of_training": track / trial_seconds,
     }
     print(f"device {figures['device']}, ResNet{args.model}, batch {args.batch_size}, amp {args.amp} -> {dtype}")
-    print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s"
-          f" | {dtype} trainer / loop {vs_ref:5.2f}x (per repeat " + ", ".join(f"{x:.2f}" for x in vs_ref_each)
-          + f"), fp32 trainer / loop {fp32_vs_ref:5.2f}x, amp_speedup {amp_speedup:5.2f}x")
+    print(f"(a) trainer {dtype} {ours:8.1f} img/s | trainer fp32 {fp32:8.1f} img/s | plain fp32 loop {ref:8.1f} img/s")
+    headline = ((f"{dtype} trainer / loop", vs_ref, vs_ref_each),
+                ("fp32 trainer / loop", fp32_vs_ref, fp32_vs_ref_each), ("amp_speedup", amp_speedup, amp_speedup_each))
+    print("    " + "; ".join(f"{name} {median:5.2f}x (rounds {', '.join(f'{x:.2f}' for x in each)})"
+                             for name, median, each in headline))
     print(f"    the trainer's path: {settled.tag}")
     if grid:
         print(f"    trainer {dtype} grid (img/s): " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items()))

@@ -4,13 +4,14 @@ import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lottery.pruning.criteria import CRITERIA
 from lottery.training.devices import precision, restored
-from tests.helpers import REPO
+from tests.helpers import REPO, write_folder
 
 KEYS = {"trainer_img_s", "trainer_fp32_img_s", "reference_img_s", "trainer_vs_reference", "amp_speedup", "trainer_grid_img_s",
         "fraction_of_peak", "fp32_fraction_of_peak", "dtype", "criteria_seconds", "tracking_seconds", "device",
@@ -47,6 +48,8 @@ def test_bench_reports_the_amp_speedup_as_the_ratio_of_its_two_trainer_rates(ben
     assert f["amp_speedup"] == pytest.approx(f["trainer_img_s"] / f["trainer_fp32_img_s"])
     assert f["trainer_vs_reference"] == pytest.approx(f["trainer_img_s"] / f["reference_img_s"])  # one round
     assert f["trainer_vs_reference_per_repeat"] == [pytest.approx(f["trainer_vs_reference"])]
+    assert f["amp_speedup_per_repeat"] == [pytest.approx(f["amp_speedup"])]
+    assert f["trainer_fp32_vs_reference_per_repeat"] == [pytest.approx(f["trainer_fp32_vs_reference"])]
     assert f["rounds_img_s"]["reference"] == [f["reference_img_s"]]  # every variant's rate of each round
     assert set(f["rounds_img_s"]) == {*f["trainer_grid_img_s"], "fp32", "reference"}
     assert f["dtype"] == precision(torch.device("cpu"), "auto")
@@ -60,6 +63,37 @@ def test_a_ratio_pairs_the_rates_of_one_round_not_the_medians_of_all():
     # the host's speed drifted between rounds; in each round the trainer ran 1x, 2x and 1x the loop,
     # which the medians of the rates alone (200 / 100) would call 2x
     assert ratio([100.0, 200.0, 400.0], [100.0, 100.0, 400.0]) == (1.0, [1.0, 2.0, 1.0])
+
+
+def test_each_round_times_the_headline_ratios_rates_back_to_back_before_the_rest_of_the_grid(monkeypatch):
+    from benchmarks import bench
+
+    order = []
+    monkeypatch.setattr(bench, "reference_loader", lambda *a: None)
+    monkeypatch.setattr(bench, "reference_rate", lambda *a: order.append("reference") or 1.0)
+    monkeypatch.setattr(bench, "trainer_rate", lambda args, data, device, amp, r, **path: order.append(
+        (amp, bench.cell(bench.FastPath(path["channels_last"], path["compile"])))) or 1.0)
+    args = SimpleNamespace(repeats=2, no_grid=False, amp="bf16", compile_backend="eager")
+    settled = bench.FastPath(channels_last=False, compile=True)
+    out = bench.rates(args, None, None, settled)
+    first = [("bf16", "compiled_contiguous"), ("off", "compiled_contiguous"), "reference"]
+    rest = [("bf16", "eager_channels_last"), ("bf16", "eager_contiguous"), ("bf16", "compiled_channels_last")]
+    assert order == 2 * (first + rest)
+    assert set(out) == {"compiled_contiguous", "fp32", "reference", "eager_channels_last", "eager_contiguous",
+                        "compiled_channels_last"} and all(v == [1.0, 1.0] for v in out.values())
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--repeats", "0"], "--repeats: '0' is not a whole number >= 1"),
+    (["--steps", "2", "--batch-size", "16"], "--data: asked for 32 examples, the split has only 18; lower --steps or "
+                                             "--batch-size"),
+])
+def test_bad_bench_arguments_stop_in_one_line_before_any_timing(argv, says, tmp_path):
+    root = write_folder(tmp_path / "data")  # 18 training images: fewer than a timed epoch's
+    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--device", "cpu", "--data", str(root),
+                        "--root", str(tmp_path / "store"), *argv], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr and not r.stdout
 
 
 def test_gpu_bench_runs_on_cpu_at_tiny_sizes(tmp_path):

@@ -8,24 +8,11 @@ from lottery.config import RobustnessConfig
 from lottery.training import data as D
 from lottery.training.sources import imagefolder
 from lottery.training.tasks import balanced_indices
-from tests.helpers import kind_config, train_config
+from tests.helpers import kind_config, train_config, write_folder
 
 
 def cfg(name, **kw):
     return OmegaConf.structured(kind_config(D.SOURCES, name, **kw))
-
-
-def write_folder(root, per_class=(6, 3), classes=("cat", "dog", "eel"), size=32):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in zip(("train", "test"), per_class):
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(img).save(root / split / c / f"{i}.png")
-    return root
 
 
 def test_balanced_subset_counts():

@@ -228,23 +228,31 @@ def test_determinism_is_configured_by_the_recipe_and_recorded():
         assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
 
 
-def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_stays_bit_identical():
-    """Deterministic algorithms fill every fresh tensor with NaN unless told not to (13 % of a bf16
-    ResNet32 step on a CPU); no op of a step reads memory it has not written, so without the fill
-    two same-seed trainings still agree to the bit."""
+def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_computes_the_same_without_it():
+    """Deterministic algorithms fill fresh tensors with NaN unless told not to (13 % of a bf16
+    ResNet32 step on a CPU). A training with the fill (where any read of unwritten memory turns
+    the weights NaN) and one without it agree to the bit: no op of a step reads what it did not
+    write, so the fill buys nothing here."""
     fill = torch.utils.deterministic
     with devices.restored():
-        fill.fill_uninitialized_memory = True  # torch's default (a trial run earlier in the process turned it off)
+        torch.use_deterministic_algorithms(False)  # torch's defaults (a trial earlier in the process changed them)
+        fill.fill_uninitialized_memory = True
         with devices.restored():
             devices.configure(CPU, recipe())
             assert torch.are_deterministic_algorithms_enabled() and not fill.fill_uninitialized_memory
             weights = []
-            for _ in range(2):
+            for filled in (True, False):
+                fill.fill_uninitialized_memory = filled
                 torch.manual_seed(0)
                 model = build(resnet_plan(8))
                 train(model, data(64), Job(recipe(amp="bf16"), 0, CPU))
                 weights.append([p.detach().clone() for p in model.parameters()])
         assert fill.fill_uninitialized_memory  # put back after the block
+        with pytest.raises(RuntimeError), devices.restored():
+            devices.configure(CPU, recipe())
+            raise RuntimeError("a trial fails")
+        assert fill.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()  # and after one
+    assert all(w.isfinite().all() for w in weights[0])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
 
 
@@ -310,10 +318,12 @@ def test_two_same_seed_trainings_on_a_gpu_are_bit_identical_when_deterministic()
     device = torch.device("cuda")
     ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
     states = []
-    devices.configure(device, recipe())  # as a trial opens
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = build(resnet_plan(14)).to(device).to(memory_format=torch.channels_last)
-        train(model, ds, Job(recipe(), 0, device))
-        states.append(model.state_dict())
+    with devices.restored():
+        devices.configure(device, recipe())  # as a trial opens
+        for filled in (True, False):  # with NaN in fresh memory, and without
+            torch.utils.deterministic.fill_uninitialized_memory = filled
+            torch.manual_seed(0)
+            model = build(resnet_plan(14)).to(device).to(memory_format=torch.channels_last)
+            train(model, ds, Job(recipe(), 0, device))
+            states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
