@@ -67,9 +67,9 @@ def recipe(args, amp: str = "off", **variant) -> TrainConfig:
                                             progress=False, amp=amp, **{**DEFAULT.settings, **variant}))
 
 
-def settled_path(args, device) -> fast_path.Settled:
+def settled_path(args, device) -> tuple[fast_path.Settled, list[FastPath]]:
     """The path a paper-profile trial of this ResNet takes on this device (200 epochs of 50,000
-    images: long enough to try compiling), timed in a store of its own."""
+    images: long enough to try compiling), timed in a store of its own, and the paths it chose from."""
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "profile=paper", "model=resnet20", f"model.depth={args.model}", "data=synthetic", "data.train_size=50000",
@@ -77,7 +77,7 @@ def settled_path(args, device) -> fast_path.Settled:
             f"train.compile_backend={args.compile_backend}", f"store.root={tmp}", f"paths.root={tmp}"])
         with restored():
             configure(device, cfg.train)
-            return fast_path.settle(cfg, device)
+            return fast_path.settle(cfg, device), fast_path.candidates(cfg)
 
 
 def trainer_rate(args, data, device, amp: str, repeat: int, **variant) -> float:
@@ -154,23 +154,24 @@ def reference_rate(args, loader, device) -> float:
     return seen / (time.perf_counter() - began)
 
 
-GRID = [FastPath(channels_last, compiled) for compiled in (False, True) for channels_last in (True, False)]
-
-
-def rates(args, data, device, settled: FastPath) -> dict[str, list[float]]:
+def rates(args, data, device, settled: FastPath, grid: list[FastPath]) -> dict[str, list[float]]:
     """Each timed variant's img/s, one per repeat: the trainer at the default precision on the
-    settled path, at fp32 there, the plain loop, then the rest of the grid (eager/compiled x
-    layout, unless ``--no-grid``). A repeat times them back to back, the three of the headline
-    ratios first, so each ratio compares rates taken within a minute of each other (a shared
-    host's speed drifts by tens of percent over a few minutes)."""
-    variants = {cell(settled): (args.amp, settled), "fp32": ("off", settled), "reference": None}
-    variants |= {cell(p): (args.amp, p) for p in ([] if args.no_grid else GRID) if p != settled}
+    settled path, at fp32 there, the plain loop, then on the rest of the ``grid``. A repeat times
+    them back to back, the three of the headline ratios first, so each ratio compares rates taken
+    within a minute of each other (a shared host's speed drifts by tens of percent over a few
+    minutes)."""
     loader = reference_loader(args, data, device)
-    out = {name: [] for name in variants}
+
+    def trainer(amp: str, path: FastPath):
+        return lambda r: trainer_rate(args, data, device, amp, r, **path.settings, compile_backend=args.compile_backend)
+
+    timers = {cell(settled): trainer(args.amp, settled), "fp32": trainer("off", settled),
+              "reference": lambda r: reference_rate(args, loader, device)}
+    timers |= {cell(p): trainer(args.amp, p) for p in grid if p != settled}
+    out = {name: [] for name in timers}
     for r in range(args.repeats):
-        for name, variant in variants.items():
-            out[name].append(reference_rate(args, loader, device) if variant is None else trainer_rate(
-                args, data, device, variant[0], r, **variant[1].settings, compile_backend=args.compile_backend))
+        for name, timer in timers.items():
+            out[name].append(timer(r))
     return out
 
 
@@ -295,14 +296,14 @@ def main(argv=None) -> int:
         p.error(f"--data: {e}; lower --steps or --batch-size")
 
     dtype = precision(device, args.amp)
-    settled = settled_path(args, device)
-    timed = rates(args, data, device, settled.path)
+    settled, paths = settled_path(args, device)
+    timed = rates(args, data, device, settled.path, [] if args.no_grid else paths)
     rate = {name: statistics.median(each) for name, each in timed.items()}
     ours, fp32, ref = rate[cell(settled.path)], rate["fp32"], rate["reference"]
     vs_ref, vs_ref_each = ratio(timed[cell(settled.path)], timed["reference"])
     fp32_vs_ref, fp32_vs_ref_each = ratio(timed["fp32"], timed["reference"])
     amp_speedup, amp_speedup_each = ratio(timed[cell(settled.path)], timed["fp32"])
-    grid = {} if args.no_grid else {cell(p): rate[cell(p)] for p in GRID}
+    grid = {} if args.no_grid else {cell(p): rate[cell(p)] for p in paths}
     flops = training_flops_per_image(args, device)
     peak = peak_flops(device, dtype)
     peak_fp32 = peak if dtype == "fp32" else peak_flops(device, "fp32")

@@ -73,9 +73,10 @@ def test_each_round_times_the_headline_ratios_rates_back_to_back_before_the_rest
     monkeypatch.setattr(bench, "reference_rate", lambda *a: order.append("reference") or 1.0)
     monkeypatch.setattr(bench, "trainer_rate", lambda args, data, device, amp, r, **path: order.append(
         (amp, bench.cell(bench.FastPath(path["channels_last"], path["compile"])))) or 1.0)
-    args = SimpleNamespace(repeats=2, no_grid=False, amp="bf16", compile_backend="eager")
+    args = SimpleNamespace(repeats=2, amp="bf16", compile_backend="eager")
     settled = bench.FastPath(channels_last=False, compile=True)
-    out = bench.rates(args, None, None, settled)
+    grid = [bench.FastPath(cl, c) for c in (False, True) for cl in (True, False)]
+    out = bench.rates(args, None, None, settled, grid)
     first = [("bf16", "compiled_contiguous"), ("off", "compiled_contiguous"), "reference"]
     rest = [("bf16", "eager_channels_last"), ("bf16", "eager_contiguous"), ("bf16", "compiled_channels_last")]
     assert order == 2 * (first + rest)
