@@ -67,8 +67,7 @@ def main(argv=None) -> int:
         configure(device, auto.train)
         path = fast_path.settle(auto, device)  # both precisions on the path a trial takes: precision alone differs
     for amp in ("off", "auto"):
-        cfg = compose_quick(args.overrides, amp)
-        path.apply(cfg.train)
+        cfg = path.config(compose_quick(args.overrides, amp))
         data = data or load_dataset(cfg.data, device)
         runs = [one_run(cfg, data, device, seed) for seed in range(args.seeds)]
         results[amp] = {"dtype": precision(device, amp), "accuracy": summary([a for a, _ in runs]),

@@ -41,8 +41,11 @@ from lottery.experiment.fast_path import DEFAULT, FastPath  # noqa: E402
 from lottery.measure import carbon  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks  # noqa: E402
-from lottery.tracking import runs  # noqa: E402
-from lottery.training.data import CIFAR, SOURCES, load_dataset, scoring_set  # noqa: E402
+from lottery.tracking import connection, runs  # noqa: E402
+from lottery.training.batches import scoring_set  # noqa: E402
+from lottery.training.data import load_dataset  # noqa: E402
+from lottery.training.sources.base import SOURCES  # noqa: E402
+from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 from lottery.training.devices import configure, precision, restored, synchronize  # noqa: E402
 from lottery.training.trainer import Job, prepare, train  # noqa: E402
 
@@ -252,7 +255,7 @@ def tracking_seconds(depth: int, log_model: bool) -> tuple[float, float]:
     the ResNet as an MLflow model) + codecarbon start/stop."""
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        exp = runs.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
+        exp = connection.start(TrackingConfig(uri=f"sqlite:///{tmp}/bench.db", experiment="bench"), tmp)
         created = time.perf_counter() - began  # one-off per store, not per trial
         cfg = OmegaConf.structured(MeasureConfig(carbon_dir=f"{tmp}/cc"))
         began = time.perf_counter()

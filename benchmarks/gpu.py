@@ -36,7 +36,9 @@ from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.experiment.sweeps import available, load  # noqa: E402
 from lottery.measure.costs import flops  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
-from lottery.training.data import CIFAR, SOURCES, load_dataset  # noqa: E402
+from lottery.training.data import load_dataset  # noqa: E402
+from lottery.training.sources.base import SOURCES  # noqa: E402
+from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 from lottery.training.devices import configure, pick_device  # noqa: E402
 from lottery.training.trainer import Job, epoch_of, prepare, train  # noqa: E402
 

@@ -36,7 +36,7 @@ from lottery.errors import one_line  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.measure import costs  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
-from lottery.training.data import CIFAR  # noqa: E402
+from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_EPOCH_STEPS = 50_000 // 128  # one paper-profile epoch of CIFAR-10 at batch 128

@@ -261,6 +261,8 @@ class Registry(Generic[T]):
     def add(self, name: str, item: T, settings: type | None = None) -> T:
         if self._items.get(name, item) is not item:
             raise ValueError(f"two {self.kind} kinds are both named {name}")
+        if settings is not None:
+            _declared(self, name, settings)
         self._items[name] = item
         if settings is not None:
             self.settings[name] = settings
@@ -296,7 +298,6 @@ class Registry(Generic[T]):
         check_choice(self.kind, name, self._items)
         return self._items[name]
 
-
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -311,6 +312,20 @@ class Registry(Generic[T]):
 
     def values(self):
         return self._items.values()
+
+
+def _declared(registry: "Registry", name: str, settings: type) -> None:
+    """A kind's settings extend its group's schema and declare every field with ``opt()``: the help,
+    the identity and the search space read a field's help and whether it is an execution setting,
+    so a bare field is refused here, when the kind registers, not later in ``--help``."""
+    if registry.base is None or not (isinstance(settings, type) and issubclass(settings, registry.base)
+                                     and dataclasses.is_dataclass(settings)):
+        raise TypeError(f"{registry.kind} {name}: its settings {getattr(settings, '__name__', settings)!r} must be a "
+                        f"@dataclass extending {getattr(registry.base, '__name__', 'its group schema')}")
+    for path, f in schema_fields(settings):
+        if "execution" not in f.metadata:
+            raise TypeError(f"{registry.kind} {name}: setting {path} of {settings.__name__} is declared without opt(); "
+                            f"write `{f.name}: TYPE = opt(DEFAULT, \"what it does\")`")
 
 
 def import_kinds(package: str, path) -> None:

@@ -44,8 +44,8 @@ def _groups() -> list[tuple[str, list[tuple[str, str]]]]:
 
 def _key(key: str, f: dataclasses.Field, of: str = "") -> list[str]:
     default = "[...]" if f.default is dataclasses.MISSING else choice(f.default)
-    mark = "+" if f.metadata["execution"] else " "
-    return textwrap.wrap(f"{key}{of} = {default}: {f.metadata['help']}", 100, initial_indent=f" {mark}",
+    mark = "+" if f.metadata.get("execution") else " "
+    return textwrap.wrap(f"{key}{of} = {default}: {f.metadata.get('help', '')}", 100, initial_indent=f" {mark}",
                          subsequent_indent="      ")
 
 
@@ -57,7 +57,7 @@ def text(commands: dict[str, str]) -> str:
              "One trial: get or train the dense network, score its blocks, build the shallower ticket, train,",
              "measure and log it to MLflow. Every key is typed; a mistake is one line before any work.", "",
              "commands:"]
-    width = max(map(len, commands)) + 1
+    width = max(map(len, commands), default=0) + 1
     lines += [f"   {name:<{width}} {doc}" for name, doc in commands.items()]
     lines += ["", "config groups (* marks the default):"]
     groups = _groups()

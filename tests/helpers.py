@@ -19,28 +19,37 @@ from omegaconf import OmegaConf
 from lottery.config import TrainConfig
 from lottery.errors import LotteryError
 from lottery.experiment import identity, sweeps
-from lottery.experiment.design import validate
-from lottery.experiment.fast_path import DEFAULT
+from lottery.experiment.context import Context, Records
+from lottery.experiment.design import derive, validate
+from lottery.experiment.fast_path import DEFAULT, settle
 from lottery.files import content_key
 from lottery.networks import cifar_resnet
-from lottery.training.data import IMAGE_SHAPE, fingerprint
+from lottery.training.data import fingerprint
+from lottery.training.sources.base import IMAGE_SHAPE
 from lottery.training.devices import precision
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 
-def compose_cfg(*overrides: str):
-    """A trial config composed as the CLI composes it, on the CPU unless an override says otherwise
-    (a GPU host runs the suite as this one does; GPU tests carry the ``cuda`` mark)."""
+def compose_cfg(*overrides: str, conf: Path = CONF):
+    """A trial config composed as the CLI composes it (from ``conf``), on the CPU unless an override
+    says otherwise (a GPU host runs the suite as this one does; GPU tests carry the ``cuda`` mark)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", overrides=["device=cpu", *PINNED, *overrides])
 
 
 # The default fast path, given: a suite's numbers never hang on timing its candidates (the tests
 # of lottery.experiment.fast_path leave it open).
 PINNED = ("train.channels_last=true", "train.compile=false")
+
+
+def open_context(cfg) -> Context:
+    """A trial's context built as ``trial.run`` builds it (design derived, fast path settled, data loaded),
+    without the run's set-up around it (threads, device settings, the finished-trial check)."""
+    design = derive(cfg)
+    return Context.open(design, Records.open(cfg), settle(cfg, design.device))
 
 
 def train_config(**values):

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from lottery import networks
 from lottery.experiment import trial
 from lottery.measure import costs
-from lottery.networks.contract import Shape
+from lottery.networks.base import Shape
 from lottery.networks.hf_causal_lm import CausalLMSettings
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks
 from lottery.training.sources import text
-from lottery.training.tasks import TASKS
+from lottery.training.tasks.base import TASKS
 from tests.helpers import compose_cfg, refusal
 
 LM = TASKS["language_modeling"]

@@ -1,7 +1,7 @@
 """The package reads as its layout says: at most eight modules at the top, layers checked by the
 linter (which fails on an upward import), families inside ``lottery/networks``, the input size
-inside the data module, every reference to the design document pointing at a section it has, and
-no function grows a long chain of loose parameters."""
+inside the source contract, every reference to the design document pointing at a section it has,
+no function grows a long chain of loose parameters, and every concept with kinds has one home."""
 
 import ast
 import os
@@ -43,8 +43,28 @@ def test_nothing_outside_the_models_package_names_a_familys_modules_or_parameter
     assert not found, found
 
 
-def test_the_input_size_is_a_literal_of_the_data_module_alone():
-    found = [rel for rel, text in sources(exclude=("training/data.py",)) if re.search(r"\b32\s*,\s*32\b|3, 32\b", text)]
+def test_the_input_size_is_a_literal_of_the_source_contract_alone():
+    found = [rel for rel, text in sources(exclude=("training/sources/base.py",))
+             if re.search(r"\b32\s*,\s*32\b|3, 32\b", text)]
+    assert not found, found
+
+
+def test_modules_hold_one_job_each_and_the_networks_face_is_a_face():
+    long = [f"{rel}: {text.count(chr(10))} lines" for rel, text in sources() if text.count("\n") > 400]
+    assert not long, long
+    assert (PACKAGE / "networks" / "__init__.py").read_text().count("\n") < 60
+
+
+def test_every_registry_is_created_in_the_base_module_of_its_package():
+    elsewhere = [f"{rel}:{text[:m.start()].count(chr(10)) + 1}" for rel, text in sources()
+                 for m in re.finditer(r"(?<!class )\bRegistry\(", text) if not rel.endswith("/base.py")]
+    assert not elsewhere, elsewhere
+
+
+def test_the_pipeline_asks_its_mode_and_never_compares_a_strategy_name():
+    compared = re.compile(r"""[=!]=\s*["'](fresh|init|final|rewind|rescore|retrain)["']|["'](rescore|retrain)["']""")
+    found = [f"{rel}: {m.group(0)}" for rel, text in sources() if rel.startswith("experiment/")
+             for m in compared.finditer(text)]
     assert not found, found
 
 

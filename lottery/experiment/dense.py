@@ -19,11 +19,12 @@ from lottery.files import content_key
 from lottery.measure import carbon
 from lottery.measure.metrics import CHANCE_MARGIN_PP, at_chance
 from lottery.measure.trial_costs import network_costs, robustness_key
-from lottery.tracking import runs
+from lottery.tracking import connection, liveness, runs
 from lottery.tracking.store import DenseResult, Entry
+from lottery.training.checkpoints import cpu_state, discard
 from lottery.training.data import describe, fingerprint
 from lottery.training.devices import conditions, determinism
-from lottery.training.trainer import cpu_state, discard, held_out_accuracy, predict, rewind_epochs, train
+from lottery.training.trainer import held_out_accuracy, predict, rewind_epochs, train
 
 log = logging.getLogger("lottery")
 
@@ -100,7 +101,7 @@ def stored(ctx: Context) -> tuple[Entry, runs.LiveRun | None]:
     live = []
 
     def train_now(partial) -> DenseResult:
-        runs.mark_killed(ctx.experiment, role="dense", dense_key=key)
+        liveness.mark_killed(ctx.experiment, role="dense", dense_key=key)
         with runs.live(ctx.experiment, run_name(ctx), run_tags(ctx, key, amp), run_params(cfg),
                            cfg.tracking.parent) as run:
             runs.log_dataset(run.run_id, **describe(cfg.data, ctx.data))
@@ -182,8 +183,8 @@ def log_run(ctx: Context, entry: Entry, run: runs.LiveRun | None) -> str:
     meta = {k: v for k, v in entry.meta.items() if k not in ("predictions", "history")}
     with ctx.store.lock(entry.key):
         if run is None:
-            runs.mark_killed(experiment, role="dense", dense_key=entry.key)
-            done = [r for r in runs.find_runs(experiment, role="dense", dense_key=entry.key)
+            liveness.mark_killed(experiment, role="dense", dense_key=entry.key)
+            done = [r for r in connection.find_runs(experiment, role="dense", dense_key=entry.key)
                     if r.info.status in ("FINISHED", "RUNNING")]  # RUNNING: its live trainer finishes it
             if done:
                 return done[0].info.run_id

@@ -26,7 +26,7 @@ from lottery.measure import robustness
 from lottery.pruning import criteria
 from lottery.pruning.modes import MODES, Mode, blocks_to_remove, resolved_rounds
 from lottery.pruning.structures import SCOPES, STRUCTURES
-from lottery.tracking import runs
+from lottery.tracking import connection
 from lottery.training import data, devices
 from lottery.training.trainer import check_recipe
 
@@ -56,7 +56,7 @@ def check_run(cfg: TrialConfig) -> None:
         raise bad_value("jobs", cfg.jobs, "at least one trial runs")
     check_writable(cfg.paths.root, "paths.root")
     check_writable(cfg.store.root, "store.root")
-    runs.check_uri(runs.tracking_uri(cfg.tracking, cfg.paths.root))
+    connection.check_uri(connection.tracking_uri(cfg.tracking, cfg.paths.root))
 
 
 def validate(cfg: TrialConfig) -> networks.Anatomy:
@@ -74,7 +74,7 @@ def validate(cfg: TrialConfig) -> networks.Anatomy:
     check_choice("scope", cfg.scope, SCOPES)
     if mode.prunes:
         structure.check(cfg, net, name)
-    robustness.check(cfg.robustness, data.shape_of(cfg.data))
+    robustness.check(cfg.robustness, cfg.data)
     devices.check_device(cfg.device)
     check_run(cfg)
     data.check_memory(cfg.data, devices.pick_device(cfg.device))
@@ -106,7 +106,7 @@ class Design:
     @property
     def kept_rewind(self) -> int | None:
         """The rewind point theta_i the ticket starts from, when it starts from one."""
-        return self.rewind if self.mode.start_from == "rewind" else None
+        return self.mode.kept_rewind(self.rewind)
 
 
 def derive(cfg: TrialConfig, job: int = 0, worker_precision: str | None = None) -> Design:

@@ -23,7 +23,7 @@ from lottery.experiment.identity import dense_spec
 from lottery.files import content_key
 from lottery.measure.costs import flops, throughput
 from lottery.pruning.selection import select_blocks
-from lottery.tracking import runs
+from lottery.tracking import connection, liveness
 from lottery.tracking.store import DenseStore
 from lottery.training.data import fingerprint, shape_of, train_images
 from lottery.training.devices import pick_device
@@ -59,12 +59,12 @@ def survey(cells: list[tuple[dict, TrialConfig]], seeds: int, experiment: str, p
                 out.append(TrialState(cell, seed, "n/a", why))
                 continue
             key = derive(with_seed(cfg, seed), worker_precision=precision).keys["config_key"]
-            found = sorted(runs.find_runs(experiment, role="ticket", config_key=key),
+            found = sorted(connection.find_runs(experiment, role="ticket", config_key=key),
                            key=lambda r: r.info.start_time, reverse=True)
             by = {r.info.status: r for r in reversed(found)}  # the newest run of each status
             if "FINISHED" in by:
                 out.append(TrialState(cell, seed, "finished", by["FINISHED"].info.run_id))
-            elif "RUNNING" in by and runs.alive(by["RUNNING"].data.tags):
+            elif "RUNNING" in by and liveness.alive(by["RUNNING"].data.tags):
                 out.append(TrialState(cell, seed, "running", by["RUNNING"].info.run_id))
             elif "RUNNING" in by:
                 out.append(TrialState(cell, seed, "failed", "killed: left RUNNING by a process that is gone"))
@@ -85,7 +85,7 @@ def measured_speed(experiment: str, store_root: str, amp: str) -> Speed | None:
     """The median training speed of the experiment's finished tickets and the store's dense
     networks at this precision, and the median time finished tickets spent besides training."""
     rates, overheads = _dense_rates(store_root, amp), []
-    for r in runs.find_runs(experiment, role="ticket", amp=amp):
+    for r in connection.find_runs(experiment, role="ticket", amp=amp):
         m = r.data.metrics
         if r.info.status != "FINISHED" or not all(m.get(k) for k in ("train_images", "ticket_epochs", "train_seconds")):
             continue
@@ -153,8 +153,8 @@ def estimate(states: list[TrialState], cells: list[tuple[dict, TrialConfig]], sp
         design = derive(with_seed(cfgs[tuple(s.cell.items())], s.seed))
         cfg, images = design.cfg, train_images(design.cfg.data)
         # a filter ticket keeps the layer ticket's filter count: costed as that layer ticket
-        start = design.rewind if design.mode.resumes_schedule else 0
-        trainings = design.rounds if design.mode.iterates(design.rounds) == "retrain" else 1  # IMP
+        start = design.mode.schedule_start(design.rewind)
+        trainings = design.rounds if design.mode.retrains_in(design.rounds) else 1  # IMP
         work = network_flops(cfg, design.remove) * images * (cfg.train.epochs - start) * trainings
         key = content_key(dense_spec(cfg, fingerprint(cfg.data), design.precision))
         if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():

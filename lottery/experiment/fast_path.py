@@ -95,8 +95,11 @@ class Settled:
         """The run's ``fast_path`` tag, e.g. ``eager channels_last (timed here: eager channels_last 930, ...)``."""
         return f"{self.path} ({self.how}{': ' + self.figures if self.figures else ''})"
 
-    def apply(self, t: TrainConfig) -> None:
-        t.channels_last, t.compile = self.path.channels_last, self.path.compile
+    def config(self, cfg: TrialConfig) -> TrialConfig:
+        """A copy of ``cfg`` that trains on this path; ``cfg`` itself stays as validated."""
+        settled = copy.deepcopy(cfg)
+        settled.train = self.path.recipe(cfg.train)
+        return settled
 
 
 def settle(cfg: TrialConfig, device: torch.device) -> Settled:

@@ -124,3 +124,10 @@ def dense_spec(cfg: TrialConfig, data_fingerprint: str, precision: str) -> dict:
     spec = identity(cfg, data_fingerprint)
     spec["train"].pop("amp")  # the choice (auto, bf16) matters only through the precision it resolves to
     return {**{k: spec[k] for k in DENSE_READS}, "seed": cfg.seed, "precision": precision}
+
+
+def training_key(dense_key: str, mode: str, rewind: int, seed: int, removal: dict) -> str:
+    """The key of one ticket's training state in the store (what a killed trial resumes from): the
+    dense run it comes from, the mode, rewind point and seed, and what it removes (``removal``: the
+    blocks chosen, or for rounds chosen as they go, the count, the rounds and the criterion)."""
+    return content_key({"dense": dense_key, "mode": mode, "rewind": rewind, "seed": seed, **removal})

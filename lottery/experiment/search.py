@@ -29,7 +29,7 @@ from lottery.experiment import trial
 from lottery.measure.plotting import pyplot, save
 from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.modes import MODES
-from lottery.tracking import runs
+from lottery.tracking import connection, runs
 from lottery.training.data import shape_of
 
 log = logging.getLogger("lottery")
@@ -164,7 +164,7 @@ def search(cfg: "SearchRunConfig", compose_trial) -> str:
         raise LotteryError("the search chooses on a validation split held out of the training images: "
                            "set data.val_size (e.g. data.val_size=5000)")
     name = s.study or f"search-{cfg.profile_name}"
-    parent = study_run(runs.start(cfg.tracking, cfg.paths.root), name)
+    parent = study_run(connection.start(cfg.tracking, cfg.paths.root), name)
     study = open_study(s, name, directions)
     completed = len(study.get_trials(states=(TrialState.COMPLETE,)))
     if completed:

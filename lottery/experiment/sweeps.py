@@ -26,7 +26,7 @@ from lottery.errors import LotteryError, unknown
 from lottery.experiment import estimate
 from lottery.experiment.design import Design, derive
 from lottery.experiment.identity import DENSE_READS
-from lottery.tracking import runs
+from lottery.tracking import connection, runs
 from lottery.training import data
 from lottery.training.devices import pick_device, precision
 
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     cells = compose_cells(sweep, setting)
     cfg = cells[0][1]
     found = designs(cells)
-    experiment = runs.start(cfg.tracking, cfg.paths.root)
+    experiment = connection.start(cfg.tracking, cfg.paths.root)
     run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
     print(survey(sweep, args, cells, experiment, inapplicable(found)), flush=True)
     parented = Setting(setting.profile, setting.data, setting.data_root,

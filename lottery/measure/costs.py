@@ -27,9 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from lottery import networks
 from lottery.config import TrainConfig
 from lottery.errors import first_cause, one_line
+from lottery.training.capture import capture, graphs_on
+from lottery.training.compiling import compiled
 from lottery.training.devices import autocast, synchronize
-from lottery.training.tasks import unit_cross_entropy
-from lottery.training.trainer import capture, compiled, graphs_on, make_optimizer
+from lottery.training.optimizer import make_optimizer
+from lottery.training.tasks.base import unit_cross_entropy
 
 log = logging.getLogger("lottery")
 

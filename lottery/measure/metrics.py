@@ -93,6 +93,7 @@ class Metric:
     # reduction is shown as the signed change it is (a 23.1 % reduction: -23.1 %, an increase: +5.5 %)
     speed: bool = False  # the comparison is a speed ratio (or a reduction of time or energy): bounded by the FLOPs
     shifted: bool = False  # stored per robustness set (key suffix)
+    label: str = ""  # the console's {label}, unless the measurement names itself (``console``'s labels)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -119,7 +120,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("energy_kwh", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,
            compared="energy_reduction_pct", speed=True),
     Metric("cifar10c_accuracy", "mean top-1 % over CIFAR-10-C corruptions x severities", rule=delta,
-           compared="cifar10c_delta_pp", console="CIFAR-10-C {:+.2f} pp", shifted=True),
+           compared="cifar10c_delta_pp", console="{label} {:+.2f} pp", label="CIFAR-10-C", shifted=True),
     Metric("cifar102_accuracy", "top-1 % on CIFAR-10.2", rule=delta, compared="cifar102_delta_pp",
            console="CIFAR-10.2 {:+.2f} pp", shifted=True),
     Metric("cka", "linear CKA of penultimate features to the dense network", dense=NONE, console="CKA {:.3f}"),
@@ -172,12 +173,13 @@ def compare(metrics: dict, ticket: Phase, dense: Phase) -> tuple[dict, dict]:
     return out, tags
 
 
-def console(metrics: dict) -> str:
-    """The costs part of a ticket's log line."""
+def console(metrics: dict, labels: dict[str, str] | None = None) -> str:
+    """The costs part of a ticket's log line; ``labels``: names of metrics by what was measured
+    (``ShiftedSets.labels``: regenerated corruptions are not CIFAR-10-C), else each row's own."""
     parts = []
     for m in METRICS:
         key = m.compared or m.name
         if m.console and metrics.get(key) is not None:
             value = -metrics[key] if key.endswith("reduction_pct") else metrics[key]
-            parts.append(m.console.format(value))
+            parts.append(m.console.format(value, label=(labels or {}).get(m.name, m.label)))
     return ", ".join(parts) or "costs not measured"

@@ -1,9 +1,13 @@
-"""Accuracy under distribution shift: CIFAR-10-C (released or regenerated) and CIFAR-10.2.
+"""Accuracy under distribution shift: CIFAR-10-C (released, or its corruptions regenerated on the
+data's test split) and CIFAR-10.2, each named by what was measured.
 
 Released CIFAR-10-C is a folder of ``<corruption>.npy`` (5 severities x 10,000 uint8 images)
 and ``labels.npy``; CIFAR-10.2 is ``cifar102_test.npz`` with ``images`` and ``labels``. Both are
-read with ``allow_pickle=False``. Without the released folder the corruptions are regenerated
-from the test split (``lottery.measure.corruptions``) and cached under the project's cache folder.
+read with ``allow_pickle=False``, and only for a source whose images are CIFAR-10's
+(``Source.released_sets``). Without the released folder the corruptions are regenerated from the
+test split (``lottery.measure.corruptions``), cached under the project's cache folder, and named
+"corruptions (CIFAR-10-C's, regenerated on <source>)" on the console and in the run's tags; the
+metric keys (``cifar10c_accuracy``, ...) are the same either way.
 """
 
 from __future__ import annotations
@@ -17,17 +21,24 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from lottery.config import RobustnessConfig, TrainConfig, bad_value
+from lottery.config import DataConfig, RobustnessConfig, TrainConfig, bad_value
 from lottery.errors import LotteryError, check_choice
 from lottery.files import atomic
 from lottery.measure.corruptions import CORRUPTIONS, corrupt
-from lottery.networks import Shape
-from lottery.training.data import IMAGE_SHAPE, IMAGE_SIZE, SUBSET_SEED, Dataset, Split
-from lottery.training.tasks import balanced_indices
+from lottery.training.data import Dataset, Split, shape_of
+from lottery.training.sources.base import IMAGE_SHAPE, IMAGE_SIZE, SOURCES
+from lottery.training.tasks.base import SUBSET_SEED, balanced_indices
 from lottery.training.trainer import evaluate
 
 log = logging.getLogger("lottery")
 REGEN_VERSION = 2  # 2: class-balanced images (the subset rule), not the first n
+RELEASED = "CIFAR-10-C"  # what the released sets are called where they were measured
+RELEASED_FILES = {"cifar10c_root": "CIFAR-10-C", "cifar102_path": "CIFAR-10.2"}
+
+
+def regenerated_label(source: str) -> str:
+    """What corruptions regenerated on a source's test split are called: not CIFAR-10-C itself."""
+    return f"corruptions (CIFAR-10-C's, regenerated on {source or 'the test split'})"
 
 
 @dataclass
@@ -38,18 +49,26 @@ class ShiftedSets:
     cifar10c_source: str  # released | regenerated | none
     cifar102: Split | None
     skipped: list[str]
+    cifar10c_label: str = RELEASED  # what the corruption sets are: CIFAR-10-C, or its corruptions regenerated on
+    # the data (``regenerated_label``); as ``cifar10c_source`` where none were measured
 
     def tags(self) -> dict[str, str]:
-        """Where the shifted sets came from, for the run's tags."""
+        """Where the shifted sets came from and what they are called, for the run's tags."""
         return {"cifar10c_source": self.cifar10c_source, "cifar10c_sets": str(len(self.cifar10c)),
-                "cifar10c_skipped": ",".join(self.skipped) or "none",
+                "cifar10c_skipped": ",".join(self.skipped) or "none", "cifar10c_label": self.cifar10c_label,
                 "cifar102": "given" if self.cifar102 is not None else "absent"}
 
+    def labels(self) -> dict[str, str]:
+        """The console's names of the shifted metrics, by metric (``lottery.measure.metrics.console``)."""
+        return {"cifar10c_accuracy": self.cifar10c_label}
 
-def check(cfg: RobustnessConfig, shape: Shape) -> None:
-    """Known corruptions, severities 1..5, the given files present, and images of CIFAR's shape
-    (the corruptions' parameters are CIFAR-10-C's, for 32x32 RGB images). Data that are not
-    images have no shifted sets: nothing is measured for them (``load_shifted``)."""
+
+def check(cfg: RobustnessConfig, data: DataConfig) -> None:
+    """Known corruptions, severities 1..5, the given files present and meant for this data (the
+    released sets are CIFAR-10's: ``Source.released_sets``), and images of CIFAR's shape (the
+    corruptions' parameters are CIFAR-10-C's, for 32x32 RGB images). Data that are not images have
+    no shifted sets: nothing is measured for them (``load_shifted``)."""
+    shape = shape_of(data)
     if cfg.enabled and shape.kind == "images" and tuple(shape.input) != IMAGE_SHAPE:
         raise LotteryError(f"robustness (CIFAR-10-C, CIFAR-10.2) is measured on {'x'.join(map(str, IMAGE_SHAPE))} "
                            f"images, and these are {'x'.join(map(str, shape.input))}: set robustness.enabled=false")
@@ -57,8 +76,13 @@ def check(cfg: RobustnessConfig, shape: Shape) -> None:
         check_choice("corruption", name, CORRUPTIONS)
     if any(not 1 <= s <= 5 for s in cfg.severities):
         raise bad_value("robustness.severities", list(cfg.severities), "severities run from 1 to 5")
-    for key in ("cifar10c_root", "cifar102_path"):
+    for key, released in RELEASED_FILES.items():
         path = getattr(cfg, key)
+        if cfg.enabled and path and not SOURCES[data.name].released_sets(data):
+            hint = " (or data.cifar10=true if it holds CIFAR-10)" if "cifar10" in data else ""
+            raise LotteryError(f"robustness.{key}={path}: the released {released} set is CIFAR-10's, and "
+                               f"data={data.name}{hint} is not CIFAR-10: leave it unset (the corruptions are "
+                               "then regenerated on this data's test split)")
         if cfg.enabled and path and not Path(path).expanduser().exists():
             raise LotteryError(f"robustness.{key}={path} does not exist")
 
@@ -129,16 +153,17 @@ def load_shifted(cfg: RobustnessConfig, data: Dataset, cache: str, device) -> Sh
     sets: list = []
     applies = data is None or data.task.shifted_sets  # (released sets are read without the data)
     source = "none" if applies else f"not defined for {data.task.name}"
+    label = source
     enabled = cfg.enabled and applies
     if enabled:
         if cfg.cifar10c_root:
             sets = released_cifar10c(cfg, device)
-            source = "released"
+            source, label = "released", RELEASED
         else:
             names = [n for n in cfg.corruptions if CORRUPTIONS[n] is not None]
             skipped = [n for n in cfg.corruptions if CORRUPTIONS[n] is None]
             sets = regenerated_cifar10c(cfg, data, names, Path(cache).expanduser(), device)
-            source = "regenerated"
+            source, label = "regenerated", regenerated_label(data.source)
     c102 = None
     if enabled and cfg.cifar102_path:
         path = Path(cfg.cifar102_path).expanduser()
@@ -149,7 +174,7 @@ def load_shifted(cfg: RobustnessConfig, data: Dataset, cache: str, device) -> Sh
             shape = f"N,{IMAGE_SIZE},{IMAGE_SIZE},3"
             raise LotteryError(f"cannot read CIFAR-10.2 from {path} ({type(e).__name__}: {e}); "
                                f"expected an npz with 'images' ({shape} uint8) and 'labels'") from None
-    return ShiftedSets(sets, source, c102, skipped)
+    return ShiftedSets(sets, source, c102, skipped, label)
 
 
 def shifted_accuracies(model, data: Dataset, sets: ShiftedSets, t: TrainConfig, device) -> dict[str, float | None]:

@@ -8,7 +8,8 @@ from torch import nn
 
 from lottery import networks
 from lottery.config import TrialConfig
-from lottery.training.data import Dataset, eval_batches
+from lottery.training.batches import eval_batches
+from lottery.training.data import Dataset
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lottery.training.tasks import paired_t
+from lottery.training.tasks.base import paired_t
 
 ALPHA = 0.05  # 1 - CONFIDENCE: a difference is significant when its p is below it
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery.config import ModelConfig, bad_value, opt
-from lottery.networks.contract import FAMILIES, Family, Narrowable, Shape
+from lottery.networks.base import FAMILIES, Family, Narrowable, Shape
 
 WIDTHS = (16, 32, 64)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line
-from lottery.networks.contract import FAMILIES, known_blocks
+from lottery.networks.base import FAMILIES, known_blocks
 from lottery.networks.surgery import ModuleFamily, blocks_found
 
 

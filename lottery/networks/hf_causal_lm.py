@@ -30,7 +30,7 @@ from torch import nn
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line
 from lottery.files import sha256_file
-from lottery.networks.contract import FAMILIES, Family
+from lottery.networks.base import FAMILIES, Family
 
 
 @dataclass

@@ -11,13 +11,14 @@ whose record says what was removed and narrowed, in the dense network's paths.
 
 from __future__ import annotations
 
+import abc
 import copy
 
 import torch
 from torch import nn
 
 from lottery.errors import LotteryError
-from lottery.networks.contract import Family, Narrowable
+from lottery.networks.base import Family, Narrowable
 
 
 def blocks_found(model: nn.Module, types) -> list[tuple[str, nn.Module]]:
@@ -108,13 +109,14 @@ class ModuleFamily(Family):
         """The model's name, else its architecture's (``model.arch``)."""
         return cfg.name or cfg.arch
 
+    @abc.abstractmethod
     def arch(self, cfg, shape) -> dict:
-        """The dense architecture record of a model config at the data's shape."""
-        raise NotImplementedError
+        """The dense architecture record of a model config at the data's shape (``input``,
+        ``classes``, ``removed`` and ``widths`` are added to it)."""
 
+    @abc.abstractmethod
     def construct(self, arch: dict) -> nn.Module:
         """The dense network of a record (its ``removed`` and ``widths`` are applied afterwards)."""
-        raise NotImplementedError
 
     def build(self, cfg, shape):
         arch = {**self.arch(cfg, shape), "input": list(shape.input), "classes": shape.classes, "removed": [],

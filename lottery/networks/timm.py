@@ -22,7 +22,7 @@ from torch import nn
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line
 from lottery.files import sha256_file
-from lottery.networks.contract import FAMILIES, IdentityRule
+from lottery.networks.base import FAMILIES, IdentityRule
 from lottery.networks.surgery import ModuleFamily
 
 log = logging.getLogger("lottery")

@@ -22,7 +22,7 @@ from torch import nn
 
 from lottery.config import ModelConfig, opt
 from lottery.errors import LotteryError, one_line, unknown
-from lottery.networks.contract import FAMILIES, IdentityRule
+from lottery.networks.base import FAMILIES, IdentityRule
 from lottery.networks.surgery import ModuleFamily
 
 

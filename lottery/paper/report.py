@@ -28,7 +28,7 @@ from lottery.config import CONF, TrackingConfig
 from lottery.errors import LotteryError
 from lottery.experiment.sweeps import available, default_data, load
 from lottery.paper.claims import judge
-from lottery.tracking import runs
+from lottery.tracking import connection, provenance, runs
 
 EXPERIMENT = "report"
 PAPER_EPOCHS = 200
@@ -93,7 +93,7 @@ def environment(tables: dict) -> dict[str, str]:
     co2 += sum(v[1] for v in dense.values())
     installed = Path(sys.prefix) / INSTALLED
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-            "lottery": importlib.metadata.version("lottery"), "commit": (runs.commit() or "unknown")[:12],
+            "lottery": importlib.metadata.version("lottery"), "commit": (provenance.commit() or "unknown")[:12],
             "installed from": installed.read_text().strip() if installed.exists() else "unknown (not `make install`)",
             "training time of every run included": f"{seconds / 3600:.2f} h (dense networks counted once: {len(dense)})",
             "CO2 of every run included": f"{co2:.4f} kg (codecarbon; see each run's power_source)"}
@@ -199,7 +199,7 @@ def page(md: str, tables: dict) -> str:
 
 def publish(profile: str, model: str | None, files: list[Path], root: str) -> str:
     """The profile's (and model's) one ``role=report`` run, its artifacts replaced on every rebuild."""
-    experiment = runs.start(TrackingConfig(experiment=EXPERIMENT), root)
+    experiment = connection.start(TrackingConfig(experiment=EXPERIMENT), root)
     name = f"report-{profile}" + (f"-{model}" if model else "")
     run_id = runs.find_or_create(experiment, name, {"role": "report", "profile": profile, "model": model or "default"})
     runs.attach(run_id, files, {})
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import mlflow
 
-    mlflow.set_tracking_uri(runs.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     profiles = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
     if args.profile not in profiles:
         built = sorted({r.data.tags.get("profile") for r in mlflow.search_runs(

@@ -31,7 +31,7 @@ from lottery.experiment.sweeps import (
 from lottery.paper.cells import budget, build
 from lottery.paper.plots import plot_curves, plot_figure3
 from lottery.paper.render import FORMATS
-from lottery.tracking import runs
+from lottery.tracking import connection, runs
 
 
 def fetch_runs(sweep: Sweep, with_blocks: bool = False) -> list[dict]:
@@ -57,7 +57,7 @@ def publish(sweep: Sweep, files: list[Path], profile: str, cfg: TrialConfig, tra
             cells) -> str:
     """Attach the files to the sweep's ``role=sweep`` run (replacing the previous version), with
     the tags the report reads first."""
-    experiment = runs.start(TrackingConfig(uri=tracking_uri, experiment=sweep.experiment), root)
+    experiment = connection.start(TrackingConfig(uri=tracking_uri, experiment=sweep.experiment), root)
     run_id = parent(sweep, profile, cfg, experiment)
     measured = sum(c.ours is not None for c in cells)
     runs.attach(run_id, files, {"table": sweep.name, "budget": budget(cells), "cells_measured": measured,
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     sweep = load(args.name, args.model)
     composed = compose_cells(sweep, Setting.of(args, sweep))
     found = designs(composed)
-    mlflow.set_tracking_uri(runs.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
+    mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     finished = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, finished, keys_of(found), args.xi, inapplicable(found))
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))

@@ -22,7 +22,8 @@ import torch
 from lottery.cli import entry
 from lottery.config import TrackingConfig
 from lottery.files import save_atomic, write_json
-from lottery.tracking.runs import LiveRun, Results, mlflow_client, start
+from lottery.tracking.connection import mlflow_client, start
+from lottery.tracking.runs import LiveRun, Results
 from lottery.tracking.tickets import from_file, ticket_file
 
 log = logging.getLogger("lottery")

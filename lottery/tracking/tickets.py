@@ -15,9 +15,9 @@ from torch import nn
 from lottery import networks
 from lottery.config import TrackingConfig
 from lottery.errors import LotteryError
-from lottery.tracking.runs import tracking_uri
-from lottery.training.data import IMAGE_SHAPE
-from lottery.training.trainer import cpu_state
+from lottery.tracking.connection import tracking_uri
+from lottery.training.checkpoints import cpu_state
+from lottery.training.sources.base import IMAGE_SHAPE
 
 TICKET_FILE = "ticket.pt"
 FORMAT = 2  # 1: a CIFAR ResNet plan alone (of the CIFAR image shape, unless it says otherwise)

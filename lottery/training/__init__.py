@@ -1,7 +1,8 @@
 """Training: what the data means (``tasks``: classification, language modelling), the data
-(sources, device-resident splits, batches: ``data``), the trainer
-(resumable, eager / compiled / CUDA graph: ``trainer``) and where and how it computes
-(``devices``).
+(its ``sources``, the device-resident ``data`` set, its epoch plans and ``batches``), the training loop
+(``trainer``) with its learning-rate ``schedule``, ``optimizer``, resumable state and rewind
+points (``checkpoints``), compiled network (``compiling``) and CUDA-graph step (``capture``), and
+where and how it computes (``devices``).
 
 May import ``lottery.networks`` and the schema (``lottery.config``, ``errors``, ``files``).
 """

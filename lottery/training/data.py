@@ -1,37 +1,26 @@
-"""Data held whole on the training device, batched and augmented there, and the contract of a
-data source (its kinds: ``lottery.training.sources``); what the data means is its source's task
-(``lottery.training.tasks``).
-
-An image split is one uint8 tensor (N, 3, 32, 32) plus int64 labels; a text split int64 token
-ids (N, T) plus the next tokens (N, T). Image augmentation (4-pixel pad, random 32x32 crop,
-horizontal flip) and normalisation run batched on the device from a per-epoch seeded generator:
-no per-image PIL work in the loop, and an epoch's order and crops depend only on (seed, epoch),
-so a resumed run sees exactly the data an uninterrupted one would.
+"""A data config's data: checked, identified and sized without loading (``check``,
+``fingerprint``, ``shape_of``, ``images``), and loaded whole onto the training device as a
+``Dataset`` (uint8 images (N, C, H, W) plus int64 labels, or int64 token ids (N, T) plus the
+next tokens (N, T)), with every subset drawn by its task's subset rule. What a source is:
+``lottery.training.sources.base``; what the data means: its task (``lottery.training.tasks``);
+how it is batched and augmented per epoch: ``lottery.training.batches``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
 
 import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
 
-from lottery.config import DataConfig, Registry, TrainConfig, bad_value
+from lottery.config import DataConfig, bad_value
 from lottery.errors import LotteryError
 from lottery.files import content_key
 from lottery.networks import Shape
-from lottery.training.tasks import TASKS, Task
-
-IMAGE_SIZE = 32
-IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # what sources yield unless they say otherwise (folders are resized)
-CIFAR = Shape(IMAGE_SHAPE, 10)  # what CIFAR-10 fixes about a network
-PAD = 4
-SUBSET_SEED = 0  # the subset is part of the data's identity, the same for every trial seed
-SUBSET_RULE = 2  # version of the subset rules (``lottery.training.tasks``): part of the data's identity
+from lottery.training.sources.base import SOURCES
+from lottery.training.tasks.base import SUBSET_RULE, SUBSET_SEED, TASKS, Task
 
 
 @dataclass
@@ -53,6 +42,7 @@ class Dataset:
     fingerprint: str  # identifies the content (source, files, subset) for the dense store
     val: Split | None = None  # held out from the training images (``data.val_size``)
     task: Task = TASKS["classification"]
+    source: str = ""  # the source's name (``data.name``): what corruptions regenerated on its test split are named by
 
     @property
     def num_classes(self) -> int:
@@ -79,55 +69,6 @@ class Dataset:
     def accuracy(self, outcomes: torch.Tensor, split: Split | None = None) -> float:
         """Accuracy (%) of a network's outcomes (``trainer.predict``) on the test split (or ``split``)."""
         return self.task.accuracy(outcomes, (split if split is not None else self.test).y)
-
-
-@dataclass
-class Arrays:
-    """What a source returns: NHWC uint8 images, labels and class names, or for a text source
-    token windows (N, T + 1), an index per window and the symbols (its content
-    identity is ``Source.fingerprint``, known without loading)."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    classes: list[str]
-
-
-class Source:
-    """A data source (``data=...`` picks one through its YAML file, one module each in
-    ``lottery.training.sources``, under ``@SOURCES.registered(Settings)``): its own settings
-    extend ``DataConfig``; it is checked at the
-    door, known by its content and sizes without decoding an image, and loaded as arrays."""
-
-    name: ClassVar[str]
-    task: ClassVar[str] = "classification"  # what its data means (``lottery.training.tasks``)
-
-    def check(self, cfg: DataConfig) -> None:
-        """Raise ``LotteryError`` (one line) before any work for settings it cannot load."""
-
-    def load(self, cfg: DataConfig) -> Arrays:
-        raise NotImplementedError
-
-    def fingerprint(self, cfg: DataConfig) -> str:
-        """The source's content identity, without decoding images."""
-        raise NotImplementedError
-
-    def splits(self, cfg: DataConfig) -> tuple[int, int]:
-        """Images in the whole (train, test) splits, without decoding them."""
-        raise NotImplementedError
-
-    def classes(self, cfg: DataConfig) -> int:
-        """The class count, without decoding images."""
-        raise NotImplementedError
-
-    def shape(self, cfg: DataConfig) -> tuple[int, ...]:
-        """One example's shape: (C, H, W) of an image, CIFAR's 3 x 32 x 32 unless the source says
-        otherwise; (T,) of a token sequence."""
-        return IMAGE_SHAPE
-
-
-SOURCES: Registry[Source] = Registry("data set", group="data", base=DataConfig)
 
 
 def task_of(cfg: DataConfig) -> Task:
@@ -192,7 +133,7 @@ def train_images(cfg: DataConfig) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Subsets, placement, batches
+# Subsets and placement
 
 
 def _hold_out(task: Task, x: np.ndarray, y: np.ndarray, val_size: int | None):
@@ -222,7 +163,7 @@ def load_dataset(cfg: DataConfig, device: torch.device) -> Dataset:
     test = _to_split(task, arrays.test_x, arrays.test_y, cfg.test_size, device)
     val = _to_split(task, *val, None, device) if val is not None else None
     mean, std = task.statistics(train.x)
-    return Dataset(train, test, arrays.classes, mean, std, fingerprint(cfg), val, task)
+    return Dataset(train, test, arrays.classes, mean, std, fingerprint(cfg), val, task, cfg.name)
 
 
 def fingerprint(cfg: DataConfig) -> str:
@@ -247,73 +188,3 @@ def describe(cfg: DataConfig, data: Dataset) -> dict:
                        "fingerprint": data.fingerprint},
             "profile": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
                         "classes": data.num_classes}}
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Zero-pad by 4, crop 32x32 at per-image offsets, flip where asked: one gather, batched."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (PAD, PAD, PAD, PAD))
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    rows = offsets[:, 0, None] + ar_h
-    cols = offsets[:, 1, None] + torch.where(flips[:, None], ar_w.flip(0), ar_w)
-    return padded[
-        torch.arange(b, device=x.device)[:, None, None, None],
-        torch.arange(c, device=x.device)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-
-
-def drops_last(t: TrainConfig) -> bool:
-    """Whether the recipe drops an epoch's last partial batch: a captured CUDA graph trains on one
-    static batch shape (dense and ticket alike: the choice is the recipe's). A compiled step does
-    not: it takes a partial batch eagerly, so compiling never changes what is trained."""
-    return bool(t.cuda_graph)
-
-
-def epoch_plan(data: Dataset, t: TrainConfig, seed: int,
-               epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One epoch's batches as (indices, crop offsets, flips) on the data's device: a function of
-    (seed, epoch) alone, so a resumed run sees exactly the data an uninterrupted one would."""
-    n, size = len(data.train), t.batch_size
-    g = epoch_generator(seed, epoch)
-    perm = torch.randperm(n, generator=g)
-    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
-    flips = torch.rand(n, generator=g) < 0.5
-    device = data.train.x.device
-    perm, offsets, flips = perm.to(device), offsets.to(device), flips.to(device)
-    for start in range(0, n, size):
-        idx = perm[start:start + size]
-        if len(idx) < 2 or (len(idx) < size and drops_last(t)):  # a batch of one cannot train BatchNorm
-            break
-        yield idx, offsets[start:start + size], flips[start:start + size]
-
-
-def batch(data: Dataset, t: TrainConfig, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor):
-    """The augmented, normalised training batch of the given images (gathered on the device)."""
-    x = data.train.x[idx]
-    if t.augment and data.task.augments:
-        x = crop_flip(x, offsets, flips)
-    return data.normalize(x, t.channels_last), data.train.y[idx]
-
-
-def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bool = True):
-    for start in range(0, len(split), batch_size):
-        yield data.normalize(split.x[start:start + batch_size], channels_last), split.y[start:start + batch_size]
-
-
-def num_batches(n: int, t: TrainConfig) -> int:
-    full, rest = divmod(n, t.batch_size)
-    return full + (rest >= 2 and not drops_last(t))
-
-
-def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A sample of the training split by the task's subset rule (seeded: class-balanced, every
-    chunk holding every class, for images), unaugmented, as the network reads it."""
-    chosen = data.subset(data.train, size, seed)
-    return data.normalize(chosen.x), chosen.y

@@ -1,12 +1,16 @@
-"""SGD training with a multistep schedule, resumable from its last saved epoch.
+"""The training loop: a ``Job`` (which epochs of the recipe, what to keep, where to save) trained
+in place by ``train``, one ``Step`` at a time, and the network's evaluation (``predict``,
+``evaluate``, ``held_out_accuracy``); the recipe's checks (``check_recipe``) and its epochs
+(``epoch_of``, ``rewind_epochs``).
 
-The learning rate is a pure function of the absolute epoch, and the data order a pure function
-of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule from epoch i
-on, and a run resumed from a checkpoint ends with the same weights as an uninterrupted one (on a
-GPU too, with ``train.deterministic``). The step runs eager, compiled once per architecture
-(``train.compile``, a last partial batch eagerly), or captured whole as a CUDA graph
-(``train.cuda_graph``); an epoch never waits for the host (loss and accuracy accumulate on the
-device and are read once at its end). Layout and compile arrive settled (``fast_path``).
+The learning rate is a pure function of the absolute epoch (``schedule``), and the data order a
+pure function of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule
+from epoch i on, and a run resumed from a checkpoint (``checkpoints``) ends with the same weights
+as an uninterrupted one (on a GPU too, with ``train.deterministic``). The step runs eager,
+compiled once per architecture (``train.compile``: ``compiling``, a last partial batch eagerly),
+or captured whole as a CUDA graph (``train.cuda_graph``: ``capture``); an epoch never waits for
+the host (loss and accuracy accumulate on the device and are read once at its end). Layout and
+compile arrive settled (``fast_path``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,9 +29,14 @@ from tqdm import tqdm
 
 from lottery.config import TrainConfig, bad_value
 from lottery.errors import LotteryError, first_cause, one_line
-from lottery.files import save_atomic
-from lottery.training.data import Dataset, batch, epoch_plan, eval_batches, num_batches
+from lottery.training.batches import batch, epoch_plan, eval_batches, num_batches
+from lottery.training.capture import capture, graphs_on, snapshot
+from lottery.training.checkpoints import Kept, Trained, cpu_state, cpu_tree, resume, save_state
+from lottery.training.compiling import compiled, graphs_compiled
+from lottery.training.data import Dataset
 from lottery.training.devices import autocast, synchronize
+from lottery.training.optimizer import current_lr, load_optimizer, make_optimizer, set_lr
+from lottery.training.schedule import lr_at, warmup
 
 log = logging.getLogger("lottery")
 
@@ -67,165 +76,6 @@ def check_recipe(t: TrainConfig) -> None:
         raise bad_value("train.cuda_graph", True, "captures the eager step; choose it or train.compile, not both")
 
 
-def lr_at(epoch: int, t: TrainConfig) -> float:
-    """The learning rate of the given (absolute) epoch under the multistep schedule."""
-    return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
-
-
-def warmup(epoch: int, step: int, steps: int, t: TrainConfig) -> float:
-    """The share of the scheduled rate a step takes under the linear warm-up: (k + 1) / (w x
-    steps) at the k-th step of training, 1 after ``train.warmup_epochs`` (a function of the
-    absolute epoch and step, so a resumed or rewound training sees the same rates)."""
-    if not t.warmup_epochs:
-        return 1.0
-    return min(1.0, (epoch * steps + step + 1) / (t.warmup_epochs * steps))
-
-
-def make_optimizer(model: nn.Module, t: TrainConfig, device: torch.device | None = None) -> torch.optim.SGD:
-    """SGD of the recipe; on CUDA fused (one kernel for the whole update). For a captured step
-    (``train.cuda_graph``) fused with the learning rate a tensor on the training device, which the
-    graph reads at each replay; on a CPU too (torch's fused SGD runs there), so the tests take the
-    branch a GPU takes."""
-    graph = bool(t.cuda_graph)
-    cuda = device is not None and device.type == "cuda"
-    lr = torch.tensor(t.lr, device=device) if graph else t.lr
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, nesterov=t.nesterov,
-                           weight_decay=t.weight_decay, fused=(cuda or graph) or None)
-
-
-# What ``Optimizer.load_state_dict`` would overwrite with the saved values, but says how this
-# optimizer runs, not where the training is.
-OWN_KEYS = ("lr", "fused", "foreach", "differentiable", "capturable")
-
-
-def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved optimizer state (every reload goes through here). ``load_state_dict`` takes
-    the saved param groups whole: a learning rate saved as a CPU tensor would replace the device
-    tensor a captured step reads (the fused kernel would then read it as a host scalar, frozen
-    into the graph), and the saved run's fused / foreach flags would replace this one's. Each
-    group keeps its own, the learning rate refilled with the saved value."""
-    own = [{k: g[k] for k in OWN_KEYS if k in g} for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for group, mine in zip(opt.param_groups, own):
-        saved = group["lr"]
-        group.update(mine)
-        value = float(saved.item() if torch.is_tensor(saved) else saved)
-        if torch.is_tensor(mine["lr"]):
-            mine["lr"].fill_(value)
-        else:
-            group["lr"] = value
-
-
-def current_lr(opt) -> float:
-    """The learning rate the last step took (the scheduled one, or its warm-up share)."""
-    lr = opt.param_groups[0]["lr"]
-    return float(lr.item() if torch.is_tensor(lr) else lr)
-
-
-def set_lr(opt, lr: float) -> None:
-    for group in opt.param_groups:
-        if torch.is_tensor(group["lr"]):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
-def compiled(model: nn.Module, t: TrainConfig, device: torch.device, reset: bool = True) -> nn.Module:
-    """The network compiled for one architecture with static shapes: dynamo's caches are reset
-    first (``reset``: unless a network compiled beside it must stay compiled), so a process that
-    trains many tickets never reaches its recompile limit (and falls back to eager unnoticed);
-    ``Trained.compiled`` says whether training stayed on the graph."""
-    if reset:
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
-    return torch.compile(model, backend=t.compile_backend, dynamic=False)
-
-
-def graphs_compiled() -> int:
-    """How many graphs dynamo captured since ``compiled`` (1: one graph, no recompilation)."""
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-
-
-def load_checkpoint(path: Path, what: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise LotteryError(f"{what} {path} is unreadable ({type(e).__name__}); delete it to start over") from None
-
-
-def cpu_state(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def cpu_tree(obj):
-    """A CPU copy of every tensor in nested dicts and lists (an optimizer's state dict)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: cpu_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_tree(v) for v in obj)
-    return obj
-
-
-@dataclass
-class Trained:
-    seconds: float  # wall time of the training epochs (not evaluation), across resumptions
-    started: float = field(default_factory=time.time)  # wall clock when the first epoch began
-    checkpoints: dict[int, dict] = field(default_factory=dict)  # epoch -> state dict (CPU)
-    optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
-    history: list[dict] = field(default_factory=list)  # one record per trained epoch (``Trained.record``)
-    resumed_from: int | None = None
-    # no | stayed (one graph) | recompiled: N graphs | graph (a captured CUDA graph) | fallback: <why> (eager)
-    compiled: str = "no"
-
-    def state(self, model: nn.Module, opt, epoch: int) -> dict:
-        """Everything a killed run needs to go on after ``epoch`` epochs, but the kept rewind
-        points: those are written once, when reached (``Kept``)."""
-        return {"model": cpu_state(model), "optimizer": cpu_tree(opt.state_dict()), "epoch": epoch,
-                "seconds": self.seconds, "started": self.started, "kept": sorted(self.checkpoints),
-                "history": self.history}
-
-
-class Kept:
-    """Rewind points written once, beside the resumable state, when a training reaches them."""
-
-    def __init__(self, state_path: Path | None):
-        self.path = state_path
-
-    def _file(self, kind: str, epoch: int) -> Path:
-        return self.path.with_name(f"{self.path.stem}.{kind}_{epoch}.pt")
-
-    def write(self, result: Trained, epoch: int) -> None:
-        if self.path is not None:
-            save_atomic(result.checkpoints[epoch], self._file("theta", epoch))
-            save_atomic(result.optimizers[epoch], self._file("optim", epoch))
-
-    def read(self, result: Trained, epochs: list[int]) -> None:
-        for e in epochs:
-            result.checkpoints[e] = load_checkpoint(self._file("theta", e), "kept rewind point")
-            result.optimizers[e] = load_checkpoint(self._file("optim", e), "kept optimizer state")
-
-    def remove(self) -> None:
-        if self.path is not None:
-            for f in self.path.parent.glob(f"{self.path.stem}.*_*.pt"):
-                f.unlink(missing_ok=True)
-
-
-def _resume(state_path: Path | None, model: nn.Module, opt, result: Trained, job: "Job") -> int:
-    """Continue from the state a killed run left after its last saved epoch, if any."""
-    if state_path is None or not state_path.exists():
-        return job.start
-    state = load_checkpoint(state_path, "training state")
-    model.load_state_dict(state["model"])
-    load_optimizer(opt, state["optimizer"])
-    result.seconds, result.resumed_from = state["seconds"], state["epoch"]
-    result.started, result.history = state.get("started", result.started), state.get("history", [])
-    Kept(state_path).read(result, state.get("kept", []))
-    log.info("%s: resuming from the state saved after epoch %d (%s)", job.desc, state["epoch"], state_path)
-    return state["epoch"]
-
-
 @dataclass
 class Job:
     """One training run of a network: the recipe, the span of the schedule it trains, what it
@@ -249,63 +99,6 @@ class EpochStats:
     accuracy: float
     seconds: float
     images: int
-
-
-def snapshot(model: nn.Module, opt) -> Callable[[], None]:
-    """A function that puts the network's weights and buffers and the optimizer's tensor state
-    back as they are now (optimizer state created since is zeroed: a zero momentum buffer makes
-    the next update SGD's first)."""
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
-
-    @torch.no_grad()
-    def restore() -> None:
-        for k, v in model.state_dict().items():
-            v.copy_(weights[k])
-        for p, s in opt.state.items():
-            for k, v in s.items():
-                if torch.is_tensor(v) and k in state.get(p, {}):
-                    v.copy_(state[p][k])
-                elif torch.is_tensor(v):
-                    v.zero_()
-        opt.zero_grad(set_to_none=True)
-
-    return restore
-
-
-def capture(body: Callable[[], None], model: nn.Module, opt, device: torch.device):
-    """``body`` (a training step on static buffers) recorded once as a CUDA graph on ``device``.
-
-    Its warm-up runs (which allocate the momentum buffers) run on a side stream and are undone,
-    so the training is unchanged. Every stream belongs to ``device``, made current for the
-    capture: ``torch.cuda.graph`` otherwise captures on a stream of the current device (cuda:0),
-    which on ``cuda:k`` records none of the step's kernels. A failed capture leaves the state and
-    the current stream as it found them, and raises."""
-    restore, current = snapshot(model, opt), torch.cuda.current_stream(device)
-    try:
-        with torch.cuda.device(device):
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    body()
-            torch.cuda.current_stream(device).wait_stream(side)
-            restore()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
-                body()
-        return graph
-    except Exception:
-        with torch.cuda.device(device):  # (set_stream makes its stream's device current: only for the block)
-            torch.cuda.set_stream(current)  # a capture that failed as it ended may leave its stream current
-        restore()
-        raise
-
-
-def graphs_on(device: torch.device, t: TrainConfig) -> bool:
-    """Whether the recipe's step is captured as a CUDA graph on this device (a CPU runs the same
-    branch eagerly)."""
-    return bool(t.cuda_graph) and device.type == "cuda"
 
 
 def fallback(what: str, desc: str, error: BaseException) -> str:
@@ -455,7 +248,7 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
     if job.optimizer_state is not None:
         load_optimizer(opt, job.optimizer_state)
     result, kept = Trained(0.0), Kept(job.state_path)
-    epoch = _resume(job.state_path, model, opt, result, job)
+    epoch = resume(job.state_path, model, opt, result, job)
     for line in result.history if job.on_epoch else ():
         job.on_epoch(line)
     step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job)
@@ -477,17 +270,10 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
         if job.on_epoch:
             job.on_epoch(result.history[-1])
         if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):
-            save_atomic(result.state(model, opt, epoch), job.state_path)
+            save_state(result, model, opt, epoch, job.state_path)
             saved = time.time()
     result.compiled = step.tag()
     return result
-
-
-def discard(state_path: Path | None) -> None:
-    """Delete a finished training's resumable state and the rewind points written beside it."""
-    if state_path is not None:
-        Kept(state_path).remove()
-        state_path.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -12,14 +12,13 @@ import torch
 from lottery import networks
 from lottery.errors import LotteryError
 from lottery.experiment import dense, trial
-from lottery.experiment.context import Context
-from lottery.experiment.design import derive
+from lottery.experiment.ticket import make_ticket
 from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.structures import Pruning
 from lottery.tracking.store import DenseStore
 from lottery.training.data import load_dataset
 from lottery.training.devices import determinism, restored
-from tests.helpers import compose_cfg, dense_key, resnet_plan, trial_keys
+from tests.helpers import compose_cfg, dense_key, open_context, resnet_plan, trial_keys
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,8 @@ def test_ticket_weights_follow_the_mode(shared):
     pruned = Pruning(lambda m: networks.without(m, [f"blocks.{i}" for i in removed]), {}, {}, "", "", "")
 
     def weights_of(mode_name, rewind=1):
-        ctx = Context.open(derive(shared(f"mode={mode_name}", f"rewind_epoch={rewind}", "density=2"))).load()
-        t = trial.make_ticket(ctx, pruned, entry)
+        ctx = open_context(shared(f"mode={mode_name}", f"rewind_epoch={rewind}", "density=2"))
+        t = make_ticket(ctx, pruned, entry)
         return t.model.state_dict(), t.start_epoch
 
     for mode_name, source in (("rewind", 1), ("lr_rewind", "final"), ("init", 0)):
@@ -246,12 +245,14 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
     from mlflow import MlflowClient
 
     from lottery import load_ticket
+    from lottery.tracking import connection
     from lottery.tracking import runs as tracking
-    from lottery.training.trainer import lr_at, predict, prepare
+    from lottery.training.schedule import lr_at
+    from lottery.training.trainer import predict, prepare
 
     cfg = smoke("model.depth=14", "criterion=random", "density=1", "measure.enabled=false",
                 "robustness.enabled=false")
-    experiment = tracking.start(cfg.tracking, cfg.paths.root)
+    experiment = connection.start(cfg.tracking, cfg.paths.root)
     key = trial_keys(cfg)["config_key"]
     stale = tracking.LiveRun(experiment, "killed-earlier", {"role": "ticket", "config_key": key}, {})
     client = MlflowClient()

@@ -77,3 +77,20 @@ def test_selection_takes_lowest_scores_and_keeps_every_stage():
     assert select_blocks(anatomy, scores, 5) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.6"]
     with pytest.raises(LotteryError, match="at most 12"):
         select_blocks(anatomy, scores, 13)
+
+
+def test_a_family_missing_part_of_the_contract_cannot_register():
+    class Partial(networks.Family):  # builds, but names no blocks and cannot remove them
+        name = "partial"
+
+        def build(self, cfg, shape):
+            return torch.nn.Linear(1, 1)
+
+    with pytest.raises(TypeError, match="abstract"):
+        networks.FAMILIES.registered()(Partial)
+    assert "partial" not in networks.FAMILIES
+
+
+def test_removable_paths_are_the_removable_blocks_in_forward_order():
+    plan = resnet_plan(20)
+    assert networks.removable_paths(build(plan)) == [f"blocks.{i}" for i in plan.removable]

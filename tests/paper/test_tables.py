@@ -101,7 +101,7 @@ def test_interval_and_p_value_match_student_t_computed_by_hand():
 def test_mcnemar_exact_test_matches_the_binomial_computed_by_hand():
     import torch
 
-    from lottery.training.tasks import TASKS
+    from lottery.training.tasks.base import TASKS
 
     def mcnemar_p(ticket, dense, labels):
         return TASKS["classification"].paired(ticket, dense, labels)["p_value"]

@@ -9,17 +9,19 @@ import torch
 
 from lottery import load_ticket, networks
 from lottery.experiment import dense, sweeps, trial
-from lottery.experiment.context import Context
-from lottery.experiment.design import derive
+from lottery.experiment import imp as imp_trial
+from lottery.experiment import ticket as one_ticket
 from lottery.networks.cifar_resnet import build
 from lottery.paper import claims, render
 from lottery.paper.cells import build as build_cells
-from lottery.pruning import structures as pruning
 from lottery.pruning.criteria import ScoringSet, score_blocks
-from lottery.pruning.joint import Units, module_flops
 from lottery.pruning.selection import select_blocks
-from lottery.training.trainer import Job, train
-from tests.helpers import compose_cfg, randomize, refusal, resnet_plan
+from lottery.pruning.structures import Request
+from lottery.pruning.structures.filter import filters
+from lottery.pruning.structures.joint import Units, joint, module_flops
+from lottery.pruning.structures.layer import blocks_per_round, layers
+from lottery.training.trainer import predict, train
+from tests.helpers import compose_cfg, open_context, randomize, refusal, resnet_plan
 
 TINY = ("model.depth=14", "data.train_size=128", "measure.enabled=false", "robustness.enabled=false")
 
@@ -33,17 +35,17 @@ def request(*overrides, model=None, count=None, rounds=1):
     cfg = compose_cfg("profile=smoke", "data=synthetic", *overrides)
     torch.manual_seed(0)
     model = model if model is not None else randomize(build(resnet_plan(32)))
-    return pruning.Request(cfg, cfg.density if count is None else count, model, scoring(), rounds)
+    return Request(cfg, cfg.density if count is None else count, model, scoring(), rounds)
 
 
 def test_rounds_split_as_evenly_as_possible_the_last_taking_fewer():
-    assert pruning.blocks_per_round(5, 2) == [3, 2] and pruning.blocks_per_round(5, 3) == [2, 2, 1]
-    assert pruning.blocks_per_round(4, 4) == [1, 1, 1, 1] and pruning.blocks_per_round(3, 1) == [3]
+    assert blocks_per_round(5, 2) == [3, 2] and blocks_per_round(5, 3) == [2, 2, 1]
+    assert blocks_per_round(4, 4) == [1, 1, 1, 1] and blocks_per_round(3, 1) == [3]
 
 
 def test_round_two_scores_are_the_scores_of_the_round_one_ticket():
     req = request("criterion=grasp", "density=3", rounds=3)
-    p = pruning.layers(req)
+    p = layers(req)
     rounds = p.record["rounds"]
     assert [len(r["removed"]) for r in rounds] == [1, 1, 1] and len(p.record["removed"]) == 3
     first = networks.without(req.model, rounds[0]["removed"])
@@ -63,24 +65,24 @@ def test_one_round_is_the_one_shot_ticket_bit_for_bit(smoke):
     blocks = json.loads(open(mlflow.artifacts.download_artifacts(run_id=out["run_id"],
                                                                  artifact_path="blocks.json")).read())
     # one shot, by the primitives: score theta_0, take the lowest, train the shallower network
-    ctx = Context.open(derive(cfg)).load()
+    ctx = open_context(cfg)
     entry = dense.stored(ctx)[0]
     theta0 = dense.model_at(ctx, entry, 0)
-    scores = score_blocks("snip", theta0, trial.scoring(ctx), cfg.criterion, cfg.seed)
+    scores = score_blocks("snip", theta0, one_ticket.scoring(ctx), cfg.criterion, cfg.seed)
     removed = select_blocks(networks.anatomy(theta0), scores, 2)
     assert blocks["scores"] == scores.tolist() and blocks["removed"] == removed and len(blocks["rounds"]) == 1
     ticket = networks.without(theta0, removed)
-    train(ticket, ctx.data, Job(cfg.train, cfg.seed, ctx.device))
+    train(ticket, ctx.data, ctx.job())
     loaded = load_ticket(out["run_id"], uri=cfg.tracking.uri)
     assert all(torch.equal(v, loaded.state_dict()[k].to(v.dtype)) for k, v in ticket.state_dict().items())
-    accuracy = ctx.data.accuracy(trial.predict(ticket, ctx.data, cfg.train, ctx.device))
+    accuracy = ctx.data.accuracy(predict(ticket, ctx.data, ctx.cfg.train, ctx.device))
     assert accuracy == run.data.metrics["accuracy"] and run.info.run_name == "init-snip-p2-resnet14-s0"
 
 
 def test_an_imp_trial_killed_in_round_two_resumes_there_and_ends_as_uninterrupted(smoke, tmp_path, monkeypatch):
     imp = ("mode=rewind", "rewind_epoch=1", "criterion=snip", "density=2", "prune.rounds=2", *TINY)
     killed = smoke(*imp)
-    real = trial.train_ticket
+    real = imp_trial.train_ticket
     calls = []
 
     def dies_in_round_two(ctx, ticket, state, run):
@@ -96,12 +98,12 @@ def test_an_imp_trial_killed_in_round_two_resumes_there_and_ends_as_uninterrupte
             run.epoch = killed
         return real(ctx, ticket, state, run)
 
-    monkeypatch.setattr(trial, "train_ticket", dies_in_round_two)
+    monkeypatch.setattr(imp_trial, "train_ticket", dies_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         trial.run(killed)
     resumed = trial.run(killed)
     assert calls == ["round-1.state.pt", "round-2.state.pt", "round-2.state.pt"]  # round one was kept, not retrained
-    monkeypatch.setattr(trial, "train_ticket", real)
+    monkeypatch.setattr(imp_trial, "train_ticket", real)
     clean = smoke(*imp, "tracking.experiment=clean")  # the same dense network; its rounds from scratch (kept ones
     assert not list((tmp_path / "store" / "trials").glob("*.rounds"))  # are deleted once their trial is logged)
     uninterrupted = trial.run(clean)
@@ -120,7 +122,7 @@ def test_an_imp_trial_killed_in_round_two_resumes_there_and_ends_as_uninterrupte
 @pytest.mark.parametrize("criterion,density", [("snip", 1), ("grasp", 3), ("synflow", 4)])
 def test_joint_tickets_land_within_one_filter_of_the_layer_tickets_flops(criterion, density):
     req = request(f"criterion={criterion}", f"density={density}", "structure=joint")
-    p = pruning.joint(req)
+    p = joint(req)
     ticket = p.apply(req.model)
     target, got = p.record["target_flops"], module_flops(ticket)[0]
     assert got == p.record["flops"]
@@ -136,7 +138,7 @@ def test_joint_tickets_land_within_one_filter_of_the_layer_tickets_flops(criteri
 
 def test_filter_tickets_can_match_the_layer_tickets_flops_instead_of_its_filter_count():
     req = request("criterion=snip", "density=2", "structure=filter", "match=flops")
-    p = pruning.filters(req)
+    p = filters(req)
     ticket = p.apply(req.model)
     assert p.record["blocks_removed"] == 0 and len(networks.anatomy(ticket).blocks) == 15  # only narrower
     units = Units(req.model, {k: torch.zeros_like(v, dtype=torch.float64) for k, v in req.model.named_parameters()},
@@ -147,8 +149,8 @@ def test_filter_tickets_can_match_the_layer_tickets_flops_instead_of_its_filter_
 @pytest.mark.parametrize("overrides,message", [
     (["density=2", "prune.rounds=3"], "prune.rounds=3: give 1 (one shot) to 2 (one block per round"),
     (["density=2", "prune.rounds=-1"], "prune.rounds=-1: give 1"),
-    (["mode=reinit", "density=2", "prune.rounds=2"], "mode=reinit has no rounds; they are defined for mode=rewind, "
-                                                     "mode=init"),
+    (["mode=reinit", "density=2", "prune.rounds=2"], "mode=reinit has no rounds; they are defined for mode=init, "
+                                                     "mode=rewind"),
     (["mode=lr_rewind", "density=2", "prune.rounds=0"], "mode=lr_rewind has no rounds"),
     (["structure=joint", "criterion=kl"], "structure=joint compares a block's and a filter's summed saliency: use an "
                                           "additive criterion (grasp, snip, synflow)"),

@@ -8,9 +8,10 @@ from lottery.errors import LotteryError
 from lottery.experiment.design import validate
 from lottery.networks import count_filters
 from lottery.networks.cifar_resnet import build, remove_filters
-from lottery.pruning import structures as pruning
 from lottery.pruning.criteria import CRITERIA, ScoringSet
 from lottery.pruning.selection import filter_floor, select_filters
+from lottery.pruning.structures import Request
+from lottery.pruning.structures import filter as filter_structure
 from tests.helpers import compose_cfg, kind_config, randomize, resnet_plan
 
 
@@ -20,7 +21,7 @@ def scoring():
 
 
 def request(cfg, model, count=None):
-    return pruning.Request(cfg, cfg.density if count is None else count, model, scoring())
+    return Request(cfg, cfg.density if count is None else count, model, scoring())
 
 
 def plan_filters(plan) -> int:
@@ -37,7 +38,7 @@ def test_filter_ticket_matches_the_layer_ticket_count(density, filters):
     cfg = compose_cfg("structure=filter", "criterion=grasp", f"density={density}")
     torch.manual_seed(0)
     model = build(resnet_plan(32))
-    p = pruning.filters(request(cfg, model))
+    p = filter_structure.filters(request(cfg, model))
     assert p.record["target_filters"] == filters
     stage = {b.path: b.stage for b in networks.anatomy(model).blocks}
     assert all(stage[path] == 0 for path in p.record["layer_ticket"]["removed"])
@@ -52,7 +53,7 @@ def test_an_explicit_target_is_met_exactly(criterion, target):
     cfg = compose_cfg("structure=filter", f"criterion={criterion}", f"target_filters={target}")
     torch.manual_seed(0)
     model = build(resnet_plan(32))
-    assert count_filters(pruning.filters(request(cfg, model, 1)).apply(model)) == target
+    assert count_filters(filter_structure.filters(request(cfg, model, 1)).apply(model)) == target
 
 
 def test_narrow_net_equals_wide_net_with_next_conv_inputs_zeroed():

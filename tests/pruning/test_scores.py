@@ -15,8 +15,9 @@ from lottery import networks
 from lottery.errors import LotteryError
 from lottery.experiment import trial
 from lottery.networks import Shape
-from lottery.pruning import structures
 from lottery.pruning.criteria import CRITERIA, ScoringSet, score_blocks
+from lottery.pruning.structures import Request
+from lottery.pruning.structures.layer import layers
 from lottery.tracking.store import DenseStore
 from tests.helpers import compose_cfg, kind_config, randomize
 
@@ -100,18 +101,18 @@ def test_the_scored_weights_are_the_named_ones_and_snip_grasp_synflow_equal_a_pe
 
 def test_snip_on_a_zero_head_vit_is_one_line_and_the_head_remedy_gives_distinct_scores():
     cfg, net = build(*SMALL_VIT, "criterion=snip", "density=2")
-    request = structures.Request(cfg, 2, net, scoring())
+    request = Request(cfg, 2, net, scoring())
     with pytest.raises(LotteryError) as e:
-        structures.layers(request)
+        layers(request)
     message = str(e.value)
     assert message.startswith("snip scores of vit_tiny at initialization are all 0: it cannot tell the blocks apart")
     assert "classifier heads.head is all zero" in message and "model.head_init=normal" in message
     assert "\n" not in message
     cfg, net = build(*SMALL_VIT, "criterion=snip", "density=2", "model.head_init=normal")
-    scores = torch.tensor(structures.layers(structures.Request(cfg, 2, net, scoring())).record["scores"])
+    scores = torch.tensor(layers(Request(cfg, 2, net, scoring())).record["scores"])
     assert len(set(scores.tolist())) == len(scores)  # every block told apart
     cfg, net = build(*SMALL_VIT, "criterion=snip", "density=2", "criterion.ties=index")
-    accepted = structures.layers(structures.Request(cfg, 2, net, scoring()))
+    accepted = layers(Request(cfg, 2, net, scoring()))
     assert accepted.tags["ties"].startswith("index: block order chose among tied")
     assert accepted.record["removed"] == ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
 

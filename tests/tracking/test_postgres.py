@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from lottery.errors import LotteryError
 from lottery.experiment import sweeps
-from lottery.tracking import postgres, runs, server
+from lottery.tracking import connection, postgres, server
 from tests.helpers import REPO, free_port, healthy, stop
 
 needs_postgres = pytest.mark.skipif(postgres.binaries() is None,
@@ -134,6 +134,6 @@ def test_a_worker_reaching_the_server_by_a_name_it_refuses_is_told_at_the_door(t
         uri = f"http://127.0.0.1:{http.server_address[1]}"
         with pytest.raises(LotteryError, match=r"refuses requests addressed to '127.0.0.1:\d+' \(HTTP 403\): start it "
                                                r"with `make server HOST=0.0.0.0 ALLOWED_HOSTS=127.0.0.1:\d+`"):
-            runs.check_uri(uri)
+            connection.check_uri(uri)
     finally:
         http.shutdown()

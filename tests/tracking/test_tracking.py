@@ -13,6 +13,7 @@ import torch
 
 from lottery.config import TrackingConfig
 from lottery.errors import LotteryError
+from lottery.tracking import connection, provenance
 from lottery.tracking import runs as tracking
 from lottery.tracking.outbox import main as sync_command
 from lottery.tracking.outbox import sync_all
@@ -36,7 +37,7 @@ def serve(folder: Path, port: int) -> subprocess.Popen:
 ])
 def test_an_unusable_tracking_uri_is_one_line_at_the_door(tmp_path, uri, message):
     with pytest.raises(LotteryError) as e:
-        tracking.start(TrackingConfig(uri=uri), str(tmp_path))
+        connection.start(TrackingConfig(uri=uri), str(tmp_path))
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
     if uri.startswith("http"):
         assert str(e.value).endswith("start it with `make server` or unset `tracking.uri`")
@@ -104,7 +105,7 @@ def test_a_server_killed_while_a_trial_trains_loses_nothing_and_logs_the_trial_o
 
 def test_a_trial_started_again_logs_its_outbox_instead_of_training(smoke, monkeypatch):
     """The results a dead server missed are logged by the next start of the same trial, once."""
-    from lottery.experiment import trial
+    from lottery.experiment import ticket, trial
 
     cfg = smoke("model.depth=14", "criterion=random", "measure.enabled=false", "robustness.enabled=false")
     real = tracking._tag
@@ -120,7 +121,7 @@ def test_a_trial_started_again_logs_its_outbox_instead_of_training(smoke, monkey
     def must_not_train(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(trial, "train_ticket", must_not_train)
+    monkeypatch.setattr(ticket, "train_ticket", must_not_train)
     out = trial.run(cfg)
     key = trial_keys(cfg)["config_key"]
     own = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id  # the worker's store is shared by
@@ -143,8 +144,8 @@ def test_runs_name_their_source_and_a_ticket_is_an_mlflow_model(smoke):
     out = trial.run(cfg)
     run = mlflow.get_run(out["run_id"])
     assert run.data.tags["mlflow.source.name"] == "lottery" and run.data.tags["mlflow.source.type"] == "LOCAL"
-    if tracking.commit():
-        assert run.data.tags["mlflow.source.git.commit"] == tracking.commit()
+    if provenance.commit():
+        assert run.data.tags["mlflow.source.git.commit"] == provenance.commit()
     [model] = run.outputs.model_outputs
     logged = mlflow.pytorch.load_model(f"models:/{model.model_id}")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

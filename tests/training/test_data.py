@@ -5,14 +5,16 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from lottery.config import RobustnessConfig
+from lottery.training import batches as B
 from lottery.training import data as D
 from lottery.training.sources import imagefolder
-from lottery.training.tasks import balanced_indices
+from lottery.training.sources.base import SOURCES
+from lottery.training.tasks.base import balanced_indices
 from tests.helpers import kind_config, train_config, write_folder
 
 
 def cfg(name, **kw):
-    return OmegaConf.structured(kind_config(D.SOURCES, name, **kw))
+    return OmegaConf.structured(kind_config(SOURCES, name, **kw))
 
 
 def test_balanced_subset_counts():
@@ -37,7 +39,7 @@ def test_crop_flip_matches_per_image_reference():
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=g)
     offsets = torch.randint(0, 9, (5, 2), generator=g)
     flips = torch.tensor([True, False, True, False, True])
-    got = D.crop_flip(x, offsets, flips)
+    got = B.crop_flip(x, offsets, flips)
     for i in range(5):
         p = F.pad(x[i], (4, 4, 4, 4))
         oy, ox = offsets[i].tolist()
@@ -51,7 +53,7 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     t = train_config(batch_size=32)
 
     def batches(epoch):  # what the trainer's step gathers: the epoch's plan, each batch built on the device
-        return [D.batch(ds, t, *planned)[0] for planned in D.epoch_plan(ds, t, seed=1, epoch=epoch)]
+        return [B.batch(ds, t, *planned)[0] for planned in B.epoch_plan(ds, t, seed=1, epoch=epoch)]
 
     first, again, other = batches(2), batches(2), batches(3)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
@@ -64,7 +66,7 @@ def test_imagefolder_decodes_once_and_caches_outside_the_data_folder(tmp_path, m
     root = write_folder(tmp_path / "data")
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     c = cfg(name="imagefolder", root=str(root), cache=str(tmp_path / "cache"))
-    D.SOURCES["imagefolder"].check(c)
+    SOURCES["imagefolder"].check(c)
     ds = D.load_dataset(c, torch.device("cpu"))
     assert ds.classes == ["cat", "dog", "eel"] and len(ds.train) == 18 and len(ds.test) == 9
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written there
@@ -86,7 +88,7 @@ def test_imagefolder_resizes_other_sizes(tmp_path):
 
 def test_scoring_set_is_balanced_and_unaugmented():
     ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
-    x, y = D.scoring_set(ds, 30, seed=0)
+    x, y = B.scoring_set(ds, 30, seed=0)
     assert torch.bincount(y).tolist() == [3] * 10
     # unaugmented: every scoring image is exactly a normalised training image
     flat = ds.normalize(ds.train.x).flatten(1)
@@ -122,7 +124,7 @@ def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_pat
     ds = sorted_folder_dataset(tmp_path, train_size=40, test_size=24)
     assert balanced(ds.train.y) and balanced(ds.test.y)
     assert balanced(ds.test.y[:6]) and balanced(ds.train.y[:10])  # prefixes too
-    _, y = D.scoring_set(ds, 24, seed=0)
+    _, y = B.scoring_set(ds, 24, seed=0)
     assert all(balanced(chunk) for chunk in y.split(8))  # every scoring chunk: BN sees every class
     seen = []
     monkeypatch.setattr(similarity, "features", lambda m, batches: seen.append(torch.cat([b[1] for b in batches]))

@@ -18,8 +18,10 @@ from lottery.measure import carbon, costs
 from lottery.networks.cifar_resnet import build
 from lottery.pruning.criteria import CRITERIA
 from lottery.training import devices, trainer
-from lottery.training.data import SOURCES, load_dataset
-from lottery.training.trainer import Job, make_optimizer, train
+from lottery.training.data import load_dataset
+from lottery.training.sources.base import SOURCES
+from lottery.training.optimizer import make_optimizer
+from lottery.training.trainer import Job, train
 from tests.helpers import kind_config, resnet_plan, train_config
 
 CPU = torch.device("cpu")
@@ -71,7 +73,7 @@ def test_compiling_never_changes_what_is_trained_only_a_captured_graph_drops_the
     """Compile is how a step runs (not part of a trial's identity): a compiled recipe trains every
     batch an eager one does, its partial batch eagerly, to the same weights (dynamo with the eager
     backend runs the same kernels); only a captured CUDA graph drops the partial batch."""
-    from lottery.training.data import epoch_plan, num_batches
+    from lottery.training.batches import epoch_plan, num_batches
 
     ds = data(70)
     assert [len(i) for i, _, _ in epoch_plan(ds, recipe(), 0, 0)] == [32, 32, 6]
@@ -93,7 +95,7 @@ def test_a_training_refuses_a_path_left_unsettled():
 
 
 def test_kept_rewind_points_are_written_once_and_the_state_at_most_every_save_every_s(tmp_path, monkeypatch):
-    import lottery.training.trainer as T
+    import lottery.training.checkpoints as T
 
     written = []
     real = T.save_atomic
@@ -258,15 +260,15 @@ def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_comput
 
 def test_auto_on_a_cpu_for_a_long_profile_says_so_and_how_long(caplog, monkeypatch):
     from lottery.experiment import estimate, trial
-    from lottery.experiment.context import Context
+    from lottery.experiment.design import Design
     from tests.helpers import compose_cfg
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(estimate, "timed_speed", lambda cfg: estimate.Speed(1e12, None, "faked"))
     cfg = compose_cfg("data=synthetic", "model.depth=8", "device=auto", "tracking.uri=sqlite:///:memory:")
-    ctx = Context(cfg, None, None, CPU, {}, 0, 0, 1)
+    design = Design(cfg, None, None, CPU, {}, 0, 0, 1)
     with caplog.at_level(logging.WARNING, logger="lottery"):
-        trial.warn_if_slow(ctx)
+        trial.warn_if_slow(design)
     assert "device=auto found no GPU: training on the CPU, where one dense network of this profile (200 epochs) " \
            "takes about" in caplog.text
 

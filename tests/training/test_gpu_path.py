@@ -17,9 +17,13 @@ from lottery.errors import first_cause
 from lottery.measure import costs
 from lottery.networks.cifar_resnet import build
 from lottery.pruning.criteria import CRITERIA, ScoringSet
-from lottery.training import devices, trainer
-from lottery.training.data import SOURCES, Split, batch, epoch_plan, load_dataset, scoring_set
-from lottery.training.trainer import Job, cpu_tree, current_lr, load_optimizer, make_optimizer, train
+from lottery.training import capture, devices, optimizer, trainer
+from lottery.training.checkpoints import cpu_tree
+from lottery.training.batches import batch, epoch_plan, scoring_set
+from lottery.training.data import Split, load_dataset
+from lottery.training.sources.base import SOURCES
+from lottery.training.optimizer import current_lr, load_optimizer, make_optimizer
+from lottery.training.trainer import Job, train
 from tests.helpers import FAKE_CUDA, fake_cuda, kind_config, on_fake_cuda, resnet_plan, train_config
 
 CPU = torch.device("cpu")
@@ -56,7 +60,7 @@ def test_a_cuda_graph_recipe_takes_the_fused_sgd_with_a_tensor_lr_on_the_cpu_too
 def test_a_reloaded_optimizer_keeps_its_own_lr_tensor_and_flags_with_the_saved_value():
     model = build(resnet_plan(8))
     saved_from = make_optimizer(model, recipe(), CPU)  # an eager run: a float lr, foreach
-    trainer.set_lr(saved_from, 0.0125)
+    optimizer.set_lr(saved_from, 0.0125)
     state = cpu_tree(saved_from.state_dict())
     opt = make_optimizer(model, recipe(cuda_graph=True), CPU)
     lr = opt.param_groups[0]["lr"]
@@ -186,7 +190,7 @@ class Stepping:
 
 def test_the_step_is_captured_on_a_stream_of_the_trials_own_gpu_and_the_warmup_undone(monkeypatch):
     fake, cuda1, s = FakeCuda(monkeypatch), torch.device("cuda:1"), Stepping()
-    trainer.capture(s.body, s.model, s.opt, cuda1)
+    capture.capture(s.body, s.model, s.opt, cuda1)
     assert ("device", cuda1) in fake.calls and ("graph", cuda1) in fake.calls  # the graph's stream is cuda:1's
     assert {d for name, d in fake.calls if name == "stream"} == {cuda1}  # no stream of another GPU
     assert s.runs == 4  # three warm-up steps, then the captured one (run eagerly by the fake)
@@ -198,7 +202,7 @@ def test_the_step_is_captured_on_a_stream_of_the_trials_own_gpu_and_the_warmup_u
 def test_a_capture_that_fails_puts_the_state_and_the_stream_back(monkeypatch):
     fake, s = FakeCuda(monkeypatch), Stepping(fail_at=4)  # the captured run fails
     with pytest.raises(RuntimeError, match="stream is capturing"):
-        trainer.capture(s.body, s.model, s.opt, torch.device("cuda:1"))
+        capture.capture(s.body, s.model, s.opt, torch.device("cuda:1"))
     assert fake.calls[-1] == ("set_stream", torch.device("cuda:1"))
     assert all(torch.equal(v, s.model.state_dict()[k]) for k, v in s.before.items())
     assert all(not st["momentum_buffer"].any() for st in s.opt.state.values())  # the next update is SGD's first

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from lottery.networks.cifar_resnet import build
-from lottery.training.data import SOURCES, load_dataset
-from lottery.training.trainer import Job, lr_at, train
+from lottery.training.data import load_dataset
+from lottery.training.sources.base import SOURCES
+from lottery.training.schedule import lr_at
+from lottery.training.trainer import Job, train
 from tests.helpers import PINNED, REPO, compose_cfg, kind_config, resnet_plan, train_config
 
 CPU = torch.device("cpu")

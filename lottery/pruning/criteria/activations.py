@@ -1,8 +1,8 @@
 """Criteria read from the blocks' output feature maps: HRank, expectABS, PLS-VIP and KL.
 
 They score a network as it is used for inference (eval mode: BN running statistics), over the
-scoring set in chunks; every computation is batched over images and channels. Block outputs are
-read with forward hooks (``lottery.networks.block_outputs``), so they work on every family.
+scoring set in chunks (``block_statistics``); every computation is batched over images and
+channels. Block outputs are read with forward hooks, so they work on every family.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from lottery import networks
 from lottery.config import CriterionConfig, opt
-from lottery.pruning.criteria import IMAGES, per_block
+from lottery.pruning.criteria.base import IMAGES, per_block
+from lottery.pruning.criteria.block_statistics import block_statistic, removal_statistic
 
 
 @dataclass
@@ -24,22 +25,8 @@ class PlsSettings(CriterionConfig):
 
 
 def block_outputs(model, x: torch.Tensor, paths: list[str]) -> dict[str, torch.Tensor]:
+    """The outputs of ``paths`` for one batch: what PLS pools (a name of its own, so a test can feed it)."""
     return networks.block_outputs(model, x, paths)
-
-
-def removable(model) -> list[str]:
-    return [b.path for b in networks.anatomy(model).removable]
-
-
-def per_chunk_mean(model, scoring, statistic) -> torch.Tensor:
-    """Mean over the scoring set of ``statistic(block output) -> (N,)`` for each removable block."""
-    model.eval()
-    paths = removable(model)
-    totals = torch.zeros(len(paths), dtype=torch.float64)
-    for x, _, w in scoring.chunks():
-        feats = block_outputs(model, x, paths)
-        totals += torch.stack([statistic(feats[p]).double().mean().cpu() for p in paths]) * w
-    return totals
 
 
 def pooled(y: torch.Tensor) -> torch.Tensor:
@@ -62,7 +49,7 @@ def hrank(model, scoring, cfg, seed):
     averaged over images; here at the block output, averaged over channels and divided by
     min(H, W) so stages of different resolution compare (docs/design.md §3). Higher is kept.
     """
-    return per_chunk_mean(model, scoring, feature_map_rank)
+    return block_statistic(model, scoring, lambda x_in, y: feature_map_rank(y))
 
 
 @per_block("expectabs", tasks=IMAGES)
@@ -72,7 +59,7 @@ def expectabs(model, scoring, cfg, seed):
     The paper's expected absolute activation, taken over the scoring set and every output unit
     of the block, in eval mode; no normalisation. Higher is kept.
     """
-    return per_chunk_mean(model, scoring, lambda y: y.abs().flatten(1).mean(1))
+    return block_statistic(model, scoring, lambda x_in, y: y.abs().flatten(1).mean(1))
 
 
 def vip(x: np.ndarray, y: np.ndarray, components: int) -> np.ndarray:
@@ -97,7 +84,7 @@ def pls(model, scoring, cfg: PlsSettings, seed):
     Higher is kept.
     """
     model.eval()
-    paths = removable(model)
+    paths = networks.removable_paths(model)
     parts = {p: [] for p in paths}
     for x, _, _ in scoring.chunks():
         for p, y in block_outputs(model, x, paths).items():
@@ -122,15 +109,6 @@ def kl(model, scoring, cfg, seed):
     scores lowest. A removable block's shortcut is the identity, so the network without it is
     the network with the block passing its input on (``lottery.networks.skipping``).
     """
-    model.eval()
-    paths = removable(model)
-    totals = torch.zeros(len(paths), dtype=torch.float64)
-    with torch.no_grad():
-        for x, _, w in scoring.chunks():
-            full = scoring.task.log_probs(model(x))
-            for k, path in enumerate(paths):
-                with networks.skipping(model, path):
-                    dropped = scoring.task.log_probs(model(x))
-                per_output = F.kl_div(dropped, full, log_target=True, reduction="none").sum(-1)  # per image, or token
-                totals[k] += per_output.mean().cpu() * w
-    return totals
+    return removal_statistic(model, scoring, lambda out, y, full: F.kl_div(
+        scoring.task.log_probs(out), full, log_target=True, reduction="none").sum(-1),  # per image, or token
+        reference=scoring.task.log_probs)

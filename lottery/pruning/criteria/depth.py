@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from lottery import networks
 from lottery.config import CriterionConfig, choice, opt
-from lottery.pruning.criteria import per_block
+from lottery.pruning.criteria.base import per_block
+from lottery.pruning.criteria.block_statistics import block_statistic, removal_statistic
 
 
 class Positions(enum.Enum):
@@ -41,26 +42,17 @@ def cosines(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(x.double(), y.double(), dim=features, eps=1e-12).flatten(1)
 
 
-def _ends(model, scoring, span: int, statistic, last_only: bool = False) -> torch.Tensor:
-    """Mean over the scoring set of ``statistic(cosines)`` between each removable block's input
-    and the output of the ``span`` consecutive blocks of its stage starting there (at every
-    position, or at the last one only)."""
-    model.eval()
+def spans(model, span: int) -> list[int]:
+    """Per removable block, the index of the last of the ``span`` consecutive removable blocks of
+    its stage starting there (cut short at the stage's end)."""
     removable = networks.anatomy(model).removable
-    last = []  # per block: the last of the ``span`` consecutive blocks of its stage starting there
+    last = []
     for i, b in enumerate(removable):
         j = i
         while j + 1 < min(i + span, len(removable)) and removable[j + 1].stage == b.stage:
             j += 1
         last.append(j)
-    totals = torch.zeros(len(removable), dtype=torch.float64)
-    for x, _, w in scoring.chunks():
-        ends = networks.block_ends(model, x, [b.path for b in removable])
-        for i, b in enumerate(removable):
-            cos = cosines(ends[b.path][0], ends[removable[last[i]].path][1])
-            cos = cos[:, -1:] if last_only else cos
-            totals[i] += statistic(cos).mean().cpu() * w
-    return totals
+    return last
 
 
 @per_block("block_influence")
@@ -71,7 +63,7 @@ def block_influence(model, scoring, cfg, seed):
     over examples and positions (every token; every pixel of a feature map); a block that leaves
     its input as it is scores 0 and goes first.
     """
-    return 1.0 - _ends(model, scoring, 1, lambda cos: cos)
+    return 1.0 - block_statistic(model, scoring, cosines)
 
 
 @per_block("angular_distance", settings=AngularSettings)
@@ -84,8 +76,13 @@ def angular_distance(model, scoring, cfg: AngularSettings, seed):
     ``criterion.span=n`` from the block's input to the output of the n consecutive blocks of its
     stage starting there. 0: the block changes no direction; 1: it reverses its input.
     """
-    return _ends(model, scoring, cfg.span, lambda cos: torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi,
-                 last_only=choice(cfg.positions) == "last")
+    last = choice(cfg.positions) == "last"
+
+    def angle(x_in, x_out):
+        cos = cosines(x_in, x_out)
+        return torch.arccos((cos[:, -1:] if last else cos).clamp(-1.0, 1.0)) / math.pi
+
+    return block_statistic(model, scoring, angle, reach=spans(model, cfg.span))
 
 
 @per_block("loss_on_removal")
@@ -98,12 +95,4 @@ def loss_on_removal(model, scoring, cfg, seed):
     With prune.rounds=0 the blocks go one per round, each round scoring the network left, as SLEB
     removes them.
     """
-    model.eval()
-    paths = [b.path for b in networks.anatomy(model).removable]
-    totals = torch.zeros(len(paths), dtype=torch.float64)
-    with torch.no_grad():
-        for x, y, w in scoring.chunks():
-            for k, path in enumerate(paths):
-                with networks.skipping(model, path):
-                    totals[k] += scoring.task.loss(model(x).double(), y).cpu() * w
-    return totals
+    return removal_statistic(model, scoring, lambda out, y, _: scoring.task.loss(out.double(), y))

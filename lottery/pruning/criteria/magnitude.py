@@ -1,6 +1,6 @@
 """Weight magnitude (the paper's Appendix A.2 / Figure 3)."""
 
-from lottery.pruning.criteria import IMAGES, per_weight
+from lottery.pruning.criteria.base import IMAGES, per_weight
 from lottery.pruning.criteria.weights import scored_parameters
 
 

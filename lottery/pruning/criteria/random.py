@@ -3,7 +3,7 @@
 import torch
 
 from lottery import networks
-from lottery.pruning.criteria import per_block
+from lottery.pruning.criteria.base import per_block
 
 
 def random_filter_scores(model, scoring, cfg, seed):

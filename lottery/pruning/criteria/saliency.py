@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lottery import networks
 from lottery.config import CriterionConfig, opt
-from lottery.pruning.criteria import per_weight
+from lottery.pruning.criteria.base import per_weight
 from lottery.pruning.criteria.weights import scored_parameters
 
 

@@ -1,8 +1,9 @@
-"""The data sources, one module each (the contract and the registry: ``lottery.training.data``);
-adding one is its module here (a ``Source`` subclass with its settings, under ``@SOURCES.registered``) and a
-YAML file in ``conf/data/``.
+"""The data sources, one module each (the contract, ``Arrays`` and the ``SOURCES`` registry:
+``base``); adding one is its module here (a ``Source`` subclass with its settings, under
+``@SOURCES.registered(Settings)``) and a YAML file in ``conf/data/``.
 
-Each may import ``lottery.training.data`` and the schema; sources do not import one another.
+Each may import ``base``, the tasks (``lottery.training.tasks``), ``lottery.networks`` and the
+schema; sources do not import one another.
 """
 
 from lottery.config import import_kinds

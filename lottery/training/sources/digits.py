@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from lottery.config import DataConfig, bad_value, opt
-from lottery.training.data import IMAGE_SIZE, SOURCES, SUBSET_SEED, Arrays, Source
-from lottery.training.tasks import balanced_indices
+from lottery.training.sources.base import IMAGE_SIZE, SOURCES, Arrays, Source
+from lottery.training.tasks.base import SUBSET_SEED, balanced_indices
 
 TEST_IMAGES = 360  # the fixed, class-balanced test split (36 per class); the other 1,437 train
 SIZES = (8, IMAGE_SIZE)

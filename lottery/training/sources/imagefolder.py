@@ -20,12 +20,14 @@ from tqdm import tqdm
 from lottery.config import DataConfig, opt
 from lottery.errors import LotteryError
 from lottery.files import atomic
-from lottery.training.data import IMAGE_SIZE, SOURCES, Arrays, Source
+from lottery.training.sources.base import IMAGE_SIZE, SOURCES, Arrays, Source
 
 
 @dataclass
 class ImageFolderSettings(DataConfig):
     root: Optional[str] = opt(None, "DIR with DIR/train/<class>/* and DIR/test/<class>/*", execution=True)
+    cifar10: bool = opt(False, "the folder holds CIFAR-10 (its 10 classes, its test split): the released CIFAR-10-C "
+                               "and CIFAR-10.2 sets apply (robustness.cifar10c_root, cifar102_path)", execution=True)
 
 
 def _image_files(root: Path, split: str) -> list[tuple[str, Path]]:
@@ -117,3 +119,6 @@ class ImageFolder(Source):
 
     def classes(self, cfg: ImageFolderSettings) -> int:
         return len({c for c, _ in _folder_listing(cfg)[0]["train"]})
+
+    def released_sets(self, cfg: ImageFolderSettings) -> bool:
+        return cfg.cifar10  # the user's word: a folder's images could be anything

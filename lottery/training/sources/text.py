@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -24,7 +25,7 @@ import numpy as np
 
 from lottery.config import DataConfig, bad_value, opt
 from lottery.errors import LotteryError, one_line
-from lottery.training.data import SOURCES, Arrays, Source
+from lottery.training.sources.base import SOURCES, Arrays, Source
 
 SYMBOLS = [f"byte{i:02x}" for i in range(256)]  # the vocabulary: one symbol per byte value
 SUFFIXES = (".txt", ".md", ".rst", ".text")  # the files of a folder that are read as documents
@@ -77,21 +78,15 @@ def arrays(documents: list[bytes], seq_len: int, fraction: float) -> Arrays:
 
 
 class TextSource(Source):
-    """What both text sources share: the task, the symbols, the windows and their counts."""
+    """What the text sources share: the task, the symbols, the windows and their counts."""
 
     task = "language_modeling"
-
-    def documents(self, cfg) -> list[bytes]:
-        raise NotImplementedError
 
     def check(self, cfg) -> None:
         if cfg.seq_len < 1:
             raise bad_value("data.seq_len", cfg.seq_len, "must be positive")
         if not 0 < cfg.test_fraction < 1:
             raise bad_value("data.test_fraction", cfg.test_fraction, "must lie in (0, 1)")
-
-    def load(self, cfg) -> Arrays:
-        return arrays(self.documents(cfg), cfg.seq_len, cfg.test_fraction)
 
     def splits(self, cfg) -> tuple[int, int]:
         loaded = self.load(cfg)
@@ -102,6 +97,17 @@ class TextSource(Source):
 
     def shape(self, cfg) -> tuple[int, ...]:
         return (cfg.seq_len,)
+
+
+class DocumentSource(TextSource):
+    """A text source of documents in memory, its test split held out by document (``held_out``)."""
+
+    @abstractmethod
+    def documents(self, cfg) -> list[bytes]:
+        """Every document, in a fixed order."""
+
+    def load(self, cfg) -> Arrays:
+        return arrays(self.documents(cfg), cfg.seq_len, cfg.test_fraction)
 
 
 @functools.lru_cache(maxsize=4)
@@ -125,7 +131,7 @@ def _files(cfg: TextSettings) -> list[Path]:
 
 
 @SOURCES.registered(TextSettings)
-class Text(TextSource):
+class Text(DocumentSource):
     name = "text"
 
     def check(self, cfg: TextSettings) -> None:
@@ -183,7 +189,7 @@ def generated_documents(count: int) -> list[bytes]:
 
 
 @SOURCES.registered(SyntheticTextSettings)
-class SyntheticText(TextSource):
+class SyntheticText(DocumentSource):
     name = "synthetic_text"
 
     def check(self, cfg: SyntheticTextSettings) -> None:

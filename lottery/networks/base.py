@@ -1,4 +1,4 @@
-"""What a model family fulfils, and the registry of families.
+"""What a model family fulfils, the registry of families, and the values the contract speaks in.
 
 A *family* (``model=...`` picks one through its YAML file, one module each) builds a network and
 answers, for any network it built, dense or ticket: which modules are its residual blocks and
@@ -6,12 +6,13 @@ whether each one's shortcut is the identity (``candidates``), how to build a new
 smaller network without some of them (``without``) or with narrower inner convolutions
 (``narrowables``/``narrowed``), and its plain-data architecture record (``record``/``rebuild``:
 what ``lottery.load_ticket`` rebuilds from). Its own config keys extend ``ModelConfig`` and are
-registered with it. Everything else is derived in ``lottery.networks`` the same way for every
-family, by probing the network.
+registered with it. Everything else is derived the same way for every family, by probing the
+network (``lottery.networks.anatomy``).
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -33,13 +34,6 @@ class Shape:
 
 
 @dataclass(frozen=True)
-class Block:
-    path: str  # module path in the network, e.g. "blocks.3" or "layer2.1"
-    stage: int
-    removable: bool
-
-
-@dataclass(frozen=True)
 class Narrowable:
     """A convolution whose output channels couple to nothing outside its block: they feed only
     its normalisation ``norm`` and the input channels of the next convolution ``next``."""
@@ -51,61 +45,49 @@ class Narrowable:
     width: int
 
 
-@dataclass(frozen=True)
-class Anatomy:
-    """A network's blocks as probed (see ``lottery.networks``)."""
-
-    blocks: tuple[Block, ...]
-    layout: str  # maps | tokens: the shape of block outputs
-    head: str  # the classifier's module path
-    input: tuple[int, ...]
-
-    @property
-    def removable(self) -> list[Block]:
-        return [b for b in self.blocks if b.removable]
-
-    @property
-    def max_removable(self) -> int:
-        """Most blocks removable at once while every stage keeps at least one block."""
-        total = 0
-        for stage in {b.stage for b in self.blocks}:
-            members = [b for b in self.blocks if b.stage == stage]
-            removable = sum(b.removable for b in members)
-            total += removable - (1 if removable == len(members) else 0)
-        return total
-
-    def stage_sizes(self) -> dict[int, int]:
-        return {s: sum(b.stage == s for b in self.blocks) for s in {b.stage for b in self.blocks}}
-
-
 IdentityRule = Callable[[nn.Module], bool]  # whether a block's shortcut is the identity
 
 
-class Family:
-    """The contract a model family fulfils (see the module docstring); one subclass per family."""
+class Family(abc.ABC):
+    """The contract a model family fulfils (see the module docstring); one subclass per family,
+    registered with ``@FAMILIES.registered(Settings)``. The abstract methods are what every family
+    implements; the others are optional hooks with a default."""
 
     name: ClassVar[str]
     reads: ClassVar[str] = "images"  # the input kind its networks read (``Shape.kind``)
 
-    def check(self, cfg: ModelConfig, shape: Shape) -> None:
-        """Raise ``LotteryError`` (one line) for a model config this family cannot build."""
-
+    @abc.abstractmethod
     def build(self, cfg: ModelConfig, shape: Shape) -> nn.Module:
         """A dense network, freshly initialised from torch's global RNG (seeded by the caller)."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def label(self, cfg: ModelConfig) -> str:
+        """The model's short name in run names and tables, e.g. ``resnet32``."""
+
+    @abc.abstractmethod
+    def candidates(self, model: nn.Module) -> list[tuple[str, bool]]:
+        """Every residual block's module path, in forward order, and whether its shortcut is the identity."""
+
+    @abc.abstractmethod
+    def without(self, model: nn.Module, paths: list[str]) -> nn.Module:
+        """A new network without the blocks ``paths``, holding copies of every kept weight."""
+
+    @abc.abstractmethod
+    def record(self, model: nn.Module) -> dict:
+        """Plain data (str, int, float, lists, dicts) from which ``rebuild`` makes the same
+        architecture; it holds ``input``, one example's input shape."""
+
+    @abc.abstractmethod
+    def rebuild(self, record: dict) -> nn.Module:
+        """The architecture of a ``record`` (weights uninitialised: a state dict is loaded into it)."""
+
+    def check(self, cfg: ModelConfig, shape: Shape) -> None:
+        """Raise ``LotteryError`` (one line) for a model config this family cannot build."""
 
     def content(self, cfg: ModelConfig) -> str | None:
         """What names the weights a network starts from beyond its config (a pretrained
         checkpoint's digest), for the trial's identity; None when its config says it all."""
         return None
-
-    def label(self, cfg: ModelConfig) -> str:
-        """The model's short name in run names and tables, e.g. ``resnet32``."""
-        raise NotImplementedError
-
-    def candidates(self, model: nn.Module) -> list[tuple[str, bool]]:
-        """Every residual block's module path, in forward order, and whether its shortcut is the identity."""
-        raise NotImplementedError
 
     def weight_types(self) -> dict[type, tuple[str, ...]]:
         """Module types of this family that hold a convolution's or projection's weights, beyond
@@ -118,30 +100,23 @@ class Family:
         user's own network built from them is pruned without naming its blocks."""
         return {}
 
-    def without(self, model: nn.Module, paths: list[str]) -> nn.Module:
-        """A new network without the blocks ``paths``, holding copies of every kept weight."""
-        raise NotImplementedError
-
     def narrowables(self, model: nn.Module) -> list[Narrowable]:
         """The convolutions whose filters a filter ticket may remove; ``LotteryError`` if none."""
-        raise LotteryError(f"structure=filter is not defined for model.family={self.name}: it has no "
-                           "convolutions whose filters couple only within their block")
+        raise self._no_filters()
 
     def narrowed(self, model: nn.Module, keep: dict[str, list[int]]) -> nn.Module:
-        """A new network keeping only the listed output channels of each narrowable convolution."""
-        raise NotImplementedError
+        """A new network keeping only the listed output channels of each narrowable convolution
+        (a family whose ``narrowables`` finds some implements it)."""
+        raise self._no_filters()
 
     def ones_input(self, model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """SynFlow's data-free input (docs/design.md §3): one example of all ones at the input
         (``shape``: one example's)."""
         return torch.ones(1, *shape, dtype=dtype, device=next(model.parameters()).device)
 
-    def record(self, model: nn.Module) -> dict:
-        """Plain data (str, int, float, lists, dicts) from which ``rebuild`` makes the same architecture."""
-        raise NotImplementedError
-
-    def rebuild(self, record: dict) -> nn.Module:
-        raise NotImplementedError
+    def _no_filters(self) -> LotteryError:
+        return LotteryError(f"structure=filter is not defined for model.family={self.name}: it has no "
+                            "convolutions whose filters couple only within their block")
 
 
 FAMILIES: Registry[Family] = Registry("model.family", group="model", base=ModelConfig, key="family")

@@ -1,6 +1,7 @@
-"""Units (whole blocks and single filters) removed together down to a FLOPs target, greedily by
-criterion score per FLOP saved: the paper's open question, blocks and filters pruned together at
-initialization (``structure=joint``), and filter tickets matched on FLOPs (``match=flops``).
+"""``structure=joint``: units (whole blocks and single filters) removed together down to the
+forward FLOPs of the layer ticket of the same density, greedily by criterion score per FLOP saved:
+the paper's open question, blocks and filters pruned together at initialization; filter tickets
+matched on FLOPs (``match=flops``) are the same search without blocks.
 
 Additive criteria (SNIP, GraSP, SynFlow) sum per-weight saliencies, so a block and a filter are
 scored in the same units: a unit's score is the sum over every weight that goes with it (a
@@ -15,14 +16,19 @@ filter's FLOPs of the target, and never empties a stage or a convolution.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from lottery import networks
+from lottery.config import TrialConfig, choice
+from lottery.errors import LotteryError
 from lottery.measure.costs import counted
-from lottery.pruning.criteria import score_weights
+from lottery.pruning.criteria import CRITERIA, additive_criteria, score_weights
+from lottery.pruning.modes import MODES
+from lottery.pruning.structures.base import STRUCTURES, Pruning, Request, Structure
+from lottery.pruning.structures.layer import layers
 
 log = logging.getLogger("lottery")
 
@@ -129,8 +135,8 @@ class Units:
         return kind, where, channel
 
 
-def greedy(req, target: float, with_blocks: bool) -> Edits:
-    """Remove units of ``req.model`` (a ``lottery.pruning.structures.Request``) down to ``target`` FLOPs."""
+def greedy(req: Request, target: float, with_blocks: bool) -> Edits:
+    """Remove units of ``req.model`` down to ``target`` FLOPs."""
     c = req.cfg.criterion
     net, steps, blocks, filters = req.model, [], 0, 0
     while True:
@@ -147,3 +153,49 @@ def greedy(req, target: float, with_blocks: bool) -> Edits:
         net = networks.without(net, [chosen[1]])
         blocks += 1
         log.info("joint: removed block %s (%d filters so far); re-scoring", chosen[1], filters)
+
+
+def joint(req: Request) -> Pruning:
+    """Remove blocks and filters together, greedily by criterion score per FLOP saved, down to the
+    forward FLOPs of the layer ticket of the same density."""
+    return at_layer_flops(req, with_blocks=True)
+
+
+def at_layer_flops(req: Request, with_blocks: bool) -> Pruning:
+    """Units removed down to the layer ticket's forward FLOPs: blocks and filters, or filters alone."""
+    layer = layers(replace(req, rounds=1))
+    target = module_flops(layer.apply(req.model))[0]
+    plan = greedy(req, target, with_blocks)
+    kind = "joint" if with_blocks else "filter"
+    record = {"target_flops": target, "flops": plan.flops, "steps": plan.steps, "layer_ticket": layer.record,
+              "blocks_removed": plan.blocks, "filters_removed": plan.filters}
+    metrics = {"target_flops": target, "blocks_removed": plan.blocks, "filters_removed": plan.filters}
+    summary = (f"{plan.blocks} blocks and {plan.filters} filters removed: {plan.flops} FLOPs for a target of "
+               f"{target} (the layer ticket's)")
+    return Pruning(lambda m: apply(m, plan.steps), record, metrics, f"p{req.count}-{kind}", f"{kind}.json", summary)
+
+
+def check_joint(cfg: TrialConfig, net: nn.Module, name: str, what: str = "structure=joint") -> None:
+    """Units scored in the same currency (an additive criterion, summed), at initialization, on a
+    family with filters."""
+    crit = CRITERIA[cfg.criterion.name]
+    if not crit.additive or choice(cfg.criterion.aggregate) != "sum":
+        raise LotteryError(f"{what} compares a block's and a filter's summed saliency: use an additive criterion "
+                           f"({', '.join(additive_criteria())}) with criterion.aggregate=sum "
+                           f"(got {cfg.criterion.name}, {choice(cfg.criterion.aggregate)})")
+    if not MODES[cfg.mode.name].scores_at_init:
+        at_init = ", ".join(f"mode={n}" for n, m in MODES.items() if m.scores_at_init)
+        raise LotteryError(f"{what} prunes at initialization: use {at_init} (got mode={cfg.mode.name})")
+    networks.narrowables(net)  # one line if the family has no filters to remove
+
+
+@STRUCTURES.registered()
+class Joint(Structure):
+    name = "joint"
+
+    def prune(self, req: Request) -> Pruning:
+        return joint(req)
+
+    def check(self, cfg: TrialConfig, net: nn.Module, name: str) -> None:
+        super().check(cfg, net, name)
+        check_joint(cfg, net, name)
