@@ -25,13 +25,14 @@ log = logging.getLogger("lottery")
 
 
 def verdict(ctx: Context, metrics: dict, tags: dict) -> str:
-    """Eq. 1's word and whether the difference exceeds the noise (the task's paired test: McNemar's
-    exact test on images, a paired t-test on sequence accuracies; docs/design.md §8.2), e.g. ``-2.78 pp,
-    loses, significant: McNemar p=0.0213``; a dense network that did not learn says so instead of
-    a finding."""
-    word = "wins" if metrics["winning"] else "loses"
-    noise = "significant" if metrics["p_value"] < ALPHA else "within noise"
-    text = f"{metrics['delta_pp']:+.2f} pp, {word}, {noise}: {ctx.data.task.test} p={metrics['p_value']:.3g}"
+    """One statement: the difference, Eq. 1's word for it, and whether it exceeds the noise (the
+    task's paired test: McNemar's exact test on images, a paired t-test on sequence accuracies;
+    docs/design.md §8.2), e.g. ``+2.78 pp, a win by Eq. 1 but within noise: McNemar p=0.087`` or
+    ``-2.78 pp, a loss by Eq. 1, significant: McNemar p=0.0213``; a dense network that did not
+    learn says so instead of a finding."""
+    word = "a win" if metrics["winning"] else "a loss"
+    noise = ", significant" if metrics["p_value"] < ALPHA else " but within noise"
+    text = f"{metrics['delta_pp']:+.2f} pp, {word} by Eq. 1{noise}: {ctx.data.task.test} p={metrics['p_value']:.3g}"
     return text + ("; the dense network is at chance: no finding" if tags.get("dense_at_chance") == "true" else "")
 
 
@@ -60,7 +61,7 @@ def ticket_metrics(ctx: Context, ticket: Ticket, trained: TrainedTicket, pruning
     metrics = {
         **accuracy_metrics(ctx, ticket, trained, entry), **pruning.metrics,
         "params": networks.count_params(ticket.model), "filters": networks.count_filters(ticket.model),
-        "train_seconds": trained.done.seconds, "ticket_epochs": epochs,
+        **trained.done.timings(), "ticket_epochs": epochs,
         **dense_side(entry.metrics, f"@{robustness_key(cfg)}"), **measured, **trained.footprint.metrics(),
     }
     if dense_model is not None:

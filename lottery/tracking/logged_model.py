@@ -18,14 +18,15 @@ log = logging.getLogger("lottery")
 
 def log_network(run_id: str, model) -> None:
     """The network as an MLflow model of the run (``mlflow.pytorch.load_model`` returns it),
-    exported with torch.export from a CPU copy in eval mode (loading runs no pickled code), with an
+    exported with torch.export from a contiguous CPU copy in eval mode (loading runs no pickled code), with an
     input example and its signature; once per run. A network torch.export cannot trace is a warning."""
     import mlflow
     import torchvision  # its version is a requirement of the logged model; seconds to import
 
     if any(o.model_id for o in (mlflow_client().get_run(run_id).outputs.model_outputs or [])):
         return  # already logged (a sync resumed after it)
-    network = copy.deepcopy(model).cpu().float().eval()
+    # contiguous: torch.export's archive cannot tell a channels_last weight covers its storage (it warns)
+    network = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     example = networks.example(network, 2).numpy()  # zeros: images (float32) or token ids (int64)
     requirements = [f"{m.__name__}=={m.__version__.split('+')[0]}" for m in (torch, torchvision)]
     with mlflow.start_run(run_id=run_id):
