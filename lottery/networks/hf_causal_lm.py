@@ -9,8 +9,10 @@ the first decoder layer, after the embedding (docs/design.md §3). Its blocks ar
 layers, each removable (the residual stream keeps its shape); removing some builds a new model
 whose config has fewer layers and copies every kept weight, so a ticket is an ordinary
 ``transformers`` model (``model.lm.save_pretrained(DIR)``; ``AutoModelForCausalLM.from_pretrained``
-loads it) and its record rebuilds it for ``lottery.load_ticket``. transformers is imported when
-a language model is first built, not by every process.
+loads it) and its record rebuilds it for ``lottery.load_ticket``. Only causal models pass the door:
+what an architecture reads is probed, not assumed from its name (transformers builds BERT and the
+other encoders of its causal-LM mapping with bidirectional attention unless told ``is_decoder``).
+transformers is imported when a language model is first built, not by every process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +143,21 @@ def decoder_layers(lm: nn.Module) -> str:
 LAYER_COUNT = ("num_hidden_layers", "n_layer")
 
 
+PROBE_TOKENS = 16  # the causality probe's sequence length (cut to the position limit)
+_READS_AHEAD: dict[str, bool] = {}  # per config, vocabulary and length: validation probes a sweep's model once
+
+
+def _distinct_layers(config: dict) -> dict:
+    """The config with only the first decoder layer of each kind (by its per-layer list entries):
+    what a layer reads is the same with fewer of its kind, and a large checkpoint's probe stays small."""
+    n = next((config[k] for k in LAYER_COUNT if k in config), None)
+    if not n:
+        return config
+    lists = [v for k, v in config.items() if isinstance(v, list) and len(v) == n and k != "architectures"]
+    first = {json.dumps([v[i] for v in lists], default=str): i for i in reversed(range(n))}  # the lowest index wins
+    return _layer_types_kept(config, sorted(first.values()))
+
+
 def _layer_types_kept(config: dict, kept: list[int]) -> dict:
     """The config with ``kept`` layers: the layer count and every per-layer list cut alike."""
     out = copy.deepcopy(config)
@@ -195,6 +213,48 @@ class HFCausalLM(Family):
             if config.get(key):
                 raise LotteryError(f"{self.label(cfg)}: {why} ({key}={config[key]}), so removing layers would change "
                                    f"what the kept ones compute: set ++model.kwargs.{key}=... off, or another arch")
+        length = min(PROBE_TOKENS, limit or PROBE_TOKENS)
+        if self._reads_ahead(cfg, config, shape.classes, length):
+            raise LotteryError(self._not_causal(cfg, config, shape.classes, length))
+
+    def _reads_ahead(self, cfg: CausalLMSettings, config: dict, classes: int, length: int) -> bool:
+        """Whether a later token changes an earlier position's logits, so a next-token loss could be
+        learnt by reading the answer. Row j of one batch changes token j of a seeded random sequence;
+        the positions before j must keep row 0's logits (fp32, eval mode, its distinct layers only,
+        to 1e-5 of the logits' scale). Torch's global RNG is left as it was."""
+        key = json.dumps([config, classes, length], sort_keys=True, default=str)
+        if key not in _READS_AHEAD:
+            arch = {"arch": config.get("model_type"), "config": _distinct_layers(config), "input": [length],
+                    "classes": classes, "removed": []}
+            with torch.random.fork_rng(devices=[]), torch.device("cpu"), torch.no_grad():
+                torch.manual_seed(0)
+                net = self.construct(arch).eval()
+                batch = torch.randint(0, classes, (length,)).repeat(length, 1)
+                later = torch.arange(1, length)
+                batch[later, later] = (batch[later, later] + 1) % classes
+                try:
+                    logits = net(batch)
+                except Exception as e:  # noqa: BLE001 - a forward's own error, from settings it accepted
+                    raise LotteryError(f"{self.label(cfg)} cannot be built and run on {length} tokens "
+                                       f"({one_line(e)[:200]}): check the model's settings") from None
+            tolerance = 1e-5 * max(1.0, float(logits.abs().max()))
+            _READS_AHEAD[key] = any(float((logits[j, :j] - logits[0, :j]).abs().max()) > tolerance
+                                    for j in range(1, length))
+        return _READS_AHEAD[key]
+
+    def _not_causal(self, cfg: CausalLMSettings, config: dict, classes: int, length: int) -> str:
+        """The refusal of a model that reads later positions, naming the config's decoder switch
+        where transformers has one and it makes the model causal."""
+        who = (f"model.pretrained={cfg.pretrained} (a {config.get('model_type')} model)" if cfg.pretrained
+               else f"model.arch={cfg.arch}")
+        line = (f"{who} reads later positions (a later token changes an earlier position's logits: bidirectional "
+                "attention): not a causal language model; ")
+        switch = {**config, "is_decoder": True}
+        if config.get("is_decoder") is False and not self._reads_ahead(cfg, switch, classes, length):
+            return line + ("its config.json has is_decoder: set it true there" if cfg.pretrained else
+                           "its transformers config has is_decoder (false unless given): set "
+                           "++model.kwargs.is_decoder=true, or choose a decoder-only arch (llama, gpt2, qwen2, ...)")
+        return line + "choose a decoder-only arch (llama, gpt2, qwen2, mistral, ...)"
 
     def build(self, cfg: CausalLMSettings, shape):
         arch = {"arch": cfg.arch, "config": _config_of(cfg, shape), "input": list(shape.input),

@@ -1,7 +1,8 @@
 """Which weights a per-weight criterion scores, chosen by the module that holds them (never by a
 tensor's rank): convolution kernels, linear and attention projections, and with ``norms`` the
 normalisation's affine parameters; never embeddings, class or position tokens, layer scales or
-biases (docs/design.md §3). And the counts of filters and parameters the costs report.
+biases (docs/design.md §3), nor a projection tied to an embedding (GPT-2's head). And the counts
+of filters and parameters the costs report.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 def scored_weights(model: nn.Module, norms: bool) -> dict[str, nn.Parameter]:
     """The parameters a per-weight criterion scores, by name, chosen by the module that holds
     them: convolution kernels and linear and attention projections (torch's and those the
-    family declares), plus with ``norms`` the normalisation layers' affine parameters."""
+    family declares), plus with ``norms`` the normalisation layers' affine parameters. A tied
+    parameter is scored once, under its first name, and never when it is also an embedding's
+    weight (a head tied to the token embedding): embeddings are not scored, whatever reaches them."""
     types = {**family_of(model).weight_types(), **PROJECTIONS}  # a family's own types first: they may subclass torch's
+    seen = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
     out = {}
     for name, module in model.named_modules():
         own = next((keys for t, keys in types.items() if isinstance(module, t)), ())
@@ -30,7 +34,8 @@ def scored_weights(model: nn.Module, norms: bool) -> dict[str, nn.Parameter]:
             own = ("weight", "bias")
         for key in own:
             p = getattr(module, key, None)
-            if isinstance(p, nn.Parameter):
+            if isinstance(p, nn.Parameter) and id(p) not in seen:
+                seen.add(id(p))
                 out[f"{name}.{key}".lstrip(".")] = p
     return out
 
