@@ -67,7 +67,8 @@ def validate(cfg: TrialConfig) -> networks.Anatomy:
     data.check(cfg.data)
     net = networks.check(cfg.model, data.shape_of(cfg.data))
     anatomy, name = networks.anatomy(net), networks.label(cfg.model)
-    criteria.check(cfg.criterion, cfg.data, mode.prunes, anatomy, name)
+    remove = blocks_to_remove(cfg.density, len(anatomy.removable)) if mode.prunes else 0
+    criteria.check(cfg.criterion, cfg.data, mode.prunes, anatomy, name, remove)
     check_recipe(cfg.train)
     mode.check(cfg, anatomy, name)
     structure = STRUCTURES[cfg.structure]

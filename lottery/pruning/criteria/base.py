@@ -151,10 +151,21 @@ def filter_criteria() -> list[str]:
     return sorted(n for n, c in CRITERIA.items() if c.filters is not None)
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a criterion's settings are checked against at validation: a settings class refuses
+    values that make it meaningless on this network with a static ``check(cfg, target)``."""
+
+    anatomy: networks.Anatomy  # of the dense network
+    task: str  # the data's task
+    model: str  # the network's label, for messages
+    remove: int  # the blocks the trial removes
+
+
 def check(cfg: CriterionConfig, data_cfg: DataConfig, prunes: bool, anatomy: networks.Anatomy,
-          model: str) -> None:
-    """A known criterion, defined for the network's block outputs; one that reads data gets a
-    scoring set the training split can fill."""
+          model: str, remove: int = 0) -> None:
+    """A known criterion, defined for the network's block outputs, with settings that mean
+    something on it; one that reads data gets a scoring set the training split can fill."""
     crit, task = CRITERIA[cfg.name], task_of(data_cfg).name
     if prunes and crit.tasks is not None and task not in crit.tasks:
         fits = sorted(n for n, c in CRITERIA.items() if c.tasks is None or task in c.tasks)
@@ -164,6 +175,9 @@ def check(cfg: CriterionConfig, data_cfg: DataConfig, prunes: bool, anatomy: net
         fits = sorted(n for n, c in CRITERIA.items() if c.layout in (None, anatomy.layout))
         raise LotteryError(f"criterion {cfg.name} reads {crit.layout} (N, C, H, W) at block outputs, but {model}'s "
                            f"blocks output {anatomy.layout}: use one of {', '.join(fits)}")
+    meaningful = getattr(CRITERIA.settings_of(cfg.name), "check", None)
+    if prunes and meaningful is not None:
+        meaningful(cfg, Target(anatomy, task, model, remove))
     if not prunes or not crit.needs_data:
         return
     if cfg.scoring_size < 1:

@@ -34,14 +34,17 @@ def per_block_mean(model: nn.Module, scoring: ScoringSet,
 
 
 def block_statistic(model: nn.Module, scoring: ScoringSet, stat: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    reach: Sequence[int] | None = None) -> torch.Tensor:
+                    reach: Sequence[int] | None = None, last_output: str | None = None) -> torch.Tensor:
     """Per removable block, the mean over the scoring set of ``stat(x_in, x_out)``: the block's
     input and output for a chunk ((N, C, H, W) maps or (N, T, D) tokens), its result any shape
     (e.g. (N,) per example). With ``reach``, x_out is the output of removable block ``reach[i]``
-    (a span of consecutive blocks from block i's input)."""
+    (a span of consecutive blocks from block i's input); with ``last_output``, the last block's
+    output is that module's (the final norm that reads it)."""
 
     def per_chunk(x, y, paths):
-        ends = networks.block_ends(model, x, paths)
+        ends = networks.block_ends(model, x, paths + ([last_output] if last_output else []))
+        if last_output:
+            ends[paths[-1]] = (ends[paths[-1]][0], ends[last_output][1])
         last = range(len(paths)) if reach is None else reach
         return (stat(ends[p][0], ends[paths[j]][1]) for p, j in zip(paths, last))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from lottery import networks
@@ -63,16 +64,41 @@ def _ties(req: Request, model: nn.Module, scores, removed: list[str]) -> dict:
         log.warning("%s scores %s %s; criterion.ties=index lets block order decide (tagged ties on the run)",
                     c.name, where, about)
         return {"ties": tied}
-    why, fix = "", ""
+    why, fixes = "", []
     if not model.get_submodule(networks.head(model)).weight.detach().any():
         why = f" (its classifier {networks.head(model)} is all zero, so no gradient reaches the blocks)"
-        fix = "model.head_init=normal, or " if "head_init" in cfg.model else ""
+        fixes += ["model.head_init=normal"] if "head_init" in cfg.model else []
     elif all(starts_as_identity(model.get_submodule(b.path)) for b in networks.anatomy(model).removable):
         why = " (each block's last normalisation starts at zero, so every block starts as the identity)"
-        fix = "model.zero_init_last=false, or " if "zero_init_last" in cfg.model else ""
-    raise LotteryError(f"{c.name} scores of {networks.label(cfg.model)} {where} {about}{why}: use {fix}a criterion "
-                       "that reads the blocks otherwise (e.g. block_influence), or criterion.ties=index to let block "
-                       "order decide (tagged on the run)")
+        fixes += ["model.zero_init_last=false"] if "zero_init_last" in cfg.model else []
+    telling = _telling(req, model, count=len(removed))
+    fixes += [f"criterion={telling} (it tells these blocks apart)"] if telling else []
+    fixes += ["mode=rewind (scoring the trained network)"] if not telling and MODES[cfg.mode.name].scores_at_init else []
+    raise LotteryError(f"{c.name} scores of {networks.label(cfg.model)} {where} {about}{why}: use "
+                       f"{', or '.join(fixes + ['criterion.ties=index to let block order decide (tagged on the run)'])}")
+
+
+ALTERNATIVES = ("snip", "grasp", "kl", "block_influence", "loss_on_removal")  # tried in turn, cheapest reads first
+
+
+def _telling(req: Request, model: nn.Module, count: int) -> str | None:
+    """The first criterion of ``ALTERNATIVES`` other than the trial's, defined here, whose scores
+    of ``model`` decide which ``count`` blocks go: the remedy a tie refusal names, tried, not guessed."""
+    c, anatomy = req.cfg.criterion, networks.anatomy(model)
+    if req.scoring is None:  # every alternative reads data
+        return None
+    for name in (n for n in ALTERNATIVES if n != c.name):
+        if CRITERIA[name].tasks and req.scoring.task.name not in CRITERIA[name].tasks:
+            continue
+        cfg = OmegaConf.structured(CRITERIA.settings_of(name)(name=name, scoring_size=c.scoring_size,
+                                                             batch_size=c.batch_size))
+        try:
+            scores = score_blocks(name, model, req.scoring, cfg, req.cfg.seed)
+        except LotteryError:  # NaN or infinite: not a remedy
+            continue
+        if not tied_blocks(anatomy, scores, select_blocks(anatomy, scores, count)):
+            return name
+    return None
 
 
 def in_rounds(dense: nn.Module, rounds: list[dict]) -> Pruning:
