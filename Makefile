@@ -107,7 +107,7 @@ bench-amp: install  ## accuracy and s/epoch of the quick dense network, amp=off 
 bench-gpu: install  ## one GPU: the trainer's img/s eager/compiled/CUDA graph x fp32/bf16, 1/2/4 trials at once, tables' GPU-hours
 	$(PY) benchmarks/gpu.py $(if $(JSON),--json $(JSON)) $(BENCH_ARGS)
 
-gpu-check: install  ## every GPU check in one run (<= 8 min on one GPU, budgeted; DRY_RUN=1 prints the plan): cuda tests, rates, determinism, memory, Table 2's GPU-minutes
+gpu-check: install  ## every GPU check in one run (<= 9 min on one GPU, budgets with their compiles; DRY_RUN=1 prints the plan): cuda tests, rates, determinism, memory, Table 2's GPU-minutes on its settled path
 	$(PY) benchmarks/gpu_check.py --json $(or $(JSON),$(ROOT)/gpu-check.json) $(if $(DRY_RUN),--dry-run)
 
 clean:  ## delete caches, tables, reports and logs under ROOT (keeps the dense store and the MLflow runs)

@@ -3,7 +3,8 @@
 (a) training throughput of lottery's trainer, at the default precision (``amp=auto``: bf16 where
 the device has it) and at fp32, both on the fast path a paper-profile trial settles on here
 (layout and compile, timed as ``lottery.experiment.fast_path`` times them), vs a plain fp32
-PyTorch loop (PIL transforms, DataLoader with workers, standard step), same device, model,
+PyTorch loop (PIL transforms, DataLoader with workers, standard step; TF32 off, as the trainer
+has it), same device, model,
 batch, optimizer and images; (b) achieved training
 FLOP/s as a fraction of the device's peak in the dtype actually used (the better of a large matmul
 and a large convolution), measured in the same run; (c) scoring
@@ -98,10 +99,13 @@ def trainer_rate(args, data, device, amp: str, repeat: int, **variant) -> float:
 
 @contextlib.contextmanager
 def plain():
-    """The settings a hand-written loop runs with: torch's defaults, cuDNN autotuning on."""
+    """The settings a hand-written loop runs with: torch's defaults, cuDNN autotuning on, but TF32
+    off as the trainer has it (``devices.configure``): torch's default runs cuDNN convolutions in
+    TF32, which would time a cheaper fp32 loop than the trainer's."""
     with restored():
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         yield
 
 
@@ -205,7 +209,7 @@ def training_flops_per_image(args, device) -> float:
 
 def peak_flops(device, dtype: str) -> float:
     """The device's best measured FLOP/s in the given dtype (bf16, or fp32 without TF32: the
-    recipe's own), under plain settings: the better of a large square matmul and a large 3x3
+    recipe's own), under plain settings (TF32 off): the better of a large square matmul and a large 3x3
     convolution (on a CPU, oneDNN's convolutions outrun its matmul, so a matmul alone is no peak)."""
     dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     n = 4096 if device.type == "cuda" else 2048
@@ -213,7 +217,6 @@ def peak_flops(device, dtype: str) -> float:
     x = torch.randn(32, 256, 32, 32, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with plain():
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         return max(_best(lambda: a @ b, 2 * n**3, device),
                    _best(lambda: F.conv2d(x, w, padding=1), 2 * 32 * 256 * 256 * 9 * 32 * 32, device))
 

@@ -5,8 +5,8 @@ what every paper table costs at the paper profile.
 (``lottery.training.trainer.train``: device-resident data, batched augmentation, the recipe's optimizer) on
 the device ``pick_device`` gives, in a few minutes: images/s of one ResNet32 trial for eager /
 compiled (/ a captured CUDA graph, on CUDA) x fp32 / bf16; the aggregate images/s of 1, 2 and 4
-processes training at once on the same device (what ``JOBS=N`` does; a worker that dies is
-reported, never waited for); and, from the measured rates, the projected GPU-hours of every
+processes training at once on the same device (what ``JOBS=N`` does; a worker that fails or
+dies stops the others at once and is reported in one line, never waited for); and, from the measured rates, the projected GPU-hours of every
 paper table at the paper profile, at the rate ``make table2`` runs by default (eager, one trial
 at a time) and at the best one measured. The projection counts training only (200 epochs of
 50,000 images per dense network, ``200 - i`` epochs per rewound ticket), costs a ticket at its
@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lottery.config import TrainConfig  # noqa: E402
+from lottery.errors import one_line  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.experiment.sweeps import available, load  # noqa: E402
 from lottery.measure.costs import flops  # noqa: E402
@@ -44,7 +45,8 @@ from lottery.training.trainer import Job, epoch_of, prepare, train  # noqa: E402
 
 PAPER_EPOCHS = 200
 PAPER_TRAIN_IMAGES = 50_000  # the paper profile trains on the whole CIFAR-10 training split
-WORKER_TIMEOUT_S = 600
+WORKER_TIMEOUT_S = 600  # a worker alive but silent this long is hung
+POLL_S = 1.0  # how often the workers' exit codes are read while their figures are awaited
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Timed:
     began: float
     ended: float
     path: str  # the step that ran (Trained.compiled): no, stayed, graph, fallback: ...
+    overhead_s: float = 0.0  # the training's seconds beyond its epochs at the timed rate: compile, capture, autotuning
 
 
 def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, timed_epochs: int = 1,
@@ -78,9 +81,12 @@ def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, 
             warmed()
         marks.append(time.time())
 
+    began = time.perf_counter()
     done = train(model, data, Job(t, 0, dev, on_epoch=on_epoch))
+    wall = time.perf_counter() - began  # (however the trainer books its compile)
     seconds = sum(h["epoch_seconds"] for h in done.history[1:])
-    return Timed(timed_epochs * steps * batch / seconds, marks[0], marks[-1], done.compiled)
+    return Timed(timed_epochs * steps * batch / seconds, marks[0], marks[-1], done.compiled,
+                 max(0.0, wall - (1 + timed_epochs) * seconds / timed_epochs))
 
 
 def trainer_rate(device: str, depth: int, batch: int, steps: int, variant: dict, strict: bool = False) -> float:
@@ -93,8 +99,34 @@ def trainer_rate(device: str, depth: int, batch: int, steps: int, variant: dict,
 
 
 def _worker(args, barrier, queue):
-    timed = trainer_run(*args, warmed=barrier.wait)  # timed only once every worker is warm
+    """One trial sharing the device: its timing on the queue, or why it failed (one line)."""
+    try:
+        timed = trainer_run(*args, warmed=barrier.wait)  # timed only once every worker is warm
+    except Exception as e:  # noqa: BLE001 - the parent stops the others and says why
+        queue.put(one_line(e))
+        return
     queue.put((timed.img_s, timed.began, timed.ended))
+
+
+def collect(procs, queue, n: int) -> list[tuple] | str:
+    """The ``n`` workers' timings, or why they will not all come: a worker that failed, one that
+    died (its exit code, read every ``POLL_S``), or one silent for ``WORKER_TIMEOUT_S``. A worker
+    lost before the barrier leaves the others waiting there for ever: never wait on them."""
+    out, deadline = [], time.monotonic() + WORKER_TIMEOUT_S
+    while len(out) < n:
+        try:
+            got = queue.get(timeout=POLL_S)
+        except queues.Empty:
+            died = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if died:
+                return f"a worker died (exit code {died[0]})"
+            if time.monotonic() > deadline:
+                return f"a worker hung ({WORKER_TIMEOUT_S} s without a figure)"
+            continue
+        if isinstance(got, str):
+            return f"a worker failed: {got}"
+        out.append(got)
+    return out
 
 
 @dataclass
@@ -108,24 +140,23 @@ class Shared:
 def concurrent_rate(n: int, args: tuple, timed_epochs: int) -> Shared | None:
     """Aggregate images/s of ``n`` processes training at once, timed after all have started CUDA,
     made their data and warmed up (a barrier), over ``timed_epochs`` epochs each (long enough that
-    start-up jitter does not shorten the shared span); None if one of them dies."""
+    start-up jitter does not shorten the shared span); None, said in one line, if one fails or dies."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(n), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=((*args, timed_epochs), barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
-    out = []
+    out: list[tuple] | str = "stopped before every worker reported"
     try:
-        for _ in procs:
-            out.append(queue.get(timeout=WORKER_TIMEOUT_S))
-    except queues.Empty:
-        print(f"{n} trials at once: a worker died or hung (exit codes {[p.exitcode for p in procs]})", flush=True)
-        return None
-    finally:  # every worker that reported is ending; any other (a hang, a budget past) is killed at once
+        out = collect(procs, queue, n)
+    finally:  # every worker that reported is ending; any other (waiting at the barrier, hung, a budget past) is killed
         for p in procs:
-            p.join(timeout=10 if len(out) == n else 0)
+            p.join(timeout=0 if isinstance(out, str) else 10)
             if p.is_alive():
                 p.kill()
+    if isinstance(out, str):
+        print(f"{n} trials at once: {out}; the others were stopped", flush=True)
+        return None
     spans = [ended - began for _, began, ended in out]
     together = min(e for _, _, e in out) - max(b for _, b, _ in out)
     return Shared(sum(rate for rate, _, _ in out), max(0.0, together) / (sum(spans) / n))

@@ -128,16 +128,6 @@ def test_gpu_projection_counts_every_training_of_each_sweep():
     assert total == pytest.approx(tables_without_dense + dense)
 
 
-def test_gpu_check_on_a_machine_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: make gpu-check runs the real checks")
-    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--json", str(tmp_path / "g.json")], cwd=REPO,
-                       capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0 and r.stdout.strip() == ("gpu-check: no CUDA device on this machine; run `make gpu-check` "
-                                                      "on a GPU host (nothing checked here)")
-    assert not (tmp_path / "g.json").exists()
-
-
 def test_the_plain_loop_runs_with_torchs_defaults_and_the_settings_come_back():
     from benchmarks.bench import plain
 
@@ -158,46 +148,51 @@ def test_concurrent_workers_are_timed_only_after_every_one_has_warmed_up():
     assert timed.img_s > 0 and timed.path == "no"
 
 
-def test_gpu_check_guards_each_check_and_keeps_within_its_budget(monkeypatch, capsys):
-    from benchmarks import gpu_check
-    from benchmarks.gpu_check import Check
+def test_the_plain_loop_trains_with_tf32_off_as_the_trainer_does(monkeypatch):
+    from benchmarks import bench
 
-    monkeypatch.setattr(gpu_check, "STEPS", {
-        "fine": Check(lambda a: {"img_s": 1.0}, 5, "a check that works"),
-        "broken": Check(lambda a: 1 / 0, 5, "one that fails"),
-        "hung": Check(lambda a: time.sleep(30), 1, "one that runs past its budget"),
-        "after": Check(lambda a: "still measured", 5, "one after the failures"),
-        "too_long": Check(lambda a: "never run", 100, "one that no longer fits"),
-    })
-    monkeypatch.setattr(gpu_check, "TOTAL_S", 30)
-    figures = gpu_check.run(None)
-    assert figures["fine"] == {"img_s": 1.0} and figures["after"] == "still measured"
-    assert figures["broken"] == "failed: ZeroDivisionError: division by zero"
-    assert figures["hung"] == "failed: stopped at its 1 s budget" and figures["hung_seconds"] < 5
-    assert figures["too_long"].startswith("skipped: ") and "it needs 100" in figures["too_long"]
-    assert figures["seconds"] < 10
+    class Spy(torch.nn.Module):
+        """A network that reads the TF32 switches in the loop, at each forward pass."""
 
+        def __init__(self):
+            super().__init__()
+            self.fc, self.seen = torch.nn.Linear(3 * 32 * 32, 10), []
 
-def test_one_failed_trainer_mode_keeps_the_others(monkeypatch):
-    from benchmarks import gpu_check
+        def forward(self, x):
+            self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return self.fc(x.flatten(1))
 
-    def rate(device, depth, batch, steps, variant, strict=False):
-        if variant.get("compile"):
-            raise RuntimeError("fallback: OSError: no C compiler found for Triton")
-        return 1234.5
-
-    monkeypatch.setattr(gpu_check, "trainer_rate", rate)
-    out = gpu_check.trainer_modes(4)
-    assert out["compiled_bf16"] == "failed: RuntimeError: fallback: OSError: no C compiler found for Triton"
-    assert out["eager_fp32"] == out["cuda_graph_bf16"] == 1234.5 and len(out) == 6
+    spy = Spy()
+    monkeypatch.setattr(bench, "resnet", lambda depth, shape: spy)
+    loader = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
+    with restored():
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # cuDNN's is torch's default
+        assert bench.reference_rate(SimpleNamespace(model=8, batch_size=4), loader, torch.device("cpu")) > 0
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # put back after the loop
+    assert spy.seen == [(False, False)] * 2  # both epochs' steps
 
 
-def test_gpu_check_prints_its_plan_on_any_machine_within_eight_minutes():
-    from benchmarks.gpu_check import STEPS, TOTAL_S
+def test_a_worker_that_dies_before_the_barrier_stops_the_others_in_one_line(capsys):
+    import threading
 
-    r = subprocess.run(["make", "--no-print-directory", "gpu-check", "DRY_RUN=1"], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "gpu-check plan: 8 checks in at most 480 s" in r.stdout and TOTAL_S == 480
-    assert all(name in r.stdout for name in STEPS) and sum(c.budget_s for c in STEPS.values()) <= TOTAL_S
-    assert "'failed: <why>'" in r.stdout
+    from benchmarks.gpu import concurrent_rate
+
+    got = []  # depth 7 is no CIFAR ResNet: each worker fails building it, before the barrier
+    worker = threading.Thread(target=lambda: got.append(concurrent_rate(2, ("cpu", 7, 4, 1, {"amp": "off"}), 1)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=300)  # generous: two spawned processes import torch; waiting on them would take 600 s
+    assert not worker.is_alive() and got == [None]
+    line = capsys.readouterr().out.strip()
+    assert line == ("2 trials at once: a worker failed: ValueError: CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, "
+                    "110), got 7; the others were stopped")
+
+
+def test_a_worker_killed_before_it_reports_is_seen_by_its_exit_code(monkeypatch):
+    import queue
+
+    from benchmarks import gpu
+
+    monkeypatch.setattr(gpu, "POLL_S", 0.01)
+    procs = [SimpleNamespace(exitcode=None), SimpleNamespace(exitcode=-9)]  # one at the barrier, one killed (OOM)
+    assert gpu.collect(procs, queue.Queue(), 2) == "a worker died (exit code -9)"
