@@ -13,13 +13,15 @@ from torch import nn
 from lottery import networks
 from lottery.config import TrialConfig
 from lottery.errors import one_line
-from lottery.experiment.context import Context
+from lottery.experiment.context import Context, Records
+from lottery.experiment.design import Design
 from lottery.experiment.identity import dense_spec
 from lottery.files import content_key
 from lottery.measure import carbon
 from lottery.measure.metrics import CHANCE_MARGIN_PP, at_chance
 from lottery.measure.trial_costs import network_costs, robustness_key
 from lottery.tracking import connection, liveness, runs
+from lottery.tracking.logged_model import log_network
 from lottery.tracking.store import DenseResult, Entry
 from lottery.training.checkpoints import cpu_state, discard
 from lottery.training.data import describe, fingerprint
@@ -91,12 +93,42 @@ def reference(ctx: Context) -> tuple[Entry, str]:
         return entry, "unlogged"
 
 
+def spec(cfg: TrialConfig, precision: str) -> tuple[dict, str]:
+    """What defines the trial's dense network (``identity.dense_spec``), and its store key."""
+    defined = dense_spec(cfg, fingerprint(cfg.data), precision)
+    return defined, content_key(defined)
+
+
+def finished(design: Design, records: Records) -> dict | None:
+    """The result of a ``mode=dense`` trial that already ended, read without loading data: its
+    entry in the store and a FINISHED run of it in this experiment (with its logged model when
+    ``tracking.log_model`` is on), so re-running a sweep skips its dense step as it skips tickets."""
+    cfg = design.cfg
+    if cfg.store.retrain:
+        return None
+    _, key = spec(cfg, design.precision)
+    entry = records.store.load(key)
+    if entry is None:
+        return None
+    done = [r for r in connection.find_runs(records.experiment, role="dense", dense_key=key)
+            if r.info.status == "FINISHED" and (has_model(r) or not cfg.tracking.log_model)]
+    if not done:
+        return None
+    log.info("skipped: dense %s is in the store and finished as MLflow run %s", key, done[0].info.run_id)
+    return {"accuracy": entry.metrics["accuracy"], "run_id": done[0].info.run_id, "skipped": True}
+
+
+def has_model(run) -> bool:
+    """Whether an MLflow run (as ``find_runs`` returns it) has its network logged as a model."""
+    return bool(run.outputs and run.outputs.model_outputs)
+
+
 def stored(ctx: Context) -> tuple[Entry, runs.LiveRun | None]:
     """The stored dense run, trained first if missing (its MLflow run live while it trains, left
     open for ``log_run`` to finish), keeping the configured rewind points and this trial's."""
     cfg = ctx.cfg
-    defined = dense_spec(cfg, fingerprint(cfg.data), ctx.precision)
-    key, amp = content_key(defined), defined["precision"]
+    defined, key = spec(cfg, ctx.precision)
+    amp = defined["precision"]
     keep = set(rewind_epochs(cfg.train)) | ({ctx.kept_rewind} if ctx.kept_rewind is not None else set())
     live = []
 
@@ -175,8 +207,8 @@ def measured(ctx: Context, entry: Entry) -> Entry:
 def log_run(ctx: Context, entry: Entry, run: runs.LiveRun | None) -> str:
     """The dense reference's MLflow run in this experiment: the live one that trained it (finished
     here by its trainer), else one written from the entry (its history and training times) the
-    first time a trial of this experiment needs it; under the entry's lock, so concurrent trials
-    log it once."""
+    first time a trial of this experiment needs it (a finished one logged without its model given
+    it when ``tracking.log_model`` is on); under the entry's lock, so concurrent trials log it once."""
     cfg, experiment = ctx.cfg, ctx.experiment
     suffix = f"@{robustness_key(cfg)}"
     numbers = {k.replace(suffix, ""): v for k, v in entry.metrics.items() if "@" not in k or k.endswith(suffix)}
@@ -187,6 +219,8 @@ def log_run(ctx: Context, entry: Entry, run: runs.LiveRun | None) -> str:
             done = [r for r in connection.find_runs(experiment, role="dense", dense_key=entry.key)
                     if r.info.status in ("FINISHED", "RUNNING")]  # RUNNING: its live trainer finishes it
             if done:
+                if cfg.tracking.log_model and done[0].info.status == "FINISHED" and not has_model(done[0]):
+                    log_network(done[0].info.run_id, model_at(ctx, entry, "final"))  # logged without it before
                 return done[0].info.run_id
             run = runs.LiveRun(experiment, run_name(ctx), run_tags(ctx, entry.key, entry.meta["spec"]["precision"]),
                                    run_params(cfg), cfg.tracking.parent, entry.meta.get("trained", {}).get("start_ms"))

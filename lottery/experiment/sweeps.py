@@ -159,7 +159,7 @@ class Setting:
 def commands(sweep: Sweep, setting: Setting, seeds: int, jobs: int = 1, launcher: str | None = None,
              skip: tuple[dict, ...] = ()) -> list[list[str]]:
     """One ``python -m lottery -m`` command per grid of the sweep; a swept value all of whose
-    cells are in ``skip`` (inapplicable to the model) is left out."""
+    cells are in ``skip`` (inapplicable to the model, or finished) is left out."""
     profile, *data = setting.overrides()
     common = [profile, f"seed={','.join(str(s) for s in range(seeds))}", f"tracking.experiment={sweep.experiment}",
               *launcher_overrides(jobs, launcher), *data]
@@ -255,12 +255,16 @@ def main(argv=None) -> int:
     found = designs(cells)
     experiment = connection.start(cfg.tracking, cfg.paths.root)
     run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
-    print(survey(sweep, args, cells, experiment, inapplicable(found)), flush=True)
+    states = estimate.survey(cells, args.seeds, experiment, worker_precision(args, cfg), inapplicable(found))
+    print(survey(sweep, args, cells, experiment, states), flush=True)
     parented = Setting(setting.profile, setting.data, setting.data_root,
                        (*setting.extra, f"tracking.parent={run or '<the sweep run>'}"))
-    skip = tuple(cell for (cell, _), why in zip(cells, inapplicable(found)) if why)
+    # a cell with no trial left to run (each finished, or n/a) is not launched, nor a dense step with no grid left
+    skip = tuple(cell for cell, _ in cells if all(s.status in ("finished", "n/a") for s in states if s.cell == cell))
     tickets = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
     cmds = [*dense_first(tickets), *tickets]
+    if not cmds:
+        print("nothing left to run", flush=True)
     if args.dry_run:
         print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
         return 0
@@ -304,11 +308,10 @@ def worker_precision(args, cfg: TrialConfig) -> str:
 
 
 def survey(sweep: Sweep, args, cells: list[tuple[dict, TrialConfig]], experiment: str,
-           na: list[str | None]) -> str:
+           states: list[estimate.TrialState]) -> str:
     """The sweep's trials (finished / failed / running / missing) and the estimated time of the rest."""
     cfg = cells[0][1]
     amp = worker_precision(args, cfg)
-    states = estimate.survey(cells, args.seeds, experiment, amp, na)
     speed, dense = None, 0
     if any(s.status in ("failed", "missing") for s in states):
         speed = estimate.measured_speed(experiment, cfg.store.root, amp) or estimate.timed_speed(cfg)

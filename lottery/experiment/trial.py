@@ -38,7 +38,7 @@ def run(cfg: TrialConfig, overrides: list[str] = (), tags: dict | None = None, j
     process left RUNNING is marked KILLED. ``job``: its number in a multirun (its GPU)."""
     design = derive(cfg, job)
     records = Records.open(cfg)
-    if design.mode.prunes and (done := already_done(design, records)):
+    if done := (already_done(design, records) if design.mode.prunes else dense.finished(design, records)):
         return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
