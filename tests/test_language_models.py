@@ -105,7 +105,7 @@ def test_a_text_folder_loads_as_sequences_of_next_token_predictions(tmp_path):
 
     d = load_dataset(cfg.data, torch.device("cpu"))
     assert d.task is LM and d.shape == Shape((32,), 256, "tokens") and len(d.train) == 40
-    assert d.train.x.dtype == torch.int64 and torch.equal(d.train.x[:, 1:], d.train.y[:, :-1])
+    assert d.train.x.dtype == torch.uint8 and torch.equal(d.train.x[:, 1:], d.train.y[:, :-1])  # bytes stay bytes
     assert int(d.train.x.max()) < 128  # the .bin file was not read
     assert d.normalize(d.train.x[:2]) is not None and torch.equal(d.normalize(d.train.x[:2]), d.train.x[:2])
 

@@ -5,6 +5,7 @@ epochs from the nearest earlier one it keeps."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -55,13 +56,14 @@ def train_dense(ctx: Context, partial, keep: set[int], run: runs.LiveRun) -> Den
     ``keep`` (resumable), its history streamed to ``run``."""
     cfg = ctx.cfg
     model = ctx.build(cfg.seed)
-    with carbon.tracked(cfg.measure, "dense", cfg.jobs, ctx.device) as footprint:
-        done = train(model, ctx.data, ctx.job(keep=frozenset(keep), state_path=partial / "state.pt", desc="dense",
-                                              on_epoch=run.epoch))
+    metered = functools.partial(carbon.tracked, cfg.measure, "dense", cfg.jobs, ctx.device)  # the epochs alone
+    done = train(model, ctx.data, ctx.job(keep=frozenset(keep), state_path=partial / "state.pt", desc="dense",
+                                          on_epoch=run.epoch, metered=metered))
+    footprint = done.metered
     predictions = predict(model, ctx.data, cfg.train, ctx.device)
     data = ctx.data
     metrics = {"accuracy": data.accuracy(predictions), **data.task.summary(predictions, data.test.y),
-               "train_seconds": done.seconds,
+               **done.timings(),
                "epochs": cfg.train.epochs, "train_images": len(ctx.data.train), "params": networks.count_params(model),
                "filters": networks.count_filters(model), **footprint.metrics(),
                **held_out_accuracy(model, ctx.data, cfg.train, ctx.device)}

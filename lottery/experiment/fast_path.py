@@ -4,9 +4,9 @@ contiguous) and whether the network is compiled, chosen per device, precision an
 Both say how a step runs, never what it trains (a compiled step takes an epoch's last partial
 batch eagerly), so neither is part of a trial's identity. A setting the config leaves null is
 chosen by timing the recipe's own training step on this device (``costs.throughputs``: the
-candidates take turns step by step), and the figures are remembered in the store
-(``fast_path.json``), so a config takes the same path in that store every time and gives the
-same numbers. A setting the config gives is kept (docs/design.md §5.1).
+candidates take turns step by step, read as paired rounds), and the figures are remembered in
+the store (``fast_path.json``), so a config takes the same path in that store every time and
+gives the same numbers. A setting the config gives is kept (docs/design.md §5.1).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from lottery.training.trainer import prepare
 
 log = logging.getLogger("lottery")
 
-MARGIN = 1.05  # another path is taken only when this much faster than the default: a near tie keeps the default
+MARGIN = 1.05  # another path is taken only when this much faster than the default in every round: a near tie keeps it
+ROUNDS = 5  # paired rounds the timed steps are read as (as make bench's): stretches in which the candidates take turns
 WORTH_COMPILING_S = 300.0  # a training shorter than this (eager) is not worth a compile's tens of seconds
 FILE = "fast_path.json"
 
@@ -73,15 +74,46 @@ def candidates(cfg: TrialConfig) -> list[FastPath]:
     return [FastPath(cl, c) for c in compiles for cl in layouts]  # (DEFAULT first where open)
 
 
-def decide(rates: dict[FastPath, float], default: FastPath, training_s: float, compile_s: float) -> FastPath:
-    """Of the timed paths that beat ``default`` by ``MARGIN`` and finish the training sooner, the
-    one that finishes soonest (``training_s`` at the default's rate; a path that compiles where
-    the default does not pays its compile, again in every training); else the default."""
-    def total(p: FastPath) -> float:
-        return training_s * rates[default] / rates[p] + (compile_s if p.compile and not default.compile else 0.0)
+def rounds_of(samples: list[float]) -> list[float]:
+    """A candidate's per-step rates as ``ROUNDS`` rounds of consecutive steps (fewer, of a step
+    each, for fewer steps), each the round's images over its seconds: the candidates take turns
+    step by step, so every candidate's k-th round covers the same stretch of the host's time."""
+    n = min(ROUNDS, len(samples))
+    chunks = [samples[i * len(samples) // n:(i + 1) * len(samples) // n] for i in range(n)]
+    return [len(c) / sum(1 / r for r in c) for c in chunks]
 
-    better = [p for p in rates if rates[p] >= MARGIN * rates[default] and total(p) < training_s]
+
+def worst_ratio(rounds: dict[FastPath, list[float]], p: FastPath, default: FastPath) -> float:
+    """``p``'s rate over the default's in its worst paired round."""
+    return min(a / b for a, b in zip(rounds[p], rounds[default]))
+
+
+def decide(rounds: dict[FastPath, list[float]], default: FastPath, training_s: float, compile_s: float) -> FastPath:
+    """Of the timed paths faster than ``default`` beyond the rounds' spread (by ``MARGIN`` in every
+    paired round: drift of a shared host between rounds touches both alike, and one lucky stretch
+    is not enough) that finish the training sooner, the one that finishes soonest at its median
+    rate (``training_s`` at the default's; a path that compiles where the default does not pays
+    its compile, again in every training); else the default."""
+    rate = {p: statistics.median(r) for p, r in rounds.items()}
+
+    def total(p: FastPath) -> float:
+        return training_s * rate[default] / rate[p] + (compile_s if p.compile and not default.compile else 0.0)
+
+    better = [p for p in rounds if worst_ratio(rounds, p, default) >= MARGIN and total(p) < training_s]
     return min(better, key=total, default=default)
+
+
+def verdict(rounds: dict[FastPath, list[float]], default: FastPath, chosen: FastPath) -> str:
+    """Why the path taken beat the default, or why a path faster at its median was not taken."""
+    rate = {p: statistics.median(r) for p, r in rounds.items()}
+    if chosen != default:
+        return f"{chosen} beat {default} in every round (its worst {worst_ratio(rounds, chosen, default):.2f}x)"
+    rival = max((p for p in rounds if rate[p] > rate[default]), key=rate.get, default=None)
+    if rival is None:
+        return ""
+    why = ("within the rounds' spread" if worst_ratio(rounds, rival, default) < MARGIN
+           else "not paying for its compile")
+    return f"kept {default}: {rival} {rate[rival]:.0f} vs {rate[default]:.0f} img/s {why}"
 
 
 @dataclass
@@ -103,7 +135,8 @@ class Settled:
 
 
 def settle(cfg: TrialConfig, device: torch.device) -> Settled:
-    """The path the trial trains on: the only candidate, or the fastest as timed on this device.
+    """The path the trial trains on: the only candidate, or the fastest beyond the rounds' spread
+    as timed on this device (``decide``).
 
     The paths of the default's kind (eager, unless the config compiles) are timed first; the
     others (compiled) only for a training long enough to pay for a compile, all candidates then
@@ -120,7 +153,7 @@ def settle(cfg: TrialConfig, device: torch.device) -> Settled:
         book = _read(store / FILE)
         try:
             entry, timed = _entry(cfg, device, book, first, None)
-            training_s = _training_images(cfg) / entry["img_s"][str(paths[0])]
+            training_s = _training_images(cfg) / statistics.median(entry["img_s"][str(paths[0])])
             worth = len(first) < len(paths) and training_s >= WORTH_COMPILING_S
             if worth:
                 entry, more = _entry(cfg, device, book, paths, entry)
@@ -131,16 +164,19 @@ def settle(cfg: TrialConfig, device: torch.device) -> Settled:
             return Settled(paths[0], "untimed: out of memory timing the candidates together")
         if timed:
             write_json(store / FILE, book)
-    rates = {p: entry["img_s"][str(p)] for p in paths if str(p) in entry["img_s"]}
-    training_s = _training_images(cfg) / rates[paths[0]]
-    chosen = decide(rates, paths[0], training_s, entry["compile_s"] or 0.0)
-    figures = ", ".join(f"{p} {r:.0f}" for p, r in rates.items()) + " img/s"
+    rounds = {p: entry["img_s"][str(p)] for p in paths if str(p) in entry["img_s"]}
+    training_s = _training_images(cfg) / statistics.median(rounds[paths[0]])
+    chosen = decide(rounds, paths[0], training_s, entry["compile_s"] or 0.0)
+    figures = (", ".join(f"{p} {statistics.median(r):.0f}" for p, r in rounds.items()) +
+               f" img/s, medians of {len(rounds[paths[0]])} paired rounds")
     if entry.get("compile_failed"):
         figures += f"; compiling fails here: {entry['compile_failed']}"
     elif len(first) < len(paths) and not worth:
         figures += f"; compile not tried: ~{training_s:.0f} s of training"
     elif entry["compile_s"] is not None and len(first) < len(paths):
         figures += f"; a compile {entry['compile_s']:.0f} s, training ~{training_s:.0f} s"
+    why = verdict(rounds, paths[0], chosen)
+    figures += f"; {why}" if why else ""
     settled = Settled(chosen, "timed here" if timed else f"remembered from {entry['when']}", figures)
     log.info("fast path: %s", settled.tag)
     return settled
@@ -185,13 +221,13 @@ def book_key(cfg: TrialConfig, device: torch.device, paths: list[FastPath]) -> d
     """What a timing depends on: the device's model (not its index: a multi-GPU box's jobs share
     one figure, and a ticket on cuda:1 trains as its dense network did on cuda:0) and threads,
     precision, the recipe's step, the architecture (its config: pretrained weights by their folder,
-    not hashed again) and its input, torch's version, and the candidates."""
+    not hashed again) and its input, torch's version, the candidates and the rounds they are read as."""
     t, shape = cfg.train, shape_of(cfg.data)
     return {"device": model_of(device), "precision": precision(device, t.amp), "deterministic": bool(t.deterministic),
             "batch_size": t.batch_size, "cuda_graph": bool(t.cuda_graph), "compile_backend": t.compile_backend,
             "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True), "input": list(shape.input),
             "classes": shape.classes,
-            "torch": torch.__version__, "candidates": [str(p) for p in paths]}
+            "torch": torch.__version__, "candidates": [str(p) for p in paths], "rounds": ROUNDS}
 
 
 def _training_images(cfg: TrialConfig) -> int:
@@ -199,12 +235,12 @@ def _training_images(cfg: TrialConfig) -> int:
 
 
 def _rates(cfg: TrialConfig, device: torch.device, paths: list[FastPath],
-           strict: bool) -> tuple[dict[str, float], float | None]:
-    """Median training images/s of each path (the candidates taking turns), and the seconds the
-    timing spent beyond its steps: compiling, when some paths compile (their compiles, one per
-    compiled path, averaged). ``strict``: a compile that fails raises (rather than time the eager
-    step under the compiled path's name). The global random state is put back: timing or
-    remembering the paths leaves the trial's draws alike."""
+           strict: bool) -> tuple[dict[str, list[float]], float | None]:
+    """Each path's training images/s in paired rounds (``rounds_of``: the candidates taking turns),
+    and the seconds the timing spent beyond its steps: compiling, when some paths compile (their
+    compiles, one per compiled path, averaged). ``strict``: a compile that fails raises (rather
+    than time the eager step under the compiled path's name). The global random state is put
+    back: timing or remembering the paths leaves the trial's draws alike."""
     m = cfg.measure
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -216,7 +252,8 @@ def _rates(cfg: TrialConfig, device: torch.device, paths: list[FastPath],
         samples = throughputs(models, [p.recipe(cfg.train) for p in paths], device, m.throughput_steps, m.warmup_steps,
                               strict=strict)
         wall = time.perf_counter() - began
-    rates = {str(p): statistics.median(s) for p, s in zip(paths, samples)}
-    stepping = sum((m.throughput_steps + m.warmup_steps) * cfg.train.batch_size / r for r in rates.values())
+    rounds = {str(p): rounds_of(s) for p, s in zip(paths, samples)}
+    stepping = sum((m.throughput_steps + m.warmup_steps) * cfg.train.batch_size / statistics.median(r)
+                   for r in rounds.values())
     compiles = sum(p.compile for p in paths)
-    return rates, max(0.0, wall - stepping) / compiles if compiles else None
+    return rounds, max(0.0, wall - stepping) / compiles if compiles else None

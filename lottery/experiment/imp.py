@@ -56,7 +56,7 @@ def imp(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket
                                      "blocks_removed": len(pruning.record["removed"]),
                                      "flops": costs.flops(ticket.model),
                                      "params": networks.count_params(ticket.model),
-                                     "train_seconds": trained.done.seconds}))
+                                     **trained.done.timings()}))
         log.info("IMP round %d of %d: %s", r, ctx.rounds, pruning.summary.split("; ")[-1])
         scored = ticket.model
     live.history(trained.done.history)  # the trial's own curves: its last round's

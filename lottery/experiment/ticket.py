@@ -4,6 +4,7 @@ in rounds."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,10 @@ class TrainedTicket:
 
 def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: runs.LiveRun) -> TrainedTicket:
     cfg = ctx.cfg
-    with carbon.tracked(cfg.measure, "ticket", cfg.jobs, ctx.device) as footprint:
-        done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, state_path=state, desc="ticket",
-                                                     on_epoch=run.epoch))
-    return TrainedTicket(done, footprint, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
+    metered = functools.partial(carbon.tracked, cfg.measure, "ticket", cfg.jobs, ctx.device)  # the epochs alone
+    done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, state_path=state, desc="ticket",
+                                                 on_epoch=run.epoch, metered=metered))
+    return TrainedTicket(done, done.metered, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
 
 
 def one_shot(ctx: Context, entry: Entry, live: runs.LiveRun,

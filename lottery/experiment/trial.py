@@ -25,6 +25,7 @@ from lottery.measure.metrics import console
 from lottery.tracking import connection, liveness, outbox, runs
 from lottery.tracking.tickets import TICKET_FILE, ticket_file
 from lottery.training.checkpoints import discard
+from lottery.training.compiling import begin_trial
 from lottery.training.data import describe, train_images
 from lottery.training.devices import configure, determinism, name_of, not_deterministic
 
@@ -43,6 +44,7 @@ def run(cfg: TrialConfig, overrides: list[str] = (), tags: dict | None = None, j
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     configure(design.device, cfg.train)
+    begin_trial(cfg.paths.root)  # dynamo's caches this trial's, inductor's under paths.root: before any compile
     log.info("device: %s", name_of(design.device))
     warn_if_slow(design)
     settled = fast_path.settle(cfg, design.device)  # layout and compile, before any network is built

@@ -3,7 +3,8 @@
 FLOPs come from ``torch.utils.flop_counter``; training memory is, on a GPU, the network's
 parameters and optimizer state plus the allocator's peak during one step above what was allocated
 before it (so data and other networks resident on the device never count; for a recipe that
-captures its step as a CUDA graph, the graph's private memory pool instead) and, on a CPU, the
+captures its step as a CUDA graph, the segments of the graph's private memory pool instead, less
+cuBLAS workspaces) and, on a CPU, the
 bytes of parameters, gradients, optimizer state and tensors saved for backward (counted through
 ``saved_tensors_hooks``); times use CUDA synchronisation on a GPU, and time the step the recipe
 trains with (eager, compiled, or the captured graph replayed).
@@ -142,24 +143,40 @@ def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
 
 def _graph_step_memory(m, opt, x, y, device, amp) -> int:
     """The network's own state plus the private memory pool of its step captured as a CUDA graph
-    (every intermediate of the step lives there for the graph's life): the allocator's reserved
-    bytes after the capture and a replay above those before, with the unused cache emptied on
-    both sides, the optimizer state made by an eager step first."""
+    (every intermediate and gradient of the step lives there for the graph's life), the optimizer
+    state made by an eager step first. Read from the pool's own segments (``_pool_bytes``), not as
+    the reserved bytes around the capture: those also hold a cuBLAS workspace (32 MiB on a Hopper)
+    for every new (handle, stream) pair, the warm-up's side stream among them, kept for the
+    process's life: about half a CIFAR ResNet's step, and the same for a ticket and its dense
+    network, so it would halve their memory reduction."""
     _step(m, opt, x, y, device, amp)
     opt.zero_grad(set_to_none=True)
-    synchronize(device)
-    torch.cuda.empty_cache()
-    before = torch.cuda.memory_reserved(device)
     graph = capture(lambda: _step(m, opt, x, y, device, amp), m, opt, device)
     graph.replay()
     synchronize(device)
-    torch.cuda.empty_cache()
-    return _own_bytes(m, opt) + int(torch.cuda.memory_reserved(device)) - before
+    return _own_bytes(m, opt) + _pool_bytes(graph.pool(), m)
 
 
-def _stepper(model: nn.Module, t: TrainConfig, device, first: bool, strict: bool = False):
+def _pool_bytes(pool, model: nn.Module) -> int:
+    """Bytes of the segments the allocator's snapshot assigns to a graph's memory pool
+    (``segment_pool_id``), less the cuBLAS workspaces allocated there for the capture's stream
+    and autograd's thread: blocks still allocated, of a workspace's size, that hold no gradient
+    (the only tensors of the step that outlive it)."""
+    grads = {p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None}
+    workspace = {torch.backends.cuda.cublas_workspace_size(), torch.backends.cuda.cublaslt_workspace_size()}
+    total = 0
+    for segment in torch.cuda.memory_snapshot():
+        if tuple(segment["segment_pool_id"]) == tuple(pool):
+            total += segment["total_size"] - sum(
+                b["size"] for b in segment["blocks"] if b["state"] == "active_allocated"
+                and b["requested_size"] in workspace and b["address"] not in grads)
+    return total
+
+
+def _stepper(model: nn.Module, t: TrainConfig, device, strict: bool = False):
     """One network's training step as the recipe trains it, on a copy and a fixed batch: eager,
-    compiled, or captured as a CUDA graph and replayed; where the fast path fails on this host
+    compiled (the graph its training compiled, reused: ``compiling.compiled``), or captured as a
+    CUDA graph and replayed; where the fast path fails on this host
     (as the training then fell back), the eager step, said once (``strict``: a failing compile
     raises)."""
     m = copy.deepcopy(model).train()
@@ -170,7 +187,7 @@ def _stepper(model: nn.Module, t: TrainConfig, device, first: bool, strict: bool
         return eager
     try:
         if t.compile:
-            step = functools.partial(_step, compiled(m, t, device, reset=first), opt, x, y, device, t.amp)
+            step = functools.partial(_step, compiled(m, t, device), opt, x, y, device, t.amp)
         fast = capture(step, m, opt, device).replay if graphs_on(device, t) else step
         fast()  # a compile fails, if at all, at its first step
         return fast
@@ -200,8 +217,7 @@ def throughputs(models: list[nn.Module], t: TrainConfig | list[TrainConfig], dev
     ``strict``: a compile that fails raises, where a measurement would time the eager step the
     training fell back to (a candidate that cannot compile here is none)."""
     recipes = list(t) if isinstance(t, (list, tuple)) else [t] * len(models)
-    first = next((k for k, r in enumerate(recipes) if r.compile), 0)  # the first compiled network resets dynamo
-    steppers = [_stepper(model, r, device, k == first, strict) for k, (model, r) in enumerate(zip(models, recipes))]
+    steppers = [_stepper(model, r, device, strict) for model, r in zip(models, recipes)]
     for _ in range(warmup):
         for step in steppers:
             step()

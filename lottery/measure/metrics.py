@@ -113,6 +113,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("throughput_img_s", "steady-state training images/s, both nets back to back in this process",
            dense=LIVE, rule=ratio, compared="speedup", console="speed-up {:.2f}x", speed=True),
     Metric("train_seconds", "wall time of the training epochs", rule=wall_ratio, compared="speedup_wall", speed=True),
+    Metric("compile_seconds", "compiling the network before the first epoch (a compiled path), outside train_seconds"),
     Metric("latency_ms_b1", "median forward latency at batch 1, in the training precision", dense=LIVE),
     Metric("latency_ms_b128", "median forward latency at batch 128, in the training precision", dense=LIVE),
     Metric("co2_kg", "codecarbon, offline, over the training phase", rule=per_epoch_reduction,

@@ -68,12 +68,13 @@ def batch(data: Dataset, t: TrainConfig, idx: torch.Tensor, offsets: torch.Tenso
     x = data.train.x[idx]
     if t.augment and data.task.augments:
         x = crop_flip(x, offsets, flips)
-    return data.normalize(x, t.channels_last), data.train.y[idx]
+    return data.normalize(x, t.channels_last), data.targets(data.train.y[idx])
 
 
 def eval_batches(data: Dataset, split: Split, batch_size: int, channels_last: bool = True):
     for start in range(0, len(split), batch_size):
-        yield data.normalize(split.x[start:start + batch_size], channels_last), split.y[start:start + batch_size]
+        yield (data.normalize(split.x[start:start + batch_size], channels_last),
+               data.targets(split.y[start:start + batch_size]))
 
 
 def num_batches(n: int, t: TrainConfig) -> int:
@@ -85,4 +86,4 @@ def scoring_set(data: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torc
     """A sample of the training split by the task's subset rule (seeded: class-balanced, every
     chunk holding every class, for images), unaugmented, as the network reads it."""
     chosen = data.subset(data.train, size, seed)
-    return data.normalize(chosen.x), chosen.y
+    return data.normalize(chosen.x), data.targets(chosen.y)

@@ -50,7 +50,7 @@ def cpu_tree(obj):
 
 @dataclass
 class Trained:
-    seconds: float  # wall time of the training epochs (not evaluation), across resumptions
+    seconds: float  # wall time of the training epochs (not evaluation, not compiling), across resumptions
     started: float = field(default_factory=time.time)  # wall clock when the first epoch began
     checkpoints: dict[int, dict] = field(default_factory=dict)  # epoch -> state dict (CPU)
     optimizers: dict[int, dict] = field(default_factory=dict)  # epoch -> optimizer state there (CPU)
@@ -58,13 +58,21 @@ class Trained:
     resumed_from: int | None = None
     # no | stayed (one graph) | recompiled: N graphs | graph (a captured CUDA graph) | fallback: <why> (eager)
     compiled: str = "no"
+    compile_seconds: float | None = None  # compiling before the epochs (a compiled recipe), across resumptions
+    metered: object = None  # what ``trainer.Job.metered`` yielded around the epochs (a ``carbon.Footprint``)
+
+    def timings(self) -> dict:
+        """The training's seconds as a run logs them: ``train_seconds`` (the epochs alone, what
+        speed-ups, energy per epoch and estimates divide by) and, where it compiled, ``compile_seconds``."""
+        compiling = {} if self.compile_seconds is None else {"compile_seconds": self.compile_seconds}
+        return {"train_seconds": self.seconds, **compiling}
 
     def state(self, model: nn.Module, opt, epoch: int) -> dict:
         """Everything a killed run needs to go on after ``epoch`` epochs, but the kept rewind
         points: those are written once, when reached (``Kept``)."""
         return {"model": cpu_state(model), "optimizer": cpu_tree(opt.state_dict()), "epoch": epoch,
-                "seconds": self.seconds, "started": self.started, "kept": sorted(self.checkpoints),
-                "history": self.history}
+                "seconds": self.seconds, "compile_seconds": self.compile_seconds, "started": self.started,
+                "kept": sorted(self.checkpoints), "history": self.history}
 
 
 class Kept:
@@ -106,6 +114,7 @@ def resume(state_path: Path | None, model: nn.Module, opt, result: Trained, job)
     model.load_state_dict(state["model"])
     load_optimizer(opt, state["optimizer"])
     result.seconds, result.resumed_from = state["seconds"], state["epoch"]
+    result.compile_seconds = state.get("compile_seconds")
     result.started, result.history = state.get("started", result.started), state.get("history", [])
     Kept(state_path).read(result, state.get("kept", []))
     log.info("%s: resuming from the state saved after epoch %d (%s)", job.desc, state["epoch"], state_path)

@@ -1,9 +1,10 @@
 """A data config's data: checked, identified and sized without loading (``check``,
 ``fingerprint``, ``shape_of``, ``images``), and loaded whole onto the training device as a
-``Dataset`` (uint8 images (N, C, H, W) plus int64 labels, or int64 token ids (N, T) plus the
-next tokens (N, T)), with every subset drawn by its task's subset rule. What a source is:
-``lottery.training.sources.base``; what the data means: its task (``lottery.training.tasks``);
-how it is batched and augmented per epoch: ``lottery.training.batches``.
+``Dataset`` (uint8 images (N, C, H, W) plus int64 labels, or windows of T + 1 token ids, uint8 for
+bytes, whose first T are the inputs and last T the next tokens: two views of one array), with
+every subset drawn by its task's subset rule. What a source is: ``lottery.training.sources.base``;
+what the data means: its task (``lottery.training.tasks``); how it is batched and augmented per
+epoch: ``lottery.training.batches``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from lottery.training.tasks.base import SUBSET_RULE, SUBSET_SEED, TASKS, Task
 
 @dataclass
 class Split:
-    x: torch.Tensor  # uint8 (N, 3, H, W) images, or int64 (N, T) token ids
-    y: torch.Tensor  # int64 (N,) labels, or (N, T) next tokens
+    x: torch.Tensor  # uint8 (N, 3, H, W) images, or (N, T) token ids (uint8 for bytes: ``LanguageModeling.tensors``)
+    y: torch.Tensor  # int64 (N,) labels, or (N, T) next tokens (a loaded split: a view of the inputs' windows)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -54,8 +55,13 @@ class Dataset:
         return Shape(tuple(self.train.x.shape[1:]), self.num_classes, self.task.inputs)
 
     def normalize(self, x: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-        """Raw examples as the network reads them (images normalised; token ids as they are)."""
+        """Raw examples as the network reads them (images normalised; token ids as int64)."""
         return self.task.prepare(x, self.mean, self.std, channels_last)
+
+    @staticmethod
+    def targets(y: torch.Tensor) -> torch.Tensor:
+        """A batch's targets as the loss reads them: int64 (token ids are resident narrower)."""
+        return y.long()
 
     def subset(self, split: Split, n: int | None, seed: int = SUBSET_SEED) -> Split:
         """``n`` examples of a split by the task's subset rule (the whole split, in that rule's

@@ -7,14 +7,16 @@ The learning rate is a pure function of the absolute epoch (``schedule``), and t
 pure function of (seed, epoch), so a ticket trained from epoch i sees exactly the dense schedule
 from epoch i on, and a run resumed from a checkpoint (``checkpoints``) ends with the same weights
 as an uninterrupted one (on a GPU too, with ``train.deterministic``). The step runs eager,
-compiled once per architecture (``train.compile``: ``compiling``, a last partial batch eagerly),
-or captured whole as a CUDA graph (``train.cuda_graph``: ``capture``); an epoch never waits for
-the host (loss and accuracy accumulate on the device and are read once at its end). Layout and
-compile arrive settled (``fast_path``).
+compiled once per architecture (``train.compile``: ``compiling``, a last partial batch eagerly;
+compiled before the first epoch, its seconds kept apart from the epochs'), or captured whole as a
+CUDA graph (``train.cuda_graph``: ``capture``); an epoch never waits for the host (loss and
+accuracy accumulate on the device and are read once at its end). Layout and compile arrive
+settled (``fast_path``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from lottery.config import TrainConfig, bad_value
 from lottery.errors import LotteryError, first_cause, one_line
 from lottery.training.batches import batch, epoch_plan, eval_batches, num_batches
-from lottery.training.capture import capture, graphs_on, snapshot
+from lottery.training.capture import capture, graphs_on
 from lottery.training.checkpoints import Kept, Trained, cpu_state, cpu_tree, resume, save_state
 from lottery.training.compiling import compiled, graphs_compiled
 from lottery.training.data import Dataset
@@ -91,6 +93,9 @@ class Job:
     state_path: Path | None = None  # resumable state (train.save_every_s); resumed from if it exists
     desc: str = "train"
     on_epoch: Callable[[dict], None] | None = None  # each epoch's history record, a resumed run's earlier ones first
+    # entered once the step is compiled, around the epochs alone (the energy of training, not of
+    # compiling: codecarbon's tracker); what it yields is ``Trained.metered``
+    metered: Callable[[], contextlib.AbstractContextManager] | None = None
 
 
 @dataclass
@@ -118,8 +123,9 @@ class Step:
     recorded once as a CUDA graph and replayed (a ResNet32 step is ~400 kernel launches for
     ~1.5 ms of GPU work); on a CPU the same buffers and optimizer run eagerly, the branch the
     tests check. A compiled network takes an epoch's last partial batch eagerly (one graph, one
-    static shape: no recompilation). A fast path that fails on the host (a capture, or a compile
-    at the first step) is said once and the step goes on eagerly; ``path`` says which ran."""
+    static shape: no recompilation), and compiles it in ``warm_up``, before the epochs. A fast path
+    that fails on the host (a capture, or the compile) is said once and the step goes on eagerly;
+    ``path`` says which ran."""
 
     def __init__(self, model: nn.Module, opt, data: Dataset, job: Job):
         t, device = job.recipe, job.device
@@ -128,7 +134,7 @@ class Step:
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.graph, self.static, self.path = None, None, "no"
-        self.first_compiled, self.compile_failed = t.compile, False  # a compile fails, if at all, at the first step
+        self.compile_failed, self.graphs_before, self.warm_graphs = False, graphs_compiled(), None
         if t.cuda_graph:
             self.static = (torch.zeros(t.batch_size, dtype=torch.long, device=device),
                            torch.zeros(t.batch_size, 2, dtype=torch.long, device=device),
@@ -155,17 +161,33 @@ class Step:
         self.loss_sum += loss.detach() * len(y)
         self.correct += task.hits(out, y)
 
-    def _first_compiled(self, *batch_) -> None:
-        """The first step of a compiled network; if compiling fails, the eager network takes it."""
-        self.first_compiled = False
-        restore = snapshot(self.model, self.opt)
+    def warm_up(self, seed: int, epoch: int) -> float:
+        """Compile before the timed epochs: the forward and backward of ``epoch``'s first full
+        batch through the compiled network (a compile happens at a graph's first call), then the
+        buffers and gradients put back. The optimizer never steps and the random state is forked,
+        so the training that follows is the one an uncompiled warm-up would give; its seconds
+        (0 where no full batch trains). A compile that fails is said once; the eager network trains."""
+        first = next(epoch_plan(self.data, self.t, seed, epoch), None)
+        if first is None or len(first[0]) < self.t.batch_size:
+            return 0.0
+        buffers, began = [(b, b.clone()) for b in self.eager.buffers()], time.perf_counter()
         try:
-            self._body(*batch_)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                x, y = batch(self.data, self.t, *first)
+                with autocast(self.device, self.t.amp):
+                    loss = self.data.task.loss(self.model(x), y)
+                loss.backward()
         except torch._dynamo.exc.TorchDynamoException as e:  # a compiler's failure (dynamo wraps the backend's)
-            restore()
             self.model, self.compile_failed = self.eager, True
             self.path = fallback("torch.compile", self.desc, e)
-            self._body(*batch_)
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            self.opt.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        self.warm_graphs = graphs_compiled() - self.graphs_before
+        return time.perf_counter() - began
 
     def __call__(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> None:
         if self.static is not None:
@@ -174,18 +196,19 @@ class Step:
             idx, offsets, flips = self.static
         if self.graph is not None:
             self.graph.replay()
-        elif self.first_compiled and len(idx) == self.t.batch_size:
-            self._first_compiled(idx, offsets, flips)
         else:
             self._body(idx, offsets, flips)
 
     def tag(self) -> str:
         """The path the step ran (the run's ``compiled`` tag): whether a compiled network stayed
-        one graph, ``graph`` for a captured step, ``fallback: <why>`` where a fast path was left."""
+        one graph (compiled in the warm-up, or an earlier network's reused) with none compiled in
+        the epochs, ``graph`` for a captured step, ``fallback: <why>`` where a fast path was left."""
         parts = []
-        if self.t.compile and not self.compile_failed:
-            graphs = graphs_compiled()
-            parts.append({0: "unused: no full batch trained", 1: "stayed"}.get(graphs, f"recompiled: {graphs} graphs"))
+        if self.t.compile and not self.compile_failed and self.warm_graphs is None:
+            parts.append("unused: no full batch trained")
+        elif self.t.compile and not self.compile_failed:
+            graphs = max(self.warm_graphs, 1) + graphs_compiled() - self.graphs_before - self.warm_graphs
+            parts.append("stayed" if graphs == 1 else f"recompiled: {graphs} graphs")
         if self.path != "no":
             parts.append(self.path)
         return ", ".join(parts) or "no"
@@ -247,12 +270,26 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
     opt = make_optimizer(model, t, job.device)
     if job.optimizer_state is not None:
         load_optimizer(opt, job.optimizer_state)
-    result, kept = Trained(0.0), Kept(job.state_path)
+    result = Trained(0.0)
     epoch = resume(job.state_path, model, opt, result, job)
     for line in result.history if job.on_epoch else ():
         job.on_epoch(line)
+    model.train()  # before the step is captured or compiled: each records the mode it sees
     step = Step(compiled(model, t, job.device) if t.compile else model, opt, data, job)
-    steps, stop, saved = num_batches(len(data.train), t), t.epochs if job.stop is None else job.stop, time.time()
+    stop = t.epochs if job.stop is None else job.stop
+    if t.compile and epoch < stop:
+        result.compile_seconds = (result.compile_seconds or 0.0) + step.warm_up(job.seed, epoch)
+    with job.metered() if job.metered else contextlib.nullcontext() as metered:
+        _epochs(step, job, result, epoch, stop)
+    result.metered, result.compiled = metered, step.tag()
+    return result
+
+
+def _epochs(step: Step, job: Job, result: Trained, epoch: int, stop: int) -> None:
+    """Epochs ``epoch .. stop - 1``: each kept point written once, each epoch reported and
+    recorded in ``result``, the resumable state saved as ``train.save_every_s`` says."""
+    t, model, opt, kept = job.recipe, step.eager, step.opt, Kept(job.state_path)
+    steps, saved = num_batches(len(step.data.train), t), time.time()
     while True:
         if epoch in job.keep and epoch not in result.checkpoints:
             result.checkpoints[epoch], result.optimizers[epoch] = cpu_state(model), cpu_tree(opt.state_dict())
@@ -260,7 +297,6 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
         if epoch >= stop:
             break
         set_lr(opt, lr_at(epoch, t))
-        model.train()
         with _bar(t, steps, job.desc, epoch) as bar:
             stats = _epoch(step, job, epoch, bar)
         result.seconds += stats.seconds
@@ -272,8 +308,6 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
         if job.state_path is not None and (epoch >= stop or time.time() - saved >= t.save_every_s):
             save_state(result, model, opt, epoch, job.state_path)
             saved = time.time()
-    result.compiled = step.tag()
-    return result
 
 
 @torch.no_grad()

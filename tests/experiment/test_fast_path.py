@@ -10,13 +10,18 @@ import pytest
 import torch
 
 from lottery.experiment import fast_path, identity, trial
-from lottery.experiment.fast_path import DEFAULT, FastPath, candidates, decide, settle
+from lottery.experiment.fast_path import DEFAULT, ROUNDS, FastPath, candidates, decide, rounds_of, settle
 from lottery.files import content_key
 from lottery.training.devices import restored
 from tests.helpers import compose_cfg
 
 CPU = torch.device("cpu")
 EAGER_CONTIGUOUS, COMPILED = FastPath(False, False), FastPath(True, True)
+
+
+def steady(rates: dict) -> dict:
+    """Each path at one rate in every round."""
+    return {p: [r] * ROUNDS for p, r in rates.items()}
 
 
 def open_cfg(tmp_path, *overrides):
@@ -36,17 +41,57 @@ def test_the_config_leaves_open_what_it_does_not_set_default_first(tmp_path):
 
 def test_a_near_tie_keeps_the_default_and_a_compile_must_pay_for_itself():
     rates = {DEFAULT: 100.0, EAGER_CONTIGUOUS: 104.0}
-    assert decide(rates, DEFAULT, training_s=1000, compile_s=0) == DEFAULT  # 4 % is within MARGIN
-    assert decide({**rates, EAGER_CONTIGUOUS: 110.0}, DEFAULT, 1000, 0) == EAGER_CONTIGUOUS
+    assert decide(steady(rates), DEFAULT, training_s=1000, compile_s=0) == DEFAULT  # 4 % is within MARGIN
+    assert decide(steady({**rates, EAGER_CONTIGUOUS: 110.0}), DEFAULT, 1000, 0) == EAGER_CONTIGUOUS
     fast = {DEFAULT: 100.0, COMPILED: 150.0}  # saves a third of the training
-    assert decide(fast, DEFAULT, training_s=60, compile_s=30) == DEFAULT  # saves 20 s, costs 30 s
-    assert decide(fast, DEFAULT, training_s=600, compile_s=30) == COMPILED  # saves 200 s
-    assert decide({**fast, EAGER_CONTIGUOUS: 140.0}, DEFAULT, 60, 30) == EAGER_CONTIGUOUS  # the best that pays
+    assert decide(steady(fast), DEFAULT, training_s=60, compile_s=30) == DEFAULT  # saves 20 s, costs 30 s
+    assert decide(steady(fast), DEFAULT, training_s=600, compile_s=30) == COMPILED  # saves 200 s
+    assert decide(steady({**fast, EAGER_CONTIGUOUS: 140.0}), DEFAULT, 60, 30) == EAGER_CONTIGUOUS  # the best that pays
     # the soonest of those past the margin, though the soonest of all is not past it
     near = {DEFAULT: 100.0, EAGER_CONTIGUOUS: 104.9, FastPath(False, True): 106.0}
-    assert decide(near, DEFAULT, training_s=1000, compile_s=20) == FastPath(False, True)
+    assert decide(steady(near), DEFAULT, training_s=1000, compile_s=20) == FastPath(False, True)
     both = {COMPILED: 100.0, FastPath(False, True): 110.0}  # the config compiles: every path pays alike
-    assert decide(both, COMPILED, training_s=1000, compile_s=100) == FastPath(False, True)
+    assert decide(steady(both), COMPILED, training_s=1000, compile_s=100) == FastPath(False, True)
+
+
+def test_another_path_is_taken_only_when_faster_by_the_margin_in_every_paired_round():
+    lucky = {DEFAULT: [100.0] * 5, EAGER_CONTIGUOUS: [130.0, 130.0, 130.0, 130.0, 95.0]}  # median 130, one round slower
+    assert decide(lucky, DEFAULT, training_s=1000, compile_s=0) == DEFAULT
+    # the host slows down to half and back: a lead of 10 % in each round is a lead, though the
+    # path's slowest round (55) is far below the default's fastest (100)
+    drift = {DEFAULT: [100.0, 50.0, 50.0, 100.0, 100.0], EAGER_CONTIGUOUS: [110.0, 55.0, 55.0, 110.0, 110.0]}
+    assert decide(drift, DEFAULT, training_s=1000, compile_s=0) == EAGER_CONTIGUOUS
+
+
+def test_the_timed_steps_are_read_as_rounds_of_consecutive_steps():
+    assert rounds_of([100.0, 100.0, 50.0, 50.0, 200.0, 200.0, 100.0, 100.0, 100.0, 100.0]) == [100, 50, 200, 100, 100]
+    assert rounds_of([100.0, 300.0]) == [100.0, 300.0]  # fewer steps than rounds: a round each
+    assert rounds_of([100.0, 300.0, 100.0, 300.0, 100.0, 300.0, 100.0, 300.0, 100.0, 300.0, 100.0]) == pytest.approx(
+        [150, 150, 150, 150, 100 * 3 / (1 + 1 / 3 + 1)])  # images over seconds: the last round holds 3 steps
+
+
+def test_a_lead_the_rounds_do_not_all_show_keeps_the_default_and_the_tag_says_so(tmp_path, monkeypatch):
+    """Faked timings of the four paths (no real timing): compiled contiguous is fastest at its
+    median (463 vs 383 img/s) but slower than the default in the last round."""
+    steps = {"eager channels_last": [383.0] * 10, "eager contiguous": [380.0] * 10,
+             "compiled channels_last": [380.0] * 10, "compiled contiguous": [463.0] * 8 + [300.0] * 2}
+
+    def throughputs(models, recipes, device, n, warmup, strict=False):
+        assert n == 10 and len(models) == len(recipes)
+        return [steps[str(FastPath(r.channels_last, r.compile))] for r in recipes]
+
+    monkeypatch.setattr(fast_path, "throughputs", throughputs)
+    cfg = open_cfg(tmp_path, "train.epochs=2000", "train.milestones=[1000]", "measure.throughput_steps=10")
+    settled = settle(cfg, CPU)
+    assert settled.path == DEFAULT
+    assert settled.tag.endswith("kept eager channels_last: compiled contiguous 463 vs 383 img/s within the rounds' "
+                                "spread)")
+    assert "img/s, medians of 5 paired rounds" in settled.tag
+    steps["compiled contiguous"][-2:] = [463.0, 463.0]  # faster in every round: taken (another store: timed anew)
+    taken = settle(open_cfg(tmp_path / "other", "train.epochs=2000", "train.milestones=[1000]",
+                            "measure.throughput_steps=10"), CPU)
+    assert taken.path == FastPath(False, True)
+    assert "compiled contiguous beat eager channels_last in every round (its worst 1.21x)" in taken.tag
 
 
 def test_an_identity_never_holds_the_path(tmp_path):
@@ -71,15 +116,16 @@ def test_the_paths_are_timed_once_and_remembered_compile_only_for_a_long_trainin
         timed.append([str(p) for p in paths])
         figures = {"eager channels_last": 1000.0, "eager contiguous": 1200.0, "compiled channels_last": 2000.0,
                    "compiled contiguous": 1900.0}
-        return {str(p): figures[str(p)] for p in paths}, 40.0 if any(p.compile for p in paths) else None
+        return {str(p): [figures[str(p)]] * 3 for p in paths}, 40.0 if any(p.compile for p in paths) else None
 
     monkeypatch.setattr(fast_path, "_rates", rates)
     short = open_cfg(tmp_path)  # 512 images x 4 epochs: ~2 s at 1000 img/s
     first, again = settle(short, CPU), settle(short, CPU)
     assert timed == [["eager channels_last", "eager contiguous"]]  # the compiled paths are not worth a compile
     assert first.path == again.path == EAGER_CONTIGUOUS
-    assert first.tag.startswith("eager contiguous (timed here: eager channels_last 1000, eager contiguous 1200 img/s;"
-                                " compile not tried: ~2 s of training")
+    assert first.tag == ("eager contiguous (timed here: eager channels_last 1000, eager contiguous 1200 img/s, medians "
+                         "of 3 paired rounds; compile not tried: ~2 s of training; eager contiguous beat eager "
+                         "channels_last in every round (its worst 1.20x))")
     assert again.tag.startswith("eager contiguous (remembered from 20")
     long = open_cfg(tmp_path, "train.epochs=2000", "train.milestones=[1000]")  # ~17 min eager: worth trying
     settled = settle(long, CPU)
@@ -98,7 +144,7 @@ def test_the_paths_are_timed_once_and_remembered_compile_only_for_a_long_trainin
 
 def test_a_config_that_compiles_chooses_the_layout_among_compiled_paths(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_path, "_rates", lambda cfg, d, paths, strict: (
-        {str(p): 100.0 + 20 * (not p.channels_last) for p in paths}, 30.0))
+        {str(p): [100.0 + 20 * (not p.channels_last)] * 3 for p in paths}, 30.0))
     settled = settle(open_cfg(tmp_path, "train.compile=true"), CPU)
     assert settled.path == FastPath(False, True) and "compile not tried" not in settled.tag
 
@@ -115,7 +161,7 @@ def test_a_compile_that_fails_here_leaves_the_eager_paths(tmp_path, failing_back
 
 
 def test_an_unreadable_book_is_timed_again(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(fast_path, "_rates", lambda cfg, d, paths, strict: ({str(p): 100.0 for p in paths}, None))
+    monkeypatch.setattr(fast_path, "_rates", lambda cfg, d, paths, strict: ({str(p): [100.0] * 3 for p in paths}, None))
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / fast_path.FILE).write_text("{torn")
     with caplog.at_level(logging.WARNING, logger="lottery"):
@@ -131,7 +177,8 @@ def test_timing_the_paths_for_real_leaves_the_random_state_as_it_was(tmp_path):
     settled = settle(cfg, CPU)
     assert torch.equal(torch.get_rng_state(), before)
     entry = next(iter(json.loads((tmp_path / "store" / fast_path.FILE).read_text()).values()))
-    assert set(entry["img_s"]) == {"eager channels_last", "eager contiguous"} and min(entry["img_s"].values()) > 0
+    assert set(entry["img_s"]) == {"eager channels_last", "eager contiguous"}
+    assert all(len(r) == 3 and min(r) > 0 for r in entry["img_s"].values())  # the smoke profile's 3 steps, a round each
     assert settled.path in (DEFAULT, EAGER_CONTIGUOUS) and settled.how == "timed here"
 
 

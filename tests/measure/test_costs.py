@@ -175,6 +175,61 @@ def test_with_several_trials_at_once_codecarbon_follows_the_process(tmp_path, mo
     assert modes == ["machine", "process"]
 
 
+def test_graph_memory_is_its_pools_segments_less_the_cublas_workspaces(monkeypatch):
+    """A captured step's memory, read from a faked allocator snapshot: the graph pool's segments,
+    less the cuBLAS workspace the capture's stream put there (an allocated block of the workspace's
+    size that holds no gradient); neither the warm-up stream's workspace (in the default pool) nor
+    another graph's pool counts, where the reserved bytes around the capture held both workspaces."""
+    mib, pool = 1 << 20, (0, 7)
+    model, trained = build(resnet_plan(20)), []
+
+    class Graph:
+        def replay(self):
+            pass
+
+        def pool(self):
+            return pool
+
+    def capture(body, m, opt, device):
+        body()  # the step's gradients, which a capture leaves in its pool
+        trained.append(m)
+        return Graph()
+
+    def snapshot():
+        grads = [p.grad for p in trained[0].parameters()]
+        used = sum(g.nbytes for g in grads)
+        blocks = [{"address": g.untyped_storage().data_ptr(), "size": g.nbytes, "requested_size": g.nbytes,
+                   "state": "active_allocated"} for g in grads]
+        blocks.append({"address": 1, "size": 20 * mib - used, "requested_size": 0, "state": "inactive"})
+        workspace = [{"address": 2, "size": 32 * mib, "requested_size": 32 * mib, "state": "active_allocated"}]
+        return [{"segment_pool_id": pool, "total_size": 20 * mib, "blocks": blocks},
+                {"segment_pool_id": pool, "total_size": 32 * mib, "blocks": workspace},
+                {"segment_pool_id": (0, 0), "total_size": 32 * mib, "blocks": workspace},  # the warm-up stream's
+                {"segment_pool_id": (0, 9), "total_size": 8 * mib, "blocks": []}]  # another graph's
+
+    fc_grad = model.fc.weight.nbytes  # a gradient of a workspace's size still counts
+    reserved = iter([100 * mib, (100 + 20 + 32 + 32) * mib])
+    monkeypatch.setattr(costs, "graphs_on", lambda device, t: True)
+    monkeypatch.setattr(costs, "capture", capture)
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", snapshot)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: next(reserved))
+    monkeypatch.setattr(torch.backends.cuda, "cublas_workspace_size", lambda: 32 * mib)
+    monkeypatch.setattr(torch.backends.cuda, "cublaslt_workspace_size", lambda: fc_grad)
+    memory, method = costs.training_memory(model, recipe(8), CPU)
+    weights = sum(p.nbytes for p in model.parameters())
+    assert method == "cuda_graph_pool_plus_own_state" and memory == 2 * weights + 20 * mib  # weights, momentum
+
+
+@pytest.mark.cuda
+def test_graph_memory_is_the_eager_steps_without_cublas_workspaces():
+    """On a GPU, a captured step holds what the eager step peaks at, within the pool's segment
+    rounding: not the 32 MiB cuBLAS workspace of each new (handle, stream) pair."""
+    device, model = torch.device("cuda"), build(resnet_plan(20)).cuda()
+    eager, _ = costs.training_memory(model, train_config(batch_size=128), device)
+    graph, method = costs.training_memory(model, train_config(batch_size=128, cuda_graph=True), device)
+    assert method == "cuda_graph_pool_plus_own_state" and abs(graph - eager) < 16 << 20, (graph, eager)
+
+
 @pytest.mark.cuda
 def test_gpu_memory_ignores_tensors_resident_on_the_device():
     device = torch.device("cuda")

@@ -182,3 +182,26 @@ def test_a_subset_larger_than_its_folder_is_one_line_naming_the_split(tmp_path):
         D.check(cfg(name="imagefolder", root=str(root), train_size=30))
     with pytest.raises(LotteryError, match="data.test_size=10: exceeds the test split of imagefolder: 9 images"):
         D.check(cfg(name="imagefolder", root=str(root), test_size=10))
+
+
+def test_byte_text_is_resident_as_uint8_windows_and_batched_as_int64():
+    """One uint8 array of windows of T + 1 tokens (inputs and targets two views of it), not int64
+    inputs plus int64 targets (16 bytes a token); each batch is widened on its device."""
+    text = cfg(name="synthetic_text", documents=200, seq_len=31, train_size=64, test_size=16)
+    ds = D.load_dataset(text, torch.device("cpu"))
+    x, y = ds.train.x, ds.train.y
+    assert x.dtype == y.dtype == torch.uint8 and x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+    assert x.untyped_storage().nbytes() / x.numel() <= 2 and torch.equal(x[:, 1:], y[:, :-1])
+    assert ds.task.resident_bytes((31,)) / 31 <= 2 and ds.shape.input == (31,)
+    t = train_config(batch_size=16)
+    inputs, targets = B.batch(ds, t, *next(B.epoch_plan(ds, t, seed=0, epoch=0)))
+    assert inputs.dtype == targets.dtype == torch.int64 and torch.equal(inputs[:, 1:], targets[:, :-1])
+    assert all(b.dtype == torch.int64 for xy in B.eval_batches(ds, ds.test, 8) for b in xy)
+    assert B.scoring_set(ds, 8, seed=0)[1].dtype == torch.int64
+
+
+def test_token_ids_past_a_byte_keep_a_wider_type():
+    from lottery.training.tasks.language_modeling import narrowest
+
+    assert [narrowest(np.array([[0, top]])) for top in (255, 256, 40_000, 2**31)] == [
+        np.uint8, np.int16, np.int32, np.int64]

@@ -256,6 +256,19 @@ def test_a_capture_that_fails_says_so_once_and_trains_eagerly(monkeypatch, caplo
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in eager.state_dict().items())
 
 
+def test_the_step_is_captured_in_training_mode_from_a_network_that_arrives_in_eval_mode(monkeypatch):
+    """A capture records the step as the network runs it then: in eval mode, every replay would be
+    an eval-mode step (BatchNorm on running statistics, no dropout) for the whole training."""
+    modes = []
+    monkeypatch.setattr(trainer, "graphs_on", lambda device, t: True)
+    monkeypatch.setattr(trainer, "capture", lambda body, model, opt, device: modes.append(model.training)
+                        or Replayed(body))
+    torch.manual_seed(0)
+    model = build(resnet_plan(8)).eval()
+    done = train(model, data(), Job(recipe(cuda_graph=True, epochs=1), 0, CPU))
+    assert modes == [True] and done.compiled == "graph"
+
+
 def test_a_fallback_names_the_first_cause_and_survives_a_cycle():
     inner = OSError("no C compiler found for Triton")
     try:
@@ -299,6 +312,9 @@ class Replayed:
         self.replays += 1
         self.body()
 
+    def pool(self):
+        return (0, 1)
+
 
 def test_a_cuda_graph_recipe_times_and_measures_its_captured_step(monkeypatch):
     graphs = []
@@ -309,8 +325,11 @@ def test_a_cuda_graph_recipe_times_and_measures_its_captured_step(monkeypatch):
     rates = costs.throughputs(nets, t, CPU, steps=3, warmup=1)
     assert [len(r) for r in rates] == [3, 3] and [g.replays for g in graphs] == [1 + 1 + 3] * 2  # first, warm-up, timed
 
-    reserved = iter([7_000, 7_000 + 123_456])  # before the capture, after it and a replay
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: next(reserved))
+    pools = [{"segment_pool_id": (0, 1), "total_size": 123_456, "blocks": []},  # the graph's pool
+             {"segment_pool_id": (0, 0), "total_size": 7_000, "blocks": []}]  # the default pool: not the step's
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: pools)
+    for size in ("cublas_workspace_size", "cublaslt_workspace_size"):
+        monkeypatch.setattr(torch.backends.cuda, size, lambda: 32 << 20)
     memory, method = costs.training_memory(nets[0], t, CPU)
     assert method == "cuda_graph_pool_plus_own_state"
     own = 2 * sum(p.numel() * 4 for p in nets[0].parameters())  # weights and momentum
