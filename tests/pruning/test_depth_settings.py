@@ -32,6 +32,8 @@ def test_settings_that_make_a_depth_criterion_meaningless_are_one_line_at_the_do
     validate(compose_cfg("profile=smoke", "data=synthetic", "criterion=angular_distance", "criterion.span=5"))
     assert "resnet32's blocks output feature maps, whose last pixel means nothing" in refusal(
         "criterion=angular_distance", "criterion.positions=last")
+    assert "vit_tiny's blocks output tokens, whose last one means nothing" in refusal(
+        "model=vit_tiny", "criterion=angular_distance", "criterion.positions=last")
     assert "reads a language model's final norm" in refusal("criterion=block_influence", "criterion.final_norm=true")
     assert "11 of its 13 can go, not 12" in refusal("criterion=loss_on_removal", "criterion.keep_ends=true", "density=12")
 

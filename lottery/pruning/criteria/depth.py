@@ -2,8 +2,10 @@
 input (docs/design.md §3). Block Influence (Men et al. 2024, ShortGPT) and the angular distance
 (Gromov et al. 2024) read how far a block turns its input; loss on removal (Song et al. 2024,
 SLEB) reads the scoring-set loss of the network without the block. All in eval mode (the network
-as it is used), over the scoring set in chunks, in float64. Each follows its paper's definition by
-default; where the authors' released code chose otherwise, a setting reproduces the code.
+as it is used), over the scoring set in chunks, in float64. Each scores blocks by its paper's
+statistic; where the authors' released code reads it otherwise, a setting reproduces the code. How
+blocks are then chosen is lottery's for every criterion (the lowest p, or one per round with
+``prune.rounds``), which differs from the papers' procedures: docs/design.md §3 says where.
 
 A block's input and output are compared per position: the channel vector of each pixel of a
 feature map (N, C, H, W), the vector of each token (N, T, D).
@@ -50,9 +52,10 @@ class AngularSettings(CriterionConfig):
             raise bad_value("criterion.span", cfg.span, f"longer than the {longest} removable blocks of "
                                                         f"{target.model}'s longest stage (a span stops at its "
                                                         f"stage's end): at most {longest}")
-        if choice(cfg.positions) == "last" and target.anatomy.layout == "maps":
+        if choice(cfg.positions) == "last" and target.task != LANGUAGE:
+            what = "feature maps, whose last pixel" if target.anatomy.layout == "maps" else "tokens, whose last one"
             raise LotteryError(f"criterion.positions=last reads a sequence's last token, but {target.model}'s blocks "
-                               "output feature maps, whose last pixel means nothing: use criterion.positions=all")
+                               f"output {what} means nothing ({target.task}): use criterion.positions=all")
 
 
 @dataclass
@@ -147,10 +150,13 @@ def angular_distance(model, scoring, cfg: AngularSettings, seed):
     """Angular distance (Gromov et al. 2024): arccos(cosine of a block's input and output) / pi.
 
     The paper's definition, averaged over examples at a sequence's last token
-    (``criterion.positions=last``: what a language model composes; short-transformers, a public
-    implementation, is tested equal) or over every position (``all``: feature maps, ViT tokens);
-    with ``criterion.span=n`` from the block's input to the output of the n consecutive blocks of
-    its stage starting there. 0: the block changes no direction; 1: it reverses its input.
+    (``criterion.positions=last``: what a language model composes; the distance of the same two
+    tensors is tested equal to short-transformers', a public implementation) or over every position
+    (``all``: feature maps, ViT tokens); with ``criterion.span=n`` from the block's input to the
+    output of the n consecutive blocks of its stage starting there (cut short at the stage's end),
+    each block scored so and the lowest p removed one by one, where Gromov et al. remove the n
+    blocks of the lowest-scoring start together. 0: the block changes no direction; 1: it reverses
+    its input.
     """
     last = choice(cfg.positions) == "last"
 

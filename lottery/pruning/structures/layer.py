@@ -94,7 +94,7 @@ def _telling(req: Request, model: nn.Module, count: int) -> str | None:
                                                              batch_size=c.batch_size))
         try:
             scores = score_blocks(name, model, req.scoring, cfg, req.cfg.seed)
-        except LotteryError:  # NaN or infinite: not a remedy
+        except Exception:  # noqa: BLE001 - NaN scores, out of memory, undefined here: not a remedy
             continue
         if not tied_blocks(anatomy, scores, select_blocks(anatomy, scores, count)):
             return name
