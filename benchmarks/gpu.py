@@ -126,6 +126,7 @@ def collect(procs, queue, n: int) -> list[tuple] | str:
         if isinstance(got, str):
             return f"a worker failed: {got}"
         out.append(got)
+        deadline = time.monotonic() + WORKER_TIMEOUT_S  # silent for that long since the last figure: hung
     return out
 
 

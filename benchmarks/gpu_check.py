@@ -19,7 +19,9 @@ exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,6 +45,7 @@ from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.experiment.sweeps import load  # noqa: E402
 from lottery.measure import costs  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
+from lottery.training import compiling  # noqa: E402
 from lottery.training.devices import configure, restored  # noqa: E402
 from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 
@@ -153,6 +156,21 @@ def cold_compile_s(store: Path) -> float:
     return max((e.get("compile_s") or 0.0 for e in entries), default=0.0)
 
 
+@contextlib.contextmanager
+def empty_triton_cache(folder: str):
+    """Triton's kernels cached in ``folder`` for the block (inductor pins TRITON_CACHE_DIR at its first
+    compile, so swapping inductor's cache alone leaves the kernels warm), the variable put back after."""
+    before = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = before
+
+
 def table2_projection(out: dict) -> None:
     """Table 2 at one seed on the path its trials take: the settle a Table 2 trial runs (in an empty
     inductor cache, as on a fresh box), one paper-profile epoch of the dense ResNet32 on the path it
@@ -161,7 +179,9 @@ def table2_projection(out: dict) -> None:
     rate, each paying its first epoch's overhead (a ticket, a new architecture: a cold compile on a
     compiled path), the settle once. The trials' measurements (costs, CKA, corruptions) are not in it."""
     device = torch.device("cuda")
-    with tempfile.TemporaryDirectory() as tmp, temporary_cache_dir(f"{tmp}/inductor"), restored():
+    with tempfile.TemporaryDirectory() as tmp, temporary_cache_dir(f"{tmp}/inductor"), restored(), \
+            empty_triton_cache(f"{tmp}/triton"):
+        compiling.forget()  # trainer_img_s compiled this very ResNet32 step: the settle's compiles must be cold
         cfg = table2_trial(tmp)
         configure(device, cfg.train)
         began = time.perf_counter()

@@ -41,10 +41,15 @@ def compiled(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Modul
     if key in _held:
         _held.remove(key)
     elif len(_held) >= HELD:
-        torch._dynamo.reset()
-        _held.clear()
+        forget()
     _held.append(key)
     return torch.compile(model, backend=t.compile_backend, dynamic=False)
+
+
+def forget() -> None:
+    """Every graph this process compiled dropped: the next compile of any architecture is a new one."""
+    torch._dynamo.reset()
+    _held.clear()
 
 
 def graphs_compiled() -> int:
@@ -61,11 +66,11 @@ def begin_trial(root: str | Path) -> None:
     ``paths.root`` holds all a trial leaves. Called before anything of the trial compiles; the
     paths torch remembered for another folder are forgotten (none before inductor first loads)."""
     if _held:
-        torch._dynamo.reset()
-        _held.clear()
+        forget()
     folder = str((Path(root) / "cache" / "inductor").resolve())
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") == folder:
         return
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ["TRITON_CACHE_DIR"] = f"{folder}/triton"  # inductor pins it to the first trial's folder otherwise
     if "torch._inductor.utils" in sys.modules:
         sys.modules["torch._inductor.utils"].clear_caches()

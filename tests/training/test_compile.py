@@ -140,4 +140,5 @@ def test_a_trial_compiles_each_architecture_once_and_logs_the_compile_on_both_ru
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == cache_dir() == str((root / "cache" / "inductor").resolve())
+    assert os.environ["TRITON_CACHE_DIR"] == f"{cache_dir()}/triton"  # a GPU's kernels too, not the first trial's root
     assert Path(cache_dir()).is_dir()
