@@ -10,28 +10,17 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from lottery.experiment import trial
 from lottery.networks.cifar_resnet import build
 from lottery.training import compiling
-from lottery.training.data import load_dataset
-from lottery.training.sources.base import SOURCES
 from lottery.training.trainer import Job, train
-from tests.helpers import kind_config, resnet_plan, train_config
+from tests.helpers import resnet_plan
+from tests.training.test_gpu_path import data, recipe
 
 CPU = torch.device("cpu")
 SLEEP_S = 2.0
-
-
-def data(n=64):
-    return load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=n, test_size=20)), CPU)
-
-
-def recipe(**kw):
-    return train_config(**{"epochs": 3, "milestones": [2], "batch_size": 32, "progress": False, "amp": "off",
-                           "save_every_s": 0, **kw})
 
 
 @pytest.fixture
