@@ -17,15 +17,14 @@ from omegaconf import OmegaConf
 
 from lottery import networks
 from lottery.config import TrialConfig
-from lottery.experiment import fast_path
+from lottery.experiment import dense, fast_path
 from lottery.experiment.design import derive
-from lottery.experiment.identity import dense_spec
 from lottery.files import content_key
 from lottery.measure.costs import flops, throughput
 from lottery.pruning.selection import select_blocks
 from lottery.tracking import connection, liveness
 from lottery.tracking.store import DenseStore
-from lottery.training.data import fingerprint, shape_of, train_images
+from lottery.training.data import shape_of, train_images
 from lottery.training.devices import pick_device
 from lottery.training.trainer import prepare
 
@@ -156,7 +155,7 @@ def estimate(states: list[TrialState], cells: list[tuple[dict, TrialConfig]], sp
         start = design.mode.schedule_start(design.rewind)
         trainings = design.rounds if design.mode.retrains_in(design.rounds) else 1  # IMP
         work = network_flops(cfg, design.remove) * images * (cfg.train.epochs - start) * trainings
-        key = content_key(dense_spec(cfg, fingerprint(cfg.data), design.precision))
+        _, key = dense.spec(cfg, design.precision)
         if key not in dense_needed and not DenseStore(cfg.store.root).path(key).exists():
             dense_needed.add(key)
             work += network_flops(cfg, 0) * images * cfg.train.epochs
