@@ -26,6 +26,7 @@ from lottery.experiment import fast_path  # noqa: E402
 from lottery.experiment.design import validate  # noqa: E402
 from lottery.training.data import load_dataset  # noqa: E402
 from lottery.training.devices import configure, pick_device, precision, restored  # noqa: E402
+from lottery.training.recipe import Recipe  # noqa: E402
 from lottery.training.trainer import Job, evaluate, prepare, train  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def one_run(cfg, data, device, seed: int) -> tuple[float, float]:
     configure(device, cfg.train)
     torch.manual_seed(seed)
     model = prepare(networks.build(cfg.model, data.shape), device, cfg.train.channels_last)
-    done = train(model, data, Job(cfg.train, seed, device, desc=f"{cfg.train.amp.value} s{seed}"))
+    done = train(model, data, Job(Recipe.of(cfg), seed, device, desc=f"{cfg.train.amp.value} s{seed}"))
     return evaluate(model, data, cfg.train, device), done.seconds / cfg.train.epochs
 
 

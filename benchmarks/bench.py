@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.config import CONF, DataConfig, MeasureConfig, TrackingConfig, TrainConfig, register  # noqa: E402
+from lottery.config import CONF, DataConfig, MeasureConfig, TrackingConfig, register  # noqa: E402
 from lottery.errors import LotteryError  # noqa: E402
 from lottery.experiment import fast_path  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT, FastPath  # noqa: E402
@@ -48,6 +48,7 @@ from lottery.training.data import load_dataset  # noqa: E402
 from lottery.training.sources.base import SOURCES  # noqa: E402
 from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 from lottery.training.devices import configure, precision, restored, synchronize  # noqa: E402
+from lottery.training.recipe import Recipe  # noqa: E402
 from lottery.training.trainer import Job, prepare, train  # noqa: E402
 
 
@@ -64,11 +65,11 @@ def synthetic(n_train: int, **more) -> DataConfig:
                                                                  **more))
 
 
-def recipe(args, amp: str = "off", **variant) -> TrainConfig:
-    """The trainer's recipe for one timed epoch after one that warms up (as a trial trains:
-    deterministic, eager and channels_last unless the variant says otherwise)."""
-    return OmegaConf.structured(TrainConfig(epochs=2, milestones=[], batch_size=args.batch_size,
-                                            progress=False, amp=amp, **{**DEFAULT.settings, **variant}))
+def recipe(args, amp: str = "off", **variant) -> Recipe:
+    """The trainer's recipe (the paper's SGD) for one timed epoch after one that warms up (as a
+    trial trains: deterministic, eager and channels_last unless the variant says otherwise)."""
+    return Recipe.standalone(epochs=2, milestones=[], batch_size=args.batch_size, progress=False, amp=amp,
+                             **{**DEFAULT.settings, **variant})
 
 
 def settled_path(args, device) -> tuple[fast_path.Settled, list[FastPath]]:
@@ -88,12 +89,12 @@ def trainer_rate(args, data, device, amp: str, repeat: int, **variant) -> float:
     """Images/s of lottery.training.trainer.train over its second epoch of ``steps`` batches on a
     fresh network (the first epoch warms it up), configured as a trial configures it
     (``devices.configure``), the global settings put back afterwards."""
-    t = recipe(args, amp, **variant)
+    r = recipe(args, amp, **variant)
     with restored():
-        configure(device, t)
+        configure(device, r.train)
         torch.manual_seed(0)
-        model = prepare(resnet(args.model, CIFAR), device, t.channels_last)
-        done = train(model, data, Job(t, repeat, device))
+        model = prepare(resnet(args.model, CIFAR), device, r.train.channels_last)
+        done = train(model, data, Job(r, repeat, device))
     return len(data.train) / done.history[-1]["epoch_seconds"]
 
 
@@ -140,12 +141,12 @@ def reference_loader(args, data, device) -> torch.utils.data.DataLoader:
 def reference_rate(args, loader, device) -> float:
     """Images/s of the plain loop (standard step, plain settings) over its second epoch on a fresh
     network: measured as the trainer is."""
-    t = recipe(args)
+    o = recipe(args).optim
     with plain():
         torch.manual_seed(0)
         model = resnet(args.model, CIFAR).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
-                              weight_decay=t.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True,
+                              weight_decay=o.weight_decay)
         model.train()
         for epoch in range(2):  # the first warms up
             synchronize(device)

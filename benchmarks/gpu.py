@@ -31,7 +31,6 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lottery.config import TrainConfig  # noqa: E402
 from lottery.errors import one_line  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT  # noqa: E402
 from lottery.experiment.sweeps import available, load  # noqa: E402
@@ -41,6 +40,7 @@ from lottery.training.data import load_dataset  # noqa: E402
 from lottery.training.sources.base import SOURCES  # noqa: E402
 from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 from lottery.training.devices import configure, pick_device  # noqa: E402
+from lottery.training.recipe import Recipe  # noqa: E402
 from lottery.training.trainer import Job, epoch_of, prepare, train  # noqa: E402
 
 PAPER_EPOCHS = 200
@@ -69,11 +69,11 @@ def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, 
     dev = pick_device(device)
     synthetic = SOURCES.settings_of("synthetic")(name="synthetic", train_size=steps * batch, test_size=100)
     data = load_dataset(OmegaConf.structured(synthetic), dev)
-    t = OmegaConf.structured(TrainConfig(epochs=1 + timed_epochs, milestones=[], batch_size=batch, progress=False,
-                                         **{**DEFAULT.settings, **variant}))
-    configure(dev, t)
+    r = Recipe.standalone(epochs=1 + timed_epochs, milestones=[], batch_size=batch, progress=False,
+                          **{**DEFAULT.settings, **variant})
+    configure(dev, r.train)
     torch.manual_seed(0)
-    model = prepare(resnet(depth, CIFAR), dev, t.channels_last)
+    model = prepare(resnet(depth, CIFAR), dev, r.train.channels_last)
     marks = []
 
     def on_epoch(line: dict) -> None:
@@ -82,7 +82,7 @@ def trainer_run(device: str, depth: int, batch: int, steps: int, variant: dict, 
         marks.append(time.time())
 
     began = time.perf_counter()
-    done = train(model, data, Job(t, 0, dev, on_epoch=on_epoch))
+    done = train(model, data, Job(r, 0, dev, on_epoch=on_epoch))
     wall = time.perf_counter() - began  # (however the trainer books its compile)
     seconds = sum(h["epoch_seconds"] for h in done.history[1:])
     return Timed(timed_epochs * steps * batch / seconds, marks[0], marks[-1], done.compiled,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gpu import concurrent_rate, epochs_for, trainer_rate, trainer_run  # noqa: E402
 from lottery import networks  # noqa: E402
-from lottery.config import CONF, TrainConfig, choice, register  # noqa: E402
+from lottery.config import CONF, choice, register  # noqa: E402
 from lottery.errors import one_line  # noqa: E402
 from lottery.experiment import fast_path  # noqa: E402
 from lottery.experiment.fast_path import DEFAULT  # noqa: E402
@@ -47,6 +47,7 @@ from lottery.measure import costs  # noqa: E402
 from lottery.networks.cifar_resnet import resnet  # noqa: E402
 from lottery.training import compiling  # noqa: E402
 from lottery.training.devices import configure, restored  # noqa: E402
+from lottery.training.recipe import Recipe  # noqa: E402
 from lottery.training.sources.cifar10 import CIFAR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,10 +128,10 @@ def same_seed_smoke_trials(out: dict) -> None:
 def ballast(out: dict) -> None:
     device = torch.device("cuda")
     model = resnet(32, CIFAR).to(device).to(memory_format=torch.channels_last)
-    t = TrainConfig(batch_size=128, **DEFAULT.settings)
-    out["alone_bytes"], _ = costs.training_memory(model, t, device)
+    r = Recipe.standalone(batch_size=128, **DEFAULT.settings)
+    out["alone_bytes"], _ = costs.training_memory(model, r, device)
     extra = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    out["beside_1GiB_bytes"], _ = costs.training_memory(model, t, device)
+    out["beside_1GiB_bytes"], _ = costs.training_memory(model, r, device)
     del extra
     out["moved_pct"] = round(100 * abs(out["beside_1GiB_bytes"] - out["alone_bytes"]) / out["alone_bytes"], 3)
 

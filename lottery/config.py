@@ -105,15 +105,11 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(200, "training epochs n of the dense network (a ticket trains n - i)")
-    milestones: List[int] = opt(help="epochs at which the learning rate is multiplied by gamma, increasing",
-                                factory=lambda: [100, 150])
-    gamma: float = opt(0.1, "learning-rate factor at each milestone, in (0, 1]")
-    lr: float = opt(0.1, "SGD learning rate at epoch 0, > 0")
-    warmup_epochs: float = opt(0.0, "linear warm-up of the learning rate over this many epochs, step by step from "
-                                    "lr / steps (0: none, the paper's recipe)")
-    momentum: float = opt(0.9, "SGD momentum, in [0, 1)")
-    nesterov: bool = opt(True, "Nesterov momentum")
-    weight_decay: float = opt(1e-4, "L2 weight decay, >= 0")
+    warmup_epochs: float = opt(0.0, "linear warm-up of the learning rate, step by step from lr / steps, before the "
+                                    "schedule: a whole number is epochs, a float in (0, 1) a fraction of the schedule "
+                                    "(0: none, the paper's recipe)")
+    clip_norm: Optional[float] = opt(None, "clip the gradients' global L2 norm to this before each step (None: off, "
+                                           "the paper's recipe)")
     batch_size: int = opt(128, "training batch size")
     augment: bool = opt(True, "4-pixel pad, random 32x32 crop, horizontal flip")
     rewind_points: List[float] = opt(help="fractions of the schedule (or epochs) at which the dense run keeps "
@@ -135,6 +131,24 @@ class TrainConfig:
     save_every_s: float = opt(60.0, "resumable state at most this often (seconds) and at the end; kept rewind points "
                                     "are written once, when reached", execution=True)
     progress: bool = opt(True, "progress bars on a terminal, one line per epoch otherwise", execution=True)
+
+
+@dataclass
+class OptimConfig:
+    """What every optimizer reads; each kind extends it with its own keys (``lottery.training.optimizers``)."""
+
+    name: str = opt("sgd", "optimizer (the optim group's files choose it)")
+    lr: float = opt(0.1, "peak learning rate: reached after the warm-up, then decayed by the schedule; > 0")
+    weight_decay: float = opt(1e-4, "weight decay, >= 0 (as the optimizer kind applies it, to what it decays)")
+    lr_batch: Optional[int] = opt(None, "optim.lr is per this batch (x train.batch_size / lr_batch); null: as is")
+    rewind_state: bool = opt(False, "a ticket rewound to theta_i takes the dense optimizer's state there (else fresh)")
+
+
+@dataclass
+class ScheduleConfig:
+    """What every learning-rate schedule reads; each kind extends it (``lottery.training.schedules``)."""
+
+    name: str = opt("step", "learning-rate schedule after the warm-up (the schedule group's files choose it)")
 
 
 @dataclass
@@ -213,6 +227,8 @@ class TrialConfig:
     model: ModelConfig = group(ModelConfig, "the network")
     data: DataConfig = group(DataConfig, "the data")
     train: TrainConfig = group(TrainConfig, "the training recipe (docs/design.md §5)")
+    optim: OptimConfig = group(OptimConfig, "the recipe's optimizer")
+    schedule: ScheduleConfig = group(ScheduleConfig, "the recipe's learning-rate schedule")
     criterion: CriterionConfig = group(CriterionConfig, "how blocks are scored")
     mode: ModeConfig = group(ModeConfig, "how the ticket gets its weights")
     prune: PruneConfig = group(PruneConfig, "how the blocks go: at once or in rounds")
@@ -336,9 +352,19 @@ def import_kinds(package: str, path) -> None:
 
 
 def register() -> None:
-    """Store the trial schema with Hydra; each kind's own settings are stored by its registry when
-    its module is imported (every entry point imports them all)."""
+    """Store the trial schema with Hydra; each kind's own settings are stored by
+    its registry when its module is imported (every entry point imports them all)."""
     ConfigStore.instance().store(name="trial_schema", node=TrialConfig)
+
+
+def epochs_at(*fractions: float, _root_) -> list[int]:
+    """``${lottery.epochs_at:0.5,0.75}``: the epochs at these fractions of ``train.epochs`` (floored;
+    0 and the end left out): a default that fits every profile's budget ([100, 150] of 200, [4, 6] of 8)."""
+    epochs = int(_root_.train.epochs)
+    return sorted({e for e in (int(f * epochs + 1e-9) for f in fractions) if 0 < e < epochs})
+
+
+OmegaConf.register_new_resolver("lottery.epochs_at", epochs_at, replace=True)  # the schema's defaults use it
 
 
 def schema_fields(cls=TrialConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:

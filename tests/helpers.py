@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from lottery.config import TrainConfig
 from lottery.errors import LotteryError
 from lottery.experiment import identity, sweeps
 from lottery.experiment.context import Context, Records
@@ -25,6 +23,7 @@ from lottery.experiment.fast_path import DEFAULT, settle
 from lottery.files import content_key
 from lottery.networks import cifar_resnet
 from lottery.training.data import fingerprint
+from lottery.training.recipe import Recipe
 from lottery.training.sources.base import IMAGE_SHAPE
 from lottery.training.devices import precision
 
@@ -52,10 +51,11 @@ def open_context(cfg) -> Context:
     return Context.open(design, Records.open(cfg), settle(cfg, design.device))
 
 
-def train_config(**values):
-    """A training recipe on the default fast path unless ``values`` say otherwise: what a trial
-    trains with once its path is settled."""
-    return OmegaConf.structured(TrainConfig(**{**DEFAULT.settings, **values}))
+def train_config(**values) -> Recipe:
+    """A training recipe (``optim`` and ``schedule`` name the kinds: SGD + step unless said) on the
+    default fast path unless ``values`` say otherwise: what a trial trains with once its path is
+    settled."""
+    return Recipe.standalone(**{**DEFAULT.settings, **values})
 
 
 def refusal(*overrides: str) -> str:

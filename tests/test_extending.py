@@ -76,7 +76,7 @@ def load_example(example: dict) -> None:
 
 def test_the_document_has_an_example_per_kind():
     kinds = {e["module"].split("/")[-2] for e in EXAMPLES}
-    assert {"criteria", "sources", "networks", "modes"} <= kinds, kinds
+    assert {"criteria", "sources", "networks", "modes", "optimizers", "schedules"} <= kinds, kinds
     for e in EXAMPLES:
         assert {"yaml", "run"} <= set(e), f"{e['module']}: a YAML file and the trial that runs it follow its code"
 

@@ -19,6 +19,7 @@ from lottery.measure.robustness import ShiftedSets, load_shifted
 from lottery.tracking import connection
 from lottery.tracking.store import DenseStore
 from lottery.training.data import Dataset, load_dataset
+from lottery.training.recipe import Recipe
 from lottery.training.trainer import Job, prepare
 
 
@@ -76,7 +77,7 @@ class Context:
 
     def job(self, **span) -> Job:
         """A training job of this trial's recipe, seed and device (``span``: see ``lottery.training.trainer.Job``)."""
-        return Job(self.cfg.train, self.cfg.seed, self.device, **span)
+        return Job(Recipe.of(self.cfg), self.cfg.seed, self.device, **span)
 
     def build(self, seed: int) -> torch.nn.Module:
         """A fresh dense-architecture network initialised from ``seed``, ready to train."""

@@ -16,7 +16,7 @@ from lottery.config import TrialConfig
 from lottery.errors import one_line
 from lottery.experiment.context import Context, Records
 from lottery.experiment.design import Design
-from lottery.experiment.identity import dense_spec
+from lottery.experiment.identity import DENSE_READS, dense_spec
 from lottery.files import content_key
 from lottery.measure import carbon
 from lottery.measure.metrics import CHANCE_MARGIN_PP, at_chance
@@ -27,6 +27,7 @@ from lottery.tracking.store import DenseResult, Entry
 from lottery.training.checkpoints import cpu_state, discard
 from lottery.training.data import describe, fingerprint
 from lottery.training.devices import conditions, determinism
+from lottery.training.recipe import Recipe
 from lottery.training.trainer import held_out_accuracy, predict, rewind_epochs, train
 
 log = logging.getLogger("lottery")
@@ -40,11 +41,12 @@ def model_at(ctx: Context, entry: Entry, weights) -> nn.Module:
 
 
 def run_tags(ctx: Context, key: str, amp: str) -> dict:
-    return {"role": "dense", "dense_key": key, "profile": ctx.cfg.profile_name, "amp": amp, "model": ctx.model_name}
+    return {"role": "dense", "dense_key": key, "profile": ctx.cfg.profile_name, "amp": amp, "model": ctx.model_name,
+            "recipe": Recipe.of(ctx.cfg).summary()}
 
 
 def run_params(cfg: TrialConfig) -> dict:
-    return {k: v for k, v in runs.flatten(cfg).items() if k.split(".")[0] in ("model", "data", "train", "seed")}
+    return {k: v for k, v in runs.flatten(cfg).items() if k.split(".")[0] in (*DENSE_READS, "seed")}
 
 
 def run_name(ctx: Context) -> str:
@@ -147,7 +149,7 @@ def stored(ctx: Context) -> tuple[Entry, runs.LiveRun | None]:
              entry.metrics["accuracy"])
     if learning_tags(ctx, entry)["dense_at_chance"] == "true":
         log.warning("the dense network %s ended at %.2f%%, within %g pp of chance (%.1f%% for %d classes): it did not "
-                    "learn, and its tickets are no findings (check the recipe: train.lr, train.epochs, the data)",
+                    "learn, and its tickets are no findings (check the recipe: optim.lr, train.epochs, the data)",
                     entry.key, entry.metrics["accuracy"], CHANCE_MARGIN_PP, 100 / ctx.data.num_classes,
                     ctx.data.num_classes)
     return entry, (live[0] if live else None)

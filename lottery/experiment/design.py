@@ -28,6 +28,7 @@ from lottery.pruning.modes import MODES, Mode, blocks_to_remove, resolved_rounds
 from lottery.pruning.structures import SCOPES, STRUCTURES
 from lottery.tracking import connection
 from lottery.training import data, devices
+from lottery.training.recipe import Recipe
 from lottery.training.trainer import check_recipe
 
 
@@ -69,7 +70,7 @@ def validate(cfg: TrialConfig) -> networks.Anatomy:
     anatomy, name = networks.anatomy(net), networks.label(cfg.model)
     remove = blocks_to_remove(cfg.density, len(anatomy.removable)) if mode.prunes else 0
     criteria.check(cfg.criterion, cfg.data, mode.prunes, anatomy, name, remove)
-    check_recipe(cfg.train)
+    check_recipe(Recipe.of(cfg))
     mode.check(cfg, anatomy, name)
     structure = STRUCTURES[cfg.structure]
     check_choice("scope", cfg.scope, SCOPES)

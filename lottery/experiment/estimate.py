@@ -119,9 +119,9 @@ def timed_speed(cfg: TrialConfig) -> Speed:
     trials may take (the default where the config leaves it open: an estimate compiles only what
     the config compiles)."""
     device = pick_device(cfg.device)
-    t = fast_path.candidates(cfg)[0].recipe(cfg.train)
-    model = prepare(networks.build(cfg.model, shape_of(cfg.data)), device, t.channels_last)
-    img_s = throughput(model, t, device, steps=TIMED_STEPS, warmup=2)
+    r = fast_path.candidates(cfg)[0].recipe(cfg)
+    model = prepare(networks.build(cfg.model, shape_of(cfg.data)), device, r.train.channels_last)
+    img_s = throughput(model, r, device, steps=TIMED_STEPS, warmup=2)
     return Speed(network_flops(cfg, 0) * img_s, None, f"{TIMED_STEPS} timed training steps (no finished training yet)")
 
 

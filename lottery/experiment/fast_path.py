@@ -31,6 +31,7 @@ from lottery.files import content_key, write_json
 from lottery.measure.costs import throughputs
 from lottery.training.data import shape_of, train_images
 from lottery.training.devices import model_of, precision
+from lottery.training.recipe import Recipe
 from lottery.training.trainer import prepare
 
 log = logging.getLogger("lottery")
@@ -53,8 +54,12 @@ class FastPath:
     def settings(self) -> dict:
         return {"channels_last": self.channels_last, "compile": self.compile}
 
-    def recipe(self, t: TrainConfig) -> TrainConfig:
-        """The recipe with this path's settings."""
+    def recipe(self, cfg: TrialConfig) -> Recipe:
+        """The trial's recipe with this path's settings."""
+        return Recipe.of(cfg).with_train(self.train(cfg.train))
+
+    def train(self, t: TrainConfig) -> TrainConfig:
+        """The loop's settings with this path's."""
         return OmegaConf.merge(t, self.settings)
 
 
@@ -130,7 +135,7 @@ class Settled:
     def config(self, cfg: TrialConfig) -> TrialConfig:
         """A copy of ``cfg`` that trains on this path; ``cfg`` itself stays as validated."""
         settled = copy.deepcopy(cfg)
-        settled.train = self.path.recipe(cfg.train)
+        settled.train = self.path.train(cfg.train)
         return settled
 
 
@@ -249,7 +254,7 @@ def _rates(cfg: TrialConfig, device: torch.device, paths: list[FastPath],
         placed = {cl: prepare(copy.deepcopy(base), device, cl) for cl in {p.channels_last for p in paths}}
         models = [placed[p.channels_last] for p in paths]  # (each timed on a copy of its own)
         began = time.perf_counter()
-        samples = throughputs(models, [p.recipe(cfg.train) for p in paths], device, m.throughput_steps, m.warmup_steps,
+        samples = throughputs(models, [p.recipe(cfg) for p in paths], device, m.throughput_steps, m.warmup_steps,
                               strict=strict)
         wall = time.perf_counter() - began
     rounds = {str(p): rounds_of(s) for p, s in zip(paths, samples)}

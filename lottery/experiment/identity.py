@@ -28,8 +28,13 @@ from lottery.config import TrialConfig
 from lottery.files import content_key
 from lottery.networks import FAMILIES
 
-DENSE_READS = ("model", "data", "train")  # the config groups a dense run's training depends on
+DENSE_READS = ("model", "data", "train", "optim", "schedule")  # the config groups a dense run's training reads
 FORMAT1 = json.loads(Path(__file__).with_name("identity_format1.json").read_text())
+# Keys of format 1 that have moved to the group of the kind that reads them, by their format-1
+# path: the identity names them as format 1 did (optim.lr is train.lr there, for every optimizer).
+MOVED = {"optim.lr": "train.lr", "optim.momentum": "train.momentum", "optim.nesterov": "train.nesterov",
+         "optim.weight_decay": "train.weight_decay", "schedule.milestones": "train.milestones",
+         "schedule.gamma": "train.gamma"}
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,9 @@ def _walk(node: DictConfig, resolved: dict, written: dict, prefix: str):
 
 def identity(cfg: TrialConfig, data_fingerprint: str) -> dict:
     """The trial's config as a plain dict, less execution settings and seed, plus its data's content."""
-    kept = {leaf.path: leaf.value for leaf in leaves(cfg)
-            if leaf.path != "seed" and not leaf.execution and (leaf.path in FORMAT1 or not leaf.at_default)}
+    kept = {MOVED.get(leaf.path, leaf.path): leaf.value for leaf in leaves(cfg)
+            if leaf.path != "seed" and not leaf.execution
+            and (MOVED.get(leaf.path, leaf.path) in FORMAT1 or not leaf.at_default)}
     for path, default in FORMAT1.items():
         kept.setdefault(path, default)
     spec: dict = {}
@@ -123,7 +129,11 @@ def dense_spec(cfg: TrialConfig, data_fingerprint: str, precision: str) -> dict:
     another), so a stored fp32 network never stands in for a bf16 one."""
     spec = identity(cfg, data_fingerprint)
     spec["train"].pop("amp")  # the choice (auto, bf16) matters only through the precision it resolves to
-    return {**{k: spec[k] for k in DENSE_READS}, "seed": cfg.seed, "precision": precision}
+    optim = spec.pop("optim", {})
+    optim.pop("rewind_state", None)  # where a ticket's optimizer starts: not the dense run's training
+    if optim:
+        spec["optim"] = optim
+    return {**{k: spec[k] for k in DENSE_READS if k in spec}, "seed": cfg.seed, "precision": precision}
 
 
 def training_key(dense_key: str, mode: str, rewind: int, seed: int, removal: dict) -> str:

@@ -8,7 +8,8 @@ import logging
 from lottery import networks
 from lottery.experiment import dense, identity
 from lottery.experiment.context import Context
-from lottery.experiment.ticket import DenseOrigin, Ticket, TrainedTicket, run_name, scoring, train_ticket
+from lottery.experiment.ticket import (DenseOrigin, Ticket, TrainedTicket, run_name, scoring, starting_state, state_key,
+                                      train_ticket)
 from lottery.files import save_atomic
 from lottery.measure import costs
 from lottery.pruning.structures import Pruning, Request
@@ -30,7 +31,7 @@ def imp(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket
     cfg = ctx.cfg
     key = identity.training_key(entry.key, ctx.mode.name, ctx.rewind, cfg.seed,
                                 {"remove": ctx.remove, "rounds": ctx.rounds,
-                                 "criterion": identity.section(cfg, "criterion")})
+                                 "criterion": identity.section(cfg, "criterion"), **state_key(ctx)})
     folder = ctx.store.root / "trials" / f"{key}.rounds"
     scored, chosen, data = dense.model_at(ctx, entry, "final"), [], scoring(ctx)
     name = run_name(ctx, f"p{ctx.remove}-{ctx.rounds}rounds")
@@ -41,7 +42,8 @@ def imp(ctx: Context, entry: Entry, live: runs.LiveRun) -> tuple[Pruning, Ticket
         chosen.append(done["chosen"] if done else layers(Request(cfg, count, scored, data)).record["rounds"][0])
         rewound = ctx.mode.starting_network(origin, ctx.rewind)
         pruning = in_rounds(rewound, chosen)
-        ticket = Ticket(pruning.apply(rewound), ctx.mode.schedule_start(ctx.rewind))
+        state = starting_state(ctx, entry, rewound, pruning) if done is None else None
+        ticket = Ticket(pruning.apply(rewound), ctx.mode.schedule_start(ctx.rewind), state)
         tags = {"role": "round", "round": r, "config_key": ctx.keys["config_key"], "restored": done is not None}
         with runs.live(ctx.experiment, f"{name}-round{r}", tags, {"round": r}, live.run_id) as run:
             if done is None:

@@ -22,6 +22,8 @@ from lottery.pruning.structures import STRUCTURES, Pruning, Request, decisive
 from lottery.tracking import runs
 from lottery.tracking.store import Entry
 from lottery.training.checkpoints import Trained
+from lottery.training.optimizers import carried_state
+from lottery.training.recipe import Recipe
 from lottery.training.batches import scoring_set
 from lottery.training.trainer import predict, train
 
@@ -64,12 +66,35 @@ class DenseOrigin:
 class Ticket:
     model: nn.Module
     start_epoch: int  # first epoch of the dense schedule the ticket trains
+    optimizer_state: dict | None = None  # what its optimizer starts from (None: a fresh optimizer)
 
 
 def make_ticket(ctx: Context, pruning: Pruning, entry: Entry) -> Ticket:
-    """The physically smaller network, holding the weights the mode prescribes."""
+    """The physically smaller network, holding the weights the mode prescribes (and, rewound, its
+    share of the dense run's optimizer state there, where the optimizer keeps it)."""
     start = ctx.mode.starting_network(DenseOrigin(ctx, entry), ctx.rewind)
-    return Ticket(pruning.apply(start), ctx.mode.schedule_start(ctx.rewind))
+    state = starting_state(ctx, entry, start, pruning)
+    return Ticket(pruning.apply(start), ctx.mode.schedule_start(ctx.rewind), state)
+
+
+def keeps_optimizer(ctx: Context) -> bool:
+    """Whether the ticket starts from the dense run's optimizer state at its rewind point theta_i
+    (``optim.rewind_state``; from theta_0 there is none: no step was taken)."""
+    return bool(ctx.cfg.optim.rewind_state) and bool(ctx.kept_rewind)
+
+
+def starting_state(ctx: Context, entry: Entry, start: nn.Module, pruning: Pruning) -> dict | None:
+    """The dense run's optimizer state at theta_i carried through the ticket's surgery (``start``:
+    the dense network there, before it); None where the ticket starts from a fresh optimizer."""
+    if not keeps_optimizer(ctx):
+        return None
+    return carried_state(entry.optimizer(ctx.kept_rewind), start, pruning.apply, Recipe.of(ctx.cfg))
+
+
+def state_key(ctx: Context) -> dict:
+    """What the key of a ticket's training state adds for where its optimizer starts (nothing for
+    a fresh one, so the keys of format 1 stay)."""
+    return {"optimizer": "rewound"} if keeps_optimizer(ctx) else {}
 
 
 @dataclass
@@ -94,8 +119,8 @@ class TrainedTicket:
 def train_ticket(ctx: Context, ticket: Ticket, state: Path, run: runs.LiveRun) -> TrainedTicket:
     cfg = ctx.cfg
     metered = functools.partial(carbon.tracked, cfg.measure, "ticket", cfg.jobs, ctx.device)  # the epochs alone
-    done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, state_path=state, desc="ticket",
-                                                 on_epoch=run.epoch, metered=metered))
+    done = train(ticket.model, ctx.data, ctx.job(start=ticket.start_epoch, optimizer_state=ticket.optimizer_state,
+                                                 state_path=state, desc="ticket", on_epoch=run.epoch, metered=metered))
     return TrainedTicket(done, done.metered, predict(ticket.model, ctx.data, cfg.train, ctx.device), state)
 
 
@@ -105,7 +130,8 @@ def one_shot(ctx: Context, entry: Entry, live: runs.LiveRun,
     it (resumable): the paper's trial."""
     pruning = pruning or prune(ctx, dense.model_at(ctx, entry, "final"))
     ticket = make_ticket(ctx, pruning, entry)
-    key = training_key(entry.key, ctx.mode.name, ctx.rewind, ctx.cfg.seed, {"pruned": decisive(pruning.record)})
+    key = training_key(entry.key, ctx.mode.name, ctx.rewind, ctx.cfg.seed,
+                       {"pruned": decisive(pruning.record), **state_key(ctx)})
     return pruning, ticket, train_ticket(ctx, ticket, ctx.store.root / "trials" / f"{key}.state.pt", live), key
 
 

@@ -28,6 +28,7 @@ from lottery.training.checkpoints import discard
 from lottery.training.compiling import begin_trial
 from lottery.training.data import describe, train_images
 from lottery.training.devices import configure, determinism, name_of, not_deterministic
+from lottery.training.recipe import Recipe
 
 log = logging.getLogger("lottery")
 
@@ -105,6 +106,7 @@ def ticket_run(design: Design, records: Records, settled: fast_path.Settled, ove
                   "structure": cfg.structure, "profile": cfg.profile_name, "seed": cfg.seed,
                   "model": design.model_name, **design.keys, "device": str(design.device), "amp": design.precision,
                   "deterministic": determinism(design.device), "fast_path": settled.tag,
+                  "recipe": Recipe.of(cfg).summary(),
                   **override_tags(overrides), **(tags or {})}
     params = {**runs.flatten(settled.config(cfg)), "blocks_to_remove": design.remove, "rewind_epoch": design.rewind}
     return runs.live(records.experiment, run_name(design, label), start_tags, params, cfg.tracking.parent)

@@ -31,7 +31,8 @@ from lottery.errors import first_cause, one_line
 from lottery.training.capture import capture, graphs_on
 from lottery.training.compiling import compiled
 from lottery.training.devices import autocast, synchronize
-from lottery.training.optimizer import make_optimizer
+from lottery.training.optimizers import make_optimizer
+from lottery.training.recipe import Recipe
 from lottery.training.tasks.base import unit_cross_entropy
 
 log = logging.getLogger("lottery")
@@ -89,10 +90,11 @@ def _batch(model: nn.Module, batch_size: int, device, channels_last: bool):
     return x, networks.targets(model, batch_size, g).to(device)
 
 
-def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]:
-    """Peak bytes of one training step at the training batch size, and how they were measured."""
-    m = copy.deepcopy(model).train()
-    opt = make_optimizer(m, t, device)
+def training_memory(model: nn.Module, r: Recipe, device) -> tuple[int, str]:
+    """Peak bytes of one training step at the training batch size (the recipe's optimizer's state
+    included), and how they were measured."""
+    t, m = r.train, copy.deepcopy(model).train()
+    opt = make_optimizer(m, r, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
     if graphs_on(device, t):
         try:
@@ -101,7 +103,7 @@ def training_memory(model: nn.Module, t: TrainConfig, device) -> tuple[int, str]
             log.warning("costs: capturing the step failed on this host (%s); measuring the eager step",
                         one_line(first_cause(e)))
             m = copy.deepcopy(model).train()
-            opt = make_optimizer(m, t, device)
+            opt = make_optimizer(m, r, device)
     if device.type == "cuda":
         return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
     saved: dict[int, int] = {}
@@ -173,14 +175,14 @@ def _pool_bytes(pool, model: nn.Module) -> int:
     return total
 
 
-def _stepper(model: nn.Module, t: TrainConfig, device, strict: bool = False):
+def _stepper(model: nn.Module, r: Recipe, device, strict: bool = False):
     """One network's training step as the recipe trains it, on a copy and a fixed batch: eager,
     compiled (the graph its training compiled, reused: ``compiling.compiled``), or captured as a
     CUDA graph and replayed; where the fast path fails on this host
     (as the training then fell back), the eager step, said once (``strict``: a failing compile
     raises)."""
-    m = copy.deepcopy(model).train()
-    opt = make_optimizer(m, t, device)
+    t, m = r.train, copy.deepcopy(model).train()
+    opt = make_optimizer(m, r, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
     eager = step = functools.partial(_step, m, opt, x, y, device, t.amp)
     if not (t.compile or graphs_on(device, t)):
@@ -207,16 +209,16 @@ def _instead(step, failed: str, path: str, e: BaseException):
     return step
 
 
-def throughputs(models: list[nn.Module], t: TrainConfig | list[TrainConfig], device, steps: int, warmup: int,
+def throughputs(models: list[nn.Module], r: Recipe | list[Recipe], device, steps: int, warmup: int,
                 strict: bool = False) -> list[list[float]]:
     """Training images per second of each timed step of each network (after ``warmup`` untimed
     steps), the networks taking turns step by step, so a load that comes and goes touches them
     alike: the recipe's step (its precision, its optimizer, compiled when it trains compiled, the
-    captured graph when it trains one), on copies of the networks. ``t``: one recipe, or one per
+    captured graph when it trains one), on copies of the networks. ``r``: one recipe, or one per
     network (the fast path's candidates: one network, several layouts and compile choices).
     ``strict``: a compile that fails raises, where a measurement would time the eager step the
     training fell back to (a candidate that cannot compile here is none)."""
-    recipes = list(t) if isinstance(t, (list, tuple)) else [t] * len(models)
+    recipes = list(r) if isinstance(r, (list, tuple)) else [r] * len(models)
     steppers = [_stepper(model, r, device, strict) for model, r in zip(models, recipes)]
     for _ in range(warmup):
         for step in steppers:
@@ -228,7 +230,7 @@ def throughputs(models: list[nn.Module], t: TrainConfig | list[TrainConfig], dev
             began = time.perf_counter()
             step()
             synchronize(device)
-            rates[k].append(recipes[k].batch_size / (time.perf_counter() - began))
+            rates[k].append(recipes[k].train.batch_size / (time.perf_counter() - began))
     return rates
 
 
@@ -254,9 +256,9 @@ def latencies(models: list[nn.Module], batch_size: int, device, repeats: int, t:
     return times
 
 
-def throughput(model: nn.Module, t: TrainConfig, device, steps: int, warmup: int) -> float:
+def throughput(model: nn.Module, r: Recipe, device, steps: int, warmup: int) -> float:
     """Median training images per second of one network (``throughputs``)."""
-    return statistics.median(throughputs([model], t, device, steps, warmup)[0])
+    return statistics.median(throughputs([model], r, device, steps, warmup)[0])
 
 
 def latency_ms(model: nn.Module, batch_size: int, device, repeats: int, t: TrainConfig) -> float:

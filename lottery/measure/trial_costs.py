@@ -12,6 +12,7 @@ from lottery.config import TrialConfig
 from lottery.files import content_key
 from lottery.measure import costs
 from lottery.measure.robustness import REGEN_VERSION, shifted_accuracies
+from lottery.training.recipe import Recipe
 
 
 def robustness_key(cfg: TrialConfig) -> str:
@@ -40,13 +41,13 @@ def device_costs(ctx, models: list) -> tuple[dict, dict]:
     cfg, device, m = ctx.cfg, ctx.device, ctx.cfg.measure
     if not m.enabled:
         return {}, {}
-    t = cfg.train
+    t, recipe = cfg.train, Recipe.of(cfg)
     timed = {"latency_ms_b1": costs.latencies(models, 1, device, m.latency_repeats, t),
              "latency_ms_b128": costs.latencies(models, 128, device, m.latency_repeats, t),
-             "throughput_img_s": costs.throughputs(models, t, device, m.throughput_steps, m.warmup_steps)}
+             "throughput_img_s": costs.throughputs(models, recipe, device, m.throughput_steps, m.warmup_steps)}
     out, method = {}, ""
     for k, (model, prefix) in enumerate(zip(models, ("", "dense_"))):
-        out[f"{prefix}memory_bytes"], method = costs.training_memory(model, t, device)
+        out[f"{prefix}memory_bytes"], method = costs.training_memory(model, recipe, device)
         for name, samples in timed.items():
             out[f"{prefix}{name}"], out[f"{prefix}{name}_iqr"] = costs.median_and_spread(samples[k])
     return out, {"memory_method": method}

@@ -7,4 +7,4 @@ where and how it computes (``devices``).
 May import ``lottery.networks`` and the schema (``lottery.config``, ``errors``, ``files``).
 """
 
-from lottery.training import sources  # noqa: F401 - the data sources register themselves
+from lottery.training import optimizers, schedules, sources  # noqa: F401 - the kinds register themselves

@@ -21,7 +21,7 @@ from torch import nn
 
 from lottery.errors import LotteryError
 from lottery.files import save_atomic
-from lottery.training.optimizer import load_optimizer
+from lottery.training.optimizers import load_optimizer
 
 log = logging.getLogger("lottery")
 

@@ -37,8 +37,9 @@ from lottery.training.checkpoints import Kept, Trained, cpu_state, cpu_tree, res
 from lottery.training.compiling import compiled, graphs_compiled
 from lottery.training.data import Dataset
 from lottery.training.devices import autocast, synchronize
-from lottery.training.optimizer import current_lr, load_optimizer, make_optimizer, set_lr
-from lottery.training.schedule import lr_at, warmup
+from lottery.training.optimizers import OPTIMIZERS, current_lr, load_optimizer, make_optimizer, set_lr
+from lottery.training.recipe import Recipe
+from lottery.training.schedules import SCHEDULES, in_warmup, lr_at
 
 log = logging.getLogger("lottery")
 
@@ -55,25 +56,23 @@ def rewind_epochs(t: TrainConfig) -> list[int]:
     return sorted({0, *(epoch_of(float(f), t.epochs) if f < 1 else int(f) for f in t.rewind_points)})
 
 
-def check_recipe(t: TrainConfig) -> None:
+def check_recipe(r: Recipe) -> None:
     """The recipe's values, each against its rule, before any work."""
+    t = r.train
     if t.epochs < 1:
         raise bad_value("train.epochs", t.epochs, "train for at least one epoch")
     for key in ("batch_size", "eval_batch_size"):
         if getattr(t, key) < 1:
             raise bad_value(f"train.{key}", getattr(t, key), "must be positive")
-    bad = [m for m in t.milestones if not 0 < m < t.epochs]
-    if bad:
-        raise bad_value("train.milestones", list(t.milestones), f"{bad} lie outside the schedule (1..{t.epochs - 1})")
-    if list(t.milestones) != sorted(set(t.milestones)):
-        raise bad_value("train.milestones", list(t.milestones), "must be strictly increasing")
-    for key, ok, rule in (("lr", t.lr > 0, "> 0"), ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
-                          ("weight_decay", t.weight_decay >= 0, ">= 0"), ("gamma", 0 < t.gamma <= 1, "in (0, 1]"),
-                          ("save_every_s", t.save_every_s >= 0, ">= 0")):
-        if not ok:
-            raise bad_value(f"train.{key}", getattr(t, key), f"must be {rule}")
+    if t.save_every_s < 0:
+        raise bad_value("train.save_every_s", t.save_every_s, "must be >= 0")
     if not 0 <= t.warmup_epochs <= t.epochs:
-        raise bad_value("train.warmup_epochs", t.warmup_epochs, f"must lie in [0, {t.epochs}] (the epochs)")
+        raise bad_value("train.warmup_epochs", t.warmup_epochs, f"must lie in [0, {t.epochs}]: epochs, or a fraction "
+                                                                "of the schedule in (0, 1)")
+    if t.clip_norm is not None and t.clip_norm <= 0:
+        raise bad_value("train.clip_norm", t.clip_norm, "must be > 0, or null (no clipping)")
+    OPTIMIZERS[r.optim.name].check(r.optim)
+    SCHEDULES[r.schedule.name].check(r.schedule, t)
     if t.compile and t.cuda_graph:
         raise bad_value("train.cuda_graph", True, "captures the eager step; choose it or train.compile, not both")
 
@@ -83,7 +82,7 @@ class Job:
     """One training run of a network: the recipe, the span of the schedule it trains, what it
     keeps and where it saves its resumable state."""
 
-    recipe: TrainConfig
+    recipe: Recipe
     seed: int
     device: torch.device
     start: int = 0  # first epoch trained (a ticket rewound to theta_i starts at i)
@@ -128,9 +127,10 @@ class Step:
     ``path`` says which ran."""
 
     def __init__(self, model: nn.Module, opt, data: Dataset, job: Job):
-        t, device = job.recipe, job.device
+        t, device = job.recipe.train, job.device
         self.model, self.opt, self.data, self.t, self.device, self.desc = model, opt, data, t, device, job.desc
         self.eager = getattr(model, "_orig_mod", model)  # the network itself, compiled or not
+        self.params = list(self.eager.parameters())
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.graph, self.static, self.path = None, None, "no"
@@ -157,6 +157,8 @@ class Step:
             loss = task.loss(out, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.t.clip_norm is not None:  # on the device, no host sync: a captured or compiled step keeps it
+            torch.nn.utils.clip_grad_norm_(self.params, self.t.clip_norm, foreach=True)
         self.opt.step()
         self.loss_sum += loss.detach() * len(y)
         self.correct += task.hits(out, y)
@@ -222,14 +224,16 @@ class Step:
 
 
 def _epoch(step: Step, job: Job, epoch: int, bar) -> EpochStats:
-    """One epoch of SGD steps; the host reads loss and accuracy once, at its end."""
-    seen, t = 0, job.recipe
+    """One epoch of steps, each at its rate (set once for the epoch where the rate holds through
+    it); the host reads loss and accuracy once, at its end."""
+    seen, r, t = 0, job.recipe, job.recipe.train
     steps = num_batches(len(step.data.train), t)
+    per_step = in_warmup(epoch, t) or SCHEDULES[r.schedule.name].per_step
     synchronize(job.device)
     began = time.perf_counter()
     for k, (idx, offsets, flips) in enumerate(epoch_plan(step.data, t, job.seed, epoch)):
-        if epoch < t.warmup_epochs:
-            set_lr(step.opt, lr_at(epoch, t) * warmup(epoch, k, steps, t))
+        if per_step:
+            set_lr(step.opt, lr_at(r, epoch, k, steps))
         step(idx, offsets, flips)
         seen += len(idx)
         bar.update()
@@ -247,7 +251,7 @@ def _bar(t: TrainConfig, steps: int, desc: str, epoch: int):
 def _report(stats: EpochStats, t: TrainConfig, desc: str, epoch: int, seconds: float) -> None:
     """Stop on a diverged loss; else one log line per epoch (where bars are not shown)."""
     if not math.isfinite(stats.loss):
-        raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower train.lr")
+        raise LotteryError(f"{desc}: loss became {stats.loss} in epoch {epoch + 1}; lower optim.lr")
     if t.progress:
         log.info("%s epoch %d/%d: loss %.3f, accuracy %.1f%%, %.0f img/s, %.0f s in all", desc, epoch + 1,
                  t.epochs, stats.loss, stats.accuracy, stats.images / stats.seconds, seconds)
@@ -263,11 +267,11 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
     """Train epochs ``job.start .. job.stop - 1`` in place (see ``Job``). The resumable state is
     saved at most every ``train.save_every_s`` seconds and after the last epoch; the caller
     deletes it (``discard``) once the result is safely stored."""
-    t = job.recipe
+    t = job.recipe.train
     if t.channels_last is None or t.compile is None:
         raise ValueError("train.channels_last and train.compile are settled (lottery.experiment.fast_path) before "
                          "a training starts")
-    opt = make_optimizer(model, t, job.device)
+    opt = make_optimizer(model, job.recipe, job.device)
     if job.optimizer_state is not None:
         load_optimizer(opt, job.optimizer_state)
     result = Trained(0.0)
@@ -288,7 +292,7 @@ def train(model: nn.Module, data: Dataset, job: Job) -> Trained:
 def _epochs(step: Step, job: Job, result: Trained, epoch: int, stop: int) -> None:
     """Epochs ``epoch .. stop - 1``: each kept point written once, each epoch reported and
     recorded in ``result``, the resumable state saved as ``train.save_every_s`` says."""
-    t, model, opt, kept = job.recipe, step.eager, step.opt, Kept(job.state_path)
+    t, model, opt, kept = job.recipe.train, step.eager, step.opt, Kept(job.state_path)
     steps, saved = num_batches(len(step.data.train), t), time.time()
     while True:
         if epoch in job.keep and epoch not in result.checkpoints:
@@ -296,7 +300,7 @@ def _epochs(step: Step, job: Job, result: Trained, epoch: int, stop: int) -> Non
             kept.write(result, epoch)
         if epoch >= stop:
             break
-        set_lr(opt, lr_at(epoch, t))
+        set_lr(opt, lr_at(job.recipe, epoch))
         with _bar(t, steps, job.desc, epoch) as bar:
             stats = _epoch(step, job, epoch, bar)
         result.seconds += stats.seconds

@@ -44,15 +44,22 @@ def test_density_and_rewind_conversions():
         (["criterion.scoring_size=0"], "criterion grasp needs scoring data"),
         (["criterion.scoring_size=10000"], "exceeds data.train_size=512"),
         (["model.depth=33"], "depth must be 6n+2"),
-        (["train.milestones=[2,9]"], "[9] lie outside the schedule (1..3)"),
+        (["schedule.milestones=[2,9]"], "[9] lie outside the schedule (1..3)"),
         (["data.train_size=5"], "at least one image per class"),
         (["device=tpu"], "use auto, cpu or cuda"),
-        (["train.lr=-1"], "train.lr=-1.0: must be > 0 (train.lr: SGD learning rate at epoch 0, > 0)"),
-        (["train.lr=0"], "train.lr=0.0: must be > 0"),
-        (["train.momentum=1"], "train.momentum=1.0: must be in [0, 1)"),
-        (["train.weight_decay=-0.1"], "train.weight_decay=-0.1: must be >= 0"),
-        (["train.milestones=[3,2]"], "must be strictly increasing"),
-        (["train.milestones=[2,2]"], "must be strictly increasing"),
+        (["optim.lr=-1"], "optim.lr=-1.0: must be > 0 (optim.lr: peak learning rate: reached after the warm-up"),
+        (["optim.lr=0"], "optim.lr=0.0: must be > 0"),
+        (["optim.momentum=1"], "optim.momentum=1.0: must be in [0, 1)"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1: must be >= 0"),
+        (["schedule.milestones=[3,2]"], "must be strictly increasing"),
+        (["schedule.milestones=[2,2]"], "must be strictly increasing"),
+        (["schedule.gamma=0"], "schedule.gamma=0.0: must be in (0, 1]"),
+        (["schedule=cosine", "schedule.floor=1"], "schedule.floor=1.0: must be in [0, 1)"),
+        (["optim=adamw", "optim.betas=[0.9,1.0]"], "optim.betas=[0.9, 1.0]: must be two numbers in [0, 1)"),
+        (["optim=adamw", "optim.eps=0"], "optim.eps=0.0: must be > 0"),
+        (["optim.lr_batch=0"], "optim.lr_batch=0: must be a positive batch size"),
+        (["train.clip_norm=0"], "train.clip_norm=0.0: must be > 0, or null"),
+        (["train.warmup_epochs=5"], "train.warmup_epochs=5.0: must lie in [0, 4]"),
         (["data.val_size=5"], "data.val_size=5: need at least one image per class"),
         (["jobs=0"], "jobs=0: at least one trial runs"),
         (["data.train_size=99999999"], "GiB of memory, and this machine has"),
@@ -132,7 +139,9 @@ def test_help_lists_groups_from_the_registries_and_every_key_with_its_help():
     assert r.returncode == 0 and "powered by Hydra" not in r.stdout
     assert "GraSP gradient-flow score theta * Hg" in r.stdout  # the criterion registry's own doc
     assert "Algorithm 2 (tickets at initialization)" in r.stdout  # the mode table's
-    assert "train.lr = 0.1: SGD learning rate at epoch 0, > 0" in r.stdout
+    assert "optim.lr = 0.1: peak learning rate: reached after the warm-up" in r.stdout
+    assert "*sgd               SGD with momentum" in r.stdout and "*step              x gamma" in r.stdout
+    assert "optim.betas (adamw) = [...]" in r.stdout and "schedule.floor (cosine) = 0.0" in r.stdout
     assert " +paths.root = .lottery:" in r.stdout  # an execution setting, marked
 
 
@@ -169,7 +178,7 @@ def test_every_schema_field_has_help_and_execution_settings_leave_the_identity()
     for override in ("data.download=false", "data.root=/w"):  # CIFAR-10's own execution settings
         assert keys(override, data="cifar10") == keys(data="cifar10"), override
     # the seed is in the config key, not the cell's; the dense run reads only model, data, recipe, seed
-    for override, changed in (("train.lr=0.05", (1, 1, 1)), ("seed=1", (0, 1, 1)), ("density=2", (1, 1, 0)),
+    for override, changed in (("optim.lr=0.05", (1, 1, 1)), ("seed=1", (0, 1, 1)), ("density=2", (1, 1, 0)),
                               ("train.amp=off", (1, 1, 0)), ("measure.cka_images=10", (1, 1, 0)),
                               ("data.train_size=300", (1, 1, 1)), ("model.depth=14", (1, 1, 1))):
         assert tuple(int(a != b) for a, b in zip(keys(override), base)) == changed, override

@@ -78,17 +78,17 @@ def test_a_lead_the_rounds_do_not_all_show_keeps_the_default_and_the_tag_says_so
 
     def throughputs(models, recipes, device, n, warmup, strict=False):
         assert n == 10 and len(models) == len(recipes)
-        return [steps[str(FastPath(r.channels_last, r.compile))] for r in recipes]
+        return [steps[str(FastPath(r.train.channels_last, r.train.compile))] for r in recipes]
 
     monkeypatch.setattr(fast_path, "throughputs", throughputs)
-    cfg = open_cfg(tmp_path, "train.epochs=2000", "train.milestones=[1000]", "measure.throughput_steps=10")
+    cfg = open_cfg(tmp_path, "train.epochs=2000", "schedule.milestones=[1000]", "measure.throughput_steps=10")
     settled = settle(cfg, CPU)
     assert settled.path == DEFAULT
     assert settled.tag.endswith("kept eager channels_last: compiled contiguous 463 vs 383 img/s within the rounds' "
                                 "spread)")
     assert "img/s, medians of 5 paired rounds" in settled.tag
     steps["compiled contiguous"][-2:] = [463.0, 463.0]  # faster in every round: taken (another store: timed anew)
-    taken = settle(open_cfg(tmp_path / "other", "train.epochs=2000", "train.milestones=[1000]",
+    taken = settle(open_cfg(tmp_path / "other", "train.epochs=2000", "schedule.milestones=[1000]",
                             "measure.throughput_steps=10"), CPU)
     assert taken.path == FastPath(False, True)
     assert "compiled contiguous beat eager channels_last in every round (its worst 1.21x)" in taken.tag
@@ -127,7 +127,7 @@ def test_the_paths_are_timed_once_and_remembered_compile_only_for_a_long_trainin
                          "of 3 paired rounds; compile not tried: ~2 s of training; eager contiguous beat eager "
                          "channels_last in every round (its worst 1.20x))")
     assert again.tag.startswith("eager contiguous (remembered from 20")
-    long = open_cfg(tmp_path, "train.epochs=2000", "train.milestones=[1000]")  # ~17 min eager: worth trying
+    long = open_cfg(tmp_path, "train.epochs=2000", "schedule.milestones=[1000]")  # ~17 min eager: worth trying
     settled = settle(long, CPU)
     assert timed[1:] == [[str(p) for p in candidates(long)]]  # all again, taking turns
     assert settled.path == COMPILED and "a compile 40 s, training ~1024 s" in settled.tag
@@ -151,7 +151,7 @@ def test_a_config_that_compiles_chooses_the_layout_among_compiled_paths(tmp_path
 
 def test_a_compile_that_fails_here_leaves_the_eager_paths(tmp_path, failing_backend, caplog):
     cfg = open_cfg(tmp_path, f"train.compile_backend={failing_backend}", "train.epochs=4000",
-                   "train.milestones=[2000]", "measure.throughput_steps=2", "measure.warmup_steps=1")
+                   "schedule.milestones=[2000]", "measure.throughput_steps=2", "measure.warmup_steps=1")
     with caplog.at_level(logging.WARNING, logger="lottery"):
         settled = settle(cfg, CPU)
     assert settled.path in (DEFAULT, EAGER_CONTIGUOUS)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import re
 
 import mlflow
 import numpy as np
@@ -18,6 +19,10 @@ from lottery.pruning.structures import Pruning
 from lottery.tracking.store import DenseStore
 from lottery.training.data import load_dataset
 from lottery.training.devices import determinism, restored
+from lottery.training.optimizers import make_optimizer
+from lottery.training.optimizers.base import param_names
+from lottery.training.recipe import Recipe
+from lottery.training.trainer import train
 from tests.helpers import compose_cfg, dense_key, open_context, resnet_plan, trial_keys
 
 
@@ -159,6 +164,37 @@ def test_ticket_weights_follow_the_mode(shared):
         assert not torch.equal(fresh["blocks.0.conv1.weight"], theta["blocks.0.conv1.weight"])
 
 
+def test_a_rewound_ticket_starts_from_the_dense_runs_optimizer_state_there(shared):
+    """AdamW keeps its state at theta_i (optim.rewind_state): the ticket's optimizer starts from the
+    moments and step count of a dense run stopped at i, its kept blocks' share; SGD's default and
+    rewind_state=false start fresh; the trial then trains from it."""
+    adamw = ("optim=adamw", "schedule=cosine", "optim.lr=1e-3", "mode=rewind", "rewind_epoch=1", "density=2")
+    trial.run(shared(*adamw[:3], "mode=dense"))
+    cfg = shared(*adamw)
+    entry = DenseStore(cfg.store.root).load(dense_key(cfg))
+    kept = [0, 2, 3, 5, 6, 7, 8]
+    pruned = Pruning(lambda m: networks.without(m, ["blocks.1", "blocks.4"]), {}, {}, "", "", "")
+    ctx = open_context(cfg)
+    ticket = make_ticket(ctx, pruned, entry)
+    model = ctx.build(cfg.seed)  # the dense run again, stopped at epoch 1
+    stopped = train(model, ctx.data, ctx.job(stop=1, keep=frozenset({1}))).optimizers[1]
+    recipe = Recipe.of(ctx.cfg)
+    dense_names = param_names(model, make_optimizer(model, recipe))
+    ticket_names = param_names(ticket.model, make_optimizer(ticket.model, recipe))
+    assert len(ticket.optimizer_state["state"]) == len(ticket_names) < len(dense_names)
+    for i, name in enumerate(ticket_names):
+        old = re.sub(r"^blocks\.(\d+)\.", lambda m: f"blocks.{kept[int(m.group(1))]}.", name)
+        expected, got = stopped["state"][dense_names.index(old)], ticket.optimizer_state["state"][i]
+        assert got.keys() == expected.keys() == {"exp_avg", "exp_avg_sq", "step"}, name
+        assert all(torch.equal(got[k], expected[k]) for k in got), name
+    assert ticket.optimizer_state["state"][0]["step"].item() == len(ctx.data.train) // cfg.train.batch_size
+    assert make_ticket(open_context(shared(*adamw, "optim.rewind_state=false")), pruned, entry).optimizer_state is None
+    assert make_ticket(open_context(shared("mode=rewind", "rewind_epoch=1", "density=2")), pruned,
+                       entry).optimizer_state is None  # SGD's default: weights alone, as OpenLTH rewinds
+    out = trial.run(shared(*adamw, "criterion=random"))
+    assert out["ticket_epochs"] == 3 and out["accuracy"] > 0
+
+
 def test_same_config_and_seed_give_the_same_numbers(smoke):
     a = trial.run(smoke("criterion=snip", "density=1", "model.depth=14", "data.train_size=128"))
     b = trial.run(smoke("criterion=snip", "density=1", "model.depth=14", "data.train_size=128",
@@ -247,7 +283,7 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
     from lottery import load_ticket
     from lottery.tracking import connection
     from lottery.tracking import runs as tracking
-    from lottery.training.schedule import lr_at
+    from lottery.training.schedules import lr_at
     from lottery.training.trainer import predict, prepare
 
     cfg = smoke("model.depth=14", "criterion=random", "density=1", "measure.enabled=false",
@@ -274,7 +310,7 @@ def test_a_ticket_run_lives_from_its_start_and_keeps_history_data_and_weights(sm
     loss = client.get_metric_history(done.info.run_id, "train_loss")
     lrs = client.get_metric_history(done.info.run_id, "lr")
     assert [m.step for m in loss] == [1, 2, 3, 4] == list(range(1, out["ticket_epochs"] + 1))
-    assert [m.value for m in sorted(lrs, key=lambda m: m.step)] == [lr_at(e, cfg.train) for e in range(4)]
+    assert [m.value for m in sorted(lrs, key=lambda m: m.step)] == [lr_at(Recipe.of(cfg), e) for e in range(4)]
     assert done.info.end_time - done.info.start_time >= 1000 * out["train_seconds"]
     dataset = done.inputs.dataset_inputs[0].dataset
     assert dataset.name == "synthetic" and json.loads(dataset.profile)["train"] == 512
@@ -311,7 +347,7 @@ def test_beside_other_trials_a_trial_compares_no_energy_and_says_why(smoke):
 
 
 def test_a_dense_network_at_chance_is_flagged_on_its_runs_and_in_the_log(smoke, caplog):
-    cfg = smoke("model.depth=14", "criterion=random", "train.lr=1e-9", "train.epochs=1", "train.milestones=[]",
+    cfg = smoke("model.depth=14", "criterion=random", "optim.lr=1e-9", "train.epochs=1", "schedule.milestones=[]",
                 "data.train_size=64", "measure.enabled=false", "robustness.enabled=false")
     with caplog.at_level(logging.WARNING, logger="lottery"):
         out = trial.run(cfg)

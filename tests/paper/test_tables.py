@@ -167,7 +167,7 @@ def test_cell_keys_are_the_identity_of_the_trials_the_sweep_runs():
     assert len(set(keys)) == len(keys) == 10
     assert cell_keys(sweep, sweeps.Setting("smoke", extra=(
         "threads=1", "jobs=2", "store.root=/elsewhere", "data.cache=/tmp/c", "train.progress=true"))) == keys
-    assert cell_keys(sweep, sweeps.Setting("smoke", extra=("train.weight_decay=5e-4",)))[0] != keys[0]
+    assert cell_keys(sweep, sweeps.Setting("smoke", extra=("optim.weight_decay=5e-4",)))[0] != keys[0]
     assert cell_keys(sweep, sweeps.Setting("quick", "synthetic"))[0] != keys[0]
 
 

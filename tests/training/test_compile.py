@@ -103,7 +103,7 @@ def test_a_network_of_an_architecture_compiled_before_reuses_its_graph(backend, 
     assert len(compiles) == 1
     x = torch.randn(2, 4)
     for width in [*range(1, compiling.HELD + 2), 1]:  # HELD more architectures: the first is gone
-        compiling.compiled(nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2)), t, CPU)(x)
+        compiling.compiled(nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2)), t.train, CPU)(x)
     assert len(compiles) == 1 + compiling.HELD + 2
 
 

@@ -50,7 +50,7 @@ def test_crop_flip_matches_per_image_reference():
 
 def test_epoch_batches_depend_only_on_seed_and_epoch():
     ds = D.load_dataset(cfg(name="synthetic", train_size=100, test_size=20), torch.device("cpu"))
-    t = train_config(batch_size=32)
+    t = train_config(batch_size=32).train
 
     def batches(epoch):  # what the trainer's step gathers: the epoch's plan, each batch built on the device
         return [B.batch(ds, t, *planned)[0] for planned in B.epoch_plan(ds, t, seed=1, epoch=epoch)]
@@ -130,7 +130,7 @@ def test_every_consumer_takes_balanced_images_from_a_class_sorted_folder(tmp_pat
     monkeypatch.setattr(similarity, "features", lambda m, batches: seen.append(torch.cat([b[1] for b in batches]))
                         or torch.randn(sum(len(b[1]) for b in batches), 4))
     c = OmegaConf.create({"measure": OmegaConf.structured(MeasureConfig(cka_images=6)),
-                          "train": train_config(eval_batch_size=4)})
+                          "train": train_config(eval_batch_size=4).train})
     model = build(resnet_plan(8, num_classes=4))
     similarity.cka_to_dense(model, model, ds, c)
     assert len(seen[0]) == 6 and balanced(seen[0])
@@ -193,7 +193,7 @@ def test_byte_text_is_resident_as_uint8_windows_and_batched_as_int64():
     assert x.dtype == y.dtype == torch.uint8 and x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
     assert x.untyped_storage().nbytes() / x.numel() <= 2 and torch.equal(x[:, 1:], y[:, :-1])
     assert ds.task.resident_bytes((31,)) / 31 <= 2 and ds.shape.input == (31,)
-    t = train_config(batch_size=16)
+    t = train_config(batch_size=16).train
     inputs, targets = B.batch(ds, t, *next(B.epoch_plan(ds, t, seed=0, epoch=0)))
     assert inputs.dtype == targets.dtype == torch.int64 and torch.equal(inputs[:, 1:], targets[:, :-1])
     assert all(b.dtype == torch.int64 for xy in B.eval_batches(ds, ds.test, 8) for b in xy)

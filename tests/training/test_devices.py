@@ -20,7 +20,7 @@ from lottery.pruning.criteria import CRITERIA
 from lottery.training import devices, trainer
 from lottery.training.data import load_dataset
 from lottery.training.sources.base import SOURCES
-from lottery.training.optimizer import make_optimizer
+from lottery.training.optimizers import make_optimizer
 from lottery.training.trainer import Job, train
 from tests.helpers import kind_config, resnet_plan, train_config
 
@@ -76,9 +76,9 @@ def test_compiling_never_changes_what_is_trained_only_a_captured_graph_drops_the
     from lottery.training.batches import epoch_plan, num_batches
 
     ds = data(70)
-    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(), 0, 0)] == [32, 32, 6]
-    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(compile=True), 0, 0)] == [32, 32, 6]
-    assert num_batches(70, recipe(compile=True)) == 3 and num_batches(70, recipe(cuda_graph=True)) == 2
+    assert [len(i) for i, _, _ in epoch_plan(ds, recipe().train, 0, 0)] == [32, 32, 6]
+    assert [len(i) for i, _, _ in epoch_plan(ds, recipe(compile=True).train, 0, 0)] == [32, 32, 6]
+    assert num_batches(70, recipe(compile=True).train) == 3 and num_batches(70, recipe(cuda_graph=True).train) == 2
     weights = []
     for t in (recipe(amp="off"), recipe(amp="off", compile=True, compile_backend="eager")):
         torch.manual_seed(0)
@@ -222,12 +222,12 @@ def test_scoring_never_uses_tf32(monkeypatch):
 
 def test_determinism_is_configured_by_the_recipe_and_recorded():
     with devices.restored():
-        devices.configure(CPU, recipe(deterministic=False))
+        devices.configure(CPU, recipe(deterministic=False).train)
         assert not torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "off"
-        devices.configure(CPU, recipe())
+        devices.configure(CPU, recipe().train)
         train(build(resnet_plan(8)), data(32), Job(recipe(deterministic=False), 0, CPU))  # training leaves it alone
         assert torch.are_deterministic_algorithms_enabled() and devices.determinism(CPU) == "strict"
-        assert "deterministic=True" in devices.conditions(CPU, recipe(), 1)
+        assert "deterministic=True" in devices.conditions(CPU, recipe().train, 1)
 
 
 def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_computes_the_same_without_it():
@@ -240,7 +240,7 @@ def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_comput
         torch.use_deterministic_algorithms(False)  # torch's defaults (a trial earlier in the process changed them)
         fill.fill_uninitialized_memory = True
         with devices.restored():
-            devices.configure(CPU, recipe())
+            devices.configure(CPU, recipe().train)
             assert torch.are_deterministic_algorithms_enabled() and not fill.fill_uninitialized_memory
             weights = []
             for filled in (True, False):
@@ -251,7 +251,7 @@ def test_deterministic_training_does_not_pay_for_filling_fresh_memory_and_comput
                 weights.append([p.detach().clone() for p in model.parameters()])
         assert fill.fill_uninitialized_memory  # put back after the block
         with pytest.raises(RuntimeError), devices.restored():
-            devices.configure(CPU, recipe())
+            devices.configure(CPU, recipe().train)
             raise RuntimeError("a trial fails")
         assert fill.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()  # and after one
     assert all(w.isfinite().all() for w in weights[0])
@@ -321,7 +321,7 @@ def test_two_same_seed_trainings_on_a_gpu_are_bit_identical_when_deterministic()
     ds = load_dataset(OmegaConf.structured(kind_config(SOURCES, "synthetic", train_size=256, test_size=20)), device)
     states = []
     with devices.restored():
-        devices.configure(device, recipe())  # as a trial opens
+        devices.configure(device, recipe().train)  # as a trial opens
         for filled in (True, False):  # with NaN in fresh memory, and without
             torch.utils.deterministic.fill_uninitialized_memory = filled
             torch.manual_seed(0)

@@ -17,12 +17,13 @@ from lottery.errors import first_cause
 from lottery.measure import costs
 from lottery.networks.cifar_resnet import build
 from lottery.pruning.criteria import CRITERIA, ScoringSet
-from lottery.training import capture, devices, optimizer, trainer
+from lottery.training import capture, devices, optimizers, trainer
 from lottery.training.checkpoints import cpu_tree
 from lottery.training.batches import batch, epoch_plan, scoring_set
 from lottery.training.data import Split, load_dataset
 from lottery.training.sources.base import SOURCES
-from lottery.training.optimizer import current_lr, load_optimizer, make_optimizer
+from lottery.training.optimizers import current_lr, load_optimizer, make_optimizer
+from lottery.training.schedules import lr_at
 from lottery.training.trainer import Job, train
 from tests.helpers import FAKE_CUDA, fake_cuda, kind_config, on_fake_cuda, resnet_plan, train_config
 
@@ -34,8 +35,9 @@ def data(n=64):
 
 
 def recipe(**kw):
-    return train_config(**{"epochs": 3, "milestones": [2], "batch_size": 32, "progress": False, "amp": "off",
-                           "save_every_s": 0, **kw})
+    step = {"milestones": [2]} if kw.get("schedule", "step") == "step" else {}
+    return train_config(**{"epochs": 3, **step, "batch_size": 32, "progress": False, "amp": "off", "save_every_s": 0,
+                           **kw})
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def test_a_cuda_graph_recipe_takes_the_fused_sgd_with_a_tensor_lr_on_the_cpu_too
 def test_a_reloaded_optimizer_keeps_its_own_lr_tensor_and_flags_with_the_saved_value():
     model = build(resnet_plan(8))
     saved_from = make_optimizer(model, recipe(), CPU)  # an eager run: a float lr, foreach
-    optimizer.set_lr(saved_from, 0.0125)
+    optimizers.set_lr(saved_from, 0.0125)
     state = cpu_tree(saved_from.state_dict())
     opt = make_optimizer(model, recipe(cuda_graph=True), CPU)
     lr = opt.param_groups[0]["lr"]
@@ -88,14 +90,17 @@ def test_a_reloaded_lr_stays_on_the_training_device():
     assert opt.param_groups[0]["lr"] is lr and lr.device == FAKE_CUDA
 
 
-def test_a_cuda_graph_training_killed_before_a_milestone_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch):
-    """The branch a GPU takes (fused SGD, a tensor lr, static buffers): stopped after epoch 1 of 3
-    (milestone at 2), resumed from its saved state, it ends on the uninterrupted run's weights
-    with the milestone's learning rate in the very tensor it started with."""
+@pytest.mark.parametrize("kinds", [{}, {"optim": "adamw", "schedule": "cosine", "lr": 1e-3}], ids=["sgd", "adamw"])
+def test_a_cuda_graph_training_killed_before_a_milestone_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                                           kinds):
+    """The branch a GPU takes (a fused SGD or AdamW, a tensor lr, static buffers): stopped after
+    epoch 1 of 3, resumed from its saved state, it ends on the uninterrupted run's weights (AdamW:
+    its moments and step count restored) with the last step's learning rate in the very tensor it
+    started with (SGD: the milestone's at 2; AdamW: the cosine's last step)."""
     made = []
     real = trainer.make_optimizer
     monkeypatch.setattr(trainer, "make_optimizer", lambda *a: made.append(real(*a)) or made[-1])
-    ds, t = data(), recipe(cuda_graph=True)
+    ds, t = data(), recipe(cuda_graph=True, **kinds)
 
     def run(stop=None, state=None):
         torch.manual_seed(0)
@@ -110,8 +115,10 @@ def test_a_cuda_graph_training_killed_before_a_milestone_resumes_like_an_uninter
     assert done.resumed_from == 1 and whole_done.compiled == done.compiled == "fallback: no CUDA device to capture on"
     opt = made[-1]
     lr = opt.param_groups[0]["lr"]
-    assert torch.is_tensor(lr) and opt.param_groups[0]["fused"]
-    assert current_lr(opt) == pytest.approx(0.1 * t.gamma) == current_lr(made[0])
+    assert torch.is_tensor(lr) and opt.param_groups[0]["fused"] and type(opt).__name__ == {"adamw": "AdamW"}.get(
+        kinds.get("optim"), "SGD")
+    steps = len(ds.train) // 32
+    assert current_lr(opt) == pytest.approx(lr_at(t, 2, steps - 1, steps)) == current_lr(made[0])
     for k, v in whole.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
@@ -211,21 +218,21 @@ def test_a_capture_that_fails_puts_the_state_and_the_stream_back(monkeypatch):
 def test_configure_makes_the_trials_gpu_current_and_attention_deterministic(monkeypatch, globals_restored):
     fake = FakeCuda(monkeypatch)
     cuda1 = torch.device("cuda:1")
-    devices.configure(cuda1, recipe())
+    devices.configure(cuda1, recipe().train)
     assert ("set_device", cuda1) in fake.calls
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     assert not (torch.backends.cuda.flash_sdp_enabled() or torch.backends.cuda.mem_efficient_sdp_enabled())
     assert devices.determinism(cuda1) == "strict, attention: math" and devices.determinism(CPU) == "strict"
-    devices.configure(cuda1, recipe(deterministic=False))
+    devices.configure(cuda1, recipe(deterministic=False).train)
     assert devices.determinism(cuda1) == "off" and torch.backends.cuda.flash_sdp_enabled()
     assert torch.backends.cudnn.benchmark
     fake.calls.clear()
-    devices.configure(torch.device("cuda"), recipe())  # device=cuda: the current GPU, nothing to switch
+    devices.configure(torch.device("cuda"), recipe().train)  # device=cuda: the current GPU, nothing to switch
     assert not [c for c in fake.calls if c[0] == "set_device"]
 
 
 def test_an_op_without_a_deterministic_implementation_stops_and_is_one_line(globals_restored):
-    devices.configure(CPU, recipe())  # strict: warn-only would let it run while the run says deterministic
+    devices.configure(CPU, recipe().train)  # strict: warn-only would let it run while the run says deterministic
     with pytest.raises(RuntimeError) as raised:
         torch.nn.functional.max_unpool1d(torch.rand(1, 1, 2), torch.tensor([[[0, 1]]]), 2)
     line = devices.not_deterministic(raised.value, CPU)
@@ -380,7 +387,7 @@ def fake():
 
 def test_batches_are_gathered_and_augmented_on_the_device(fake):
     mode, ds, _, _ = fake
-    t = recipe(channels_last=True)
+    t = recipe(channels_last=True).train
     with mode:
         for idx, offsets, flips in epoch_plan(ds, t, 0, 0):
             x, y = batch(ds, t, idx, offsets, flips)
@@ -390,7 +397,7 @@ def test_batches_are_gathered_and_augmented_on_the_device(fake):
 def test_evaluation_and_surgery_stay_on_the_device(fake):
     mode, ds, model, _ = fake
     with mode:
-        predictions = trainer.predict(model, ds, recipe(), FAKE_CUDA)
+        predictions = trainer.predict(model, ds, recipe().train, FAKE_CUDA)
         assert predictions.shape == (20,)
         shorter = networks.without(model, [networks.anatomy(model).removable[0].path])
         assert {p.device for p in shorter.parameters()} == {FAKE_CUDA}
@@ -411,7 +418,7 @@ def test_the_forward_costs_stay_on_the_device(fake, monkeypatch):
     monkeypatch.setattr(costs, "synchronize", lambda device: None)  # the one call a fake device cannot take
     with mode:
         assert costs.flops(model) > 0
-        times = costs.latencies([model], 2, FAKE_CUDA, 2, recipe())
+        times = costs.latencies([model], 2, FAKE_CUDA, 2, recipe().train)
     assert len(times[0]) == 2 and model.training  # put back in the mode it was in
 
 

@@ -152,7 +152,7 @@ def test_a_smoke_trial_runs_on_every_source(case, tmp_path, tracking_uri):
     cfg = compose_cfg(
         "profile=smoke", f"data={case['cfg'].data.name}", *case["data"],
         *(LM if shape.kind == "tokens" else ["model=resnet20", "model.depth=14"]),
-        "criterion=random", "criterion.scoring_size=16", "density=1", "train.epochs=2", "train.milestones=[1]",
+        "criterion=random", "criterion.scoring_size=16", "density=1", "train.epochs=2",
         f"paths.root={tmp_path}", f"data.cache={tmp_path / 'cache'}", f"tracking.uri={tracking_uri}",
         f"tracking.experiment={tmp_path.name}", "tracking.log_model=false", "measure.enabled=false",
         "measure.carbon=false", "measure.cka_images=16", "robustness.corruptions=[gaussian_noise]",

@@ -10,7 +10,7 @@ import torch
 from lottery.networks.cifar_resnet import build
 from lottery.training.data import load_dataset
 from lottery.training.sources.base import SOURCES
-from lottery.training.schedule import lr_at
+from lottery.training.schedules import lr_at
 from lottery.training.trainer import Job, train
 from tests.helpers import PINNED, REPO, compose_cfg, kind_config, resnet_plan, train_config
 
@@ -30,7 +30,7 @@ def recipe(**kw):
 
 def test_multistep_schedule():
     t = recipe()
-    assert [lr_at(e, t) for e in range(6)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert [lr_at(t, e) for e in range(6)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
 def lrs_seen(monkeypatch, **train_kw):
@@ -78,7 +78,7 @@ def test_sigkilled_dense_training_resumes_to_identical_weights(tmp_path, new_sto
     common = ["profile=smoke", "data=synthetic", "model=resnet20", "mode=dense", "train.epochs=3", "device=cpu",
               "data.train_size=256", "measure.enabled=false", "robustness.enabled=false", "measure.carbon=false",
               "train.save_every_s=0",
-              "train.milestones=[2]", f"tracking.uri={new_store(tmp_path / 'db.sqlite')}", "tracking.log_model=false",
+              "schedule.milestones=[2]", f"tracking.uri={new_store(tmp_path / 'db.sqlite')}", "tracking.log_model=false",
               f"threads={torch.get_num_threads()}",  # both runs alike: a thread count can change the sums
               f"measure.carbon_dir={tmp_path / 'cc'}", f"hydra.run.dir={tmp_path / 'hydra'}",
               *PINNED]  # the CLI's runs on the path the clean run takes
