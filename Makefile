@@ -12,6 +12,8 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n :
 ROOT ?= .lottery
 STORE_URI ?= sqlite:///$(abspath $(ROOT))/mlflow.db
 # Paper tables: make table2 [PROFILE=paper|quick|smoke] [DATA=...] [DATA_ROOT=...] [MODEL=resnet18] [SEEDS=3] [XI=0|std] [DRY_RUN=1]
+# SEEDS=auto [EFFECT=1] [MAX_SEEDS=10]: a 3-seed pilot per cell, then the seeds its 95 % interval needs to be
+# within ±EFFECT pp, at most MAX_SEEDS (docs/design.md §8.2.1)
 PROFILE ?= paper
 # DATA: the data config; unset, a sweep runs on its own for the profile, else synthetic (smoke) or cifar10
 DATA ?=
@@ -19,6 +21,8 @@ DATA_OR_DEFAULT = $(or $(DATA),$(if $(filter smoke,$(PROFILE)),synthetic,cifar10
 DATA_ROOT ?=
 MODEL ?=
 SEEDS ?= 1
+EFFECT ?= 1
+MAX_SEEDS ?= 10
 XI ?= 0
 OVERRIDES ?=
 JOBS ?= 1
@@ -75,11 +79,12 @@ ui: install  ## browse the local MLflow store on http://127.0.0.1:5000 (PORT=...
 # DRY_RUN=1 lists every trial as finished / failed / missing with the estimated time of the rest, and runs nothing.
 $(TABLES) $(BEYOND): install
 	$(PY) -m lottery sweep $@ --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --jobs $(JOBS) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) \
-		paths.root=$(ROOT) $(OVERRIDES); \
+		$(if $(MODEL),--model $(MODEL)) --seeds $(SEEDS) --effect $(EFFECT) --max-seeds $(MAX_SEEDS) --jobs $(JOBS) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry-run) paths.root=$(ROOT) $(OVERRIDES); \
 	status=$$?; $(if $(DRY_RUN),exit $$status;) \
 	$(PY) -m lottery table $@ --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
-		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) $(OVERRIDES) && exit $$status
+		$(if $(MODEL),--model $(MODEL)) --root $(ROOT) --xi $(XI) --effect $(EFFECT) --max-seeds $(MAX_SEEDS) \
+		$(OVERRIDES) && exit $$status
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 

@@ -10,7 +10,8 @@ steps; plus the median time finished tickets spent besides training (data, scori
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import OmegaConf
@@ -38,6 +39,7 @@ class TrialState:
     status: str  # finished | failed | running | missing | n/a (the model cannot run it)
     note: str = ""  # the run id, or the failure's one-line error
     seconds: float | None = None  # estimated, for a missing trial
+    metrics: dict[str, float] = field(default_factory=dict)  # a finished trial's (the seed plan reads its deltas)
 
 
 @dataclass
@@ -47,13 +49,14 @@ class Speed:
     source: str
 
 
-def survey(cells: list[tuple[dict, TrialConfig]], seeds: int, experiment: str, precision: str | None,
+def survey(cells: list[tuple[dict, TrialConfig]], seeds: Sequence[int], experiment: str, precision: str | None,
            na: list[str | None]) -> list[TrialState]:
-    """Every trial of the sweep (cell x seed) with its state in the experiment (``precision``:
-    what ``amp`` resolves to on the workers' device; ``na``: why a cell cannot run on the model)."""
+    """Every trial of the sweep (cell x seed: seeds 0..``seeds[i]``-1 of cell i) with its state in
+    the experiment (``precision``: what ``amp`` resolves to on the workers' device; ``na``: why a
+    cell cannot run on the model)."""
     out = []
-    for (cell, cfg), why in zip(cells, na):
-        for seed in range(seeds):
+    for (cell, cfg), why, count in zip(cells, na, seeds):
+        for seed in range(count):
             if why:
                 out.append(TrialState(cell, seed, "n/a", why))
                 continue
@@ -62,7 +65,8 @@ def survey(cells: list[tuple[dict, TrialConfig]], seeds: int, experiment: str, p
                            key=lambda r: r.info.start_time, reverse=True)
             by = {r.info.status: r for r in reversed(found)}  # the newest run of each status
             if "FINISHED" in by:
-                out.append(TrialState(cell, seed, "finished", by["FINISHED"].info.run_id))
+                run = by["FINISHED"]
+                out.append(TrialState(cell, seed, "finished", run.info.run_id, metrics=dict(run.data.metrics)))
             elif "RUNNING" in by and liveness.alive(by["RUNNING"].data.tags):
                 out.append(TrialState(cell, seed, "running", by["RUNNING"].info.run_id))
             elif "RUNNING" in by:
@@ -169,6 +173,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def named(cell: dict[str, str]) -> str:
+    """A cell as its swept values (``criterion=grasp density=1``)."""
+    return " ".join(f"{k}={v}" for k, v in cell.items())
+
+
 def render(name: str, profile: str, states: list[TrialState], speed: Speed | None, dense: int, jobs: int) -> str:
     """The sweep's trials one per line, the counts, and the estimate of what is missing."""
     counts = {k: sum(s.status == k for s in states) for k in ("finished", "failed", "running", "missing")}
@@ -176,9 +185,8 @@ def render(name: str, profile: str, states: list[TrialState], speed: Speed | Non
         counts["not applicable to the model"] = sum(s.status == "n/a" for s in states)
     lines = [f"{name} ({profile}): {len(states)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     for s in states:
-        what = " ".join(f"{k}={v}" for k, v in s.cell.items())
         cost = f"~{duration(s.seconds)}" if s.seconds is not None else ""
-        lines.append(f"  {what} seed={s.seed}: {s.status:<8} {cost:<9} {s.note}".rstrip())
+        lines.append(f"  {named(s.cell)} seed={s.seed}: {s.status:<8} {cost:<9} {s.note}".rstrip())
     todo = [s for s in states if s.seconds is not None]
     if todo and speed is not None:
         besides = (f"{duration(speed.overhead_s)} per ticket besides training" if speed.overhead_s is not None

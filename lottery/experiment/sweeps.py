@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -23,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from lottery.cli import entry
 from lottery.config import CONF, TrialConfig, choice, register
 from lottery.errors import LotteryError, unknown
-from lottery.experiment import estimate
+from lottery.experiment import estimate, seed_plan
 from lottery.experiment.design import Design, derive
 from lottery.experiment.identity import DENSE_READS
 from lottery.tracking import connection, runs
@@ -66,14 +68,15 @@ class Sweep:
 
     def cells(self) -> list[dict[str, str]]:
         """Every combination of swept values, in file order, as strings."""
-        out = []
-        for grid in self.grids:
-            for combo in itertools.product(*grid.values()):
-                out.append({k: str(v) for k, v in zip(grid, combo)})
-        return out
+        return [cell for grid in self.grids for cell in combinations(grid)]
 
     def label(self, key: str, value: str) -> str:
         return str(self.labels.get(key, {}).get(value, value))
+
+
+def combinations(grid: dict[str, list]) -> list[dict[str, str]]:
+    """Every combination of one grid's values, in file order, as strings."""
+    return [{k: str(v) for k, v in zip(grid, combo)} for combo in itertools.product(*grid.values())]
 
 
 def available() -> list[str]:
@@ -156,21 +159,43 @@ class Setting:
                 *([f"data.root={self.data_root}"] if self.data_root else [])]
 
 
-def commands(sweep: Sweep, setting: Setting, seeds: int, jobs: int = 1, launcher: str | None = None,
-             skip: tuple[dict, ...] = ()) -> list[list[str]]:
-    """One ``python -m lottery -m`` command per grid of the sweep; a swept value all of whose
-    cells are in ``skip`` (inapplicable to the model, or finished) is left out."""
+def commands(sweep: Sweep, setting: Setting, seeds: int | Sequence[Sequence[int]], jobs: int = 1,
+             launcher: str | None = None) -> list[list[str]]:
+    """The ``python -m lottery -m`` commands of the sweep's trials: ``seeds`` is a count for every
+    cell, or each cell's own seeds (of ``sweep.cells()``, in order; none: nothing to run, as for a
+    finished cell or one the model cannot run). Per grid, the cells that run the same seeds make
+    as few multiruns as hold exactly them: one per grid when every cell runs the same."""
+    count = len(sweep.cells())
+    lists = iter([tuple(range(seeds))] * count if isinstance(seeds, int) else [tuple(s) for s in seeds])
     profile, *data = setting.overrides()
-    common = [profile, f"seed={','.join(str(s) for s in range(seeds))}", f"tracking.experiment={sweep.experiment}",
-              *launcher_overrides(jobs, launcher), *data]
     out = []
     for grid in sweep.grids:
-        cells = [{k: str(v) for k, v in zip(grid, combo)} for combo in itertools.product(*grid.values())]
-        kept = {k: [v for v in values if any(c[k] == str(v) and c not in skip for c in cells)]
-                for k, values in grid.items()}
-        if all(kept.values()):
-            swept = [f"{k}={','.join(str(v) for v in values)}" for k, values in kept.items()]
-            out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, *common, *setting.extra])
+        mine = [(cell, next(lists)) for cell in combinations(grid)]
+        for group in dict.fromkeys(seeds for _, seeds in mine if seeds):
+            for product in products([c for c, s in mine if s == group]):
+                swept = [f"{k}={','.join(values)}" for k, values in product.items()]
+                out.append([sys.executable, "-m", "lottery", "-m", *sweep.overrides, *swept, profile,
+                            f"seed={','.join(str(s) for s in group)}", f"tracking.experiment={sweep.experiment}",
+                            *launcher_overrides(jobs, launcher), *data, *setting.extra])
+    return out
+
+
+def products(cells: list[dict[str, str]]) -> list[dict[str, list[str]]]:
+    """Distinct cells as Cartesian products of their values (a multirun each) that hold exactly
+    them: whole where they fill their product, else split on the first key that varies, the parts
+    that agree on every other key joined again."""
+    values = {k: list(dict.fromkeys(c[k] for c in cells)) for k in cells[0]}
+    if math.prod(map(len, values.values())) == len(cells):
+        return [values]
+    key = next(k for k, v in values.items() if len(v) > 1)
+    out: list[dict[str, list[str]]] = []
+    for value in values[key]:
+        for part in products([c for c in cells if c[key] == value]):
+            same = next((p for p in out if all(p[k] == part[k] for k in part if k != key)), None)
+            if same is None:
+                out.append(part)
+            else:
+                same[key] += part[key]
     return out
 
 
@@ -239,7 +264,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lottery sweep", description="Run a paper table's sweep.")
     add_sweep_arguments(p)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", default="1", help=f"seeds per cell (default 1), or auto: a {seed_plan.PILOT}-seed pilot, "
+                                                "then the seeds each cell needs (--effect, --max-seeds)")
+    seed_plan.add_arguments(p)
     p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine (joblib launcher)")
     p.add_argument("--launcher", default=None, help="a hydra/launcher config, e.g. slurm or submitit_local")
     p.add_argument("--dry-run", action="store_true", help="list every trial as finished / failed / missing with "
@@ -248,6 +275,7 @@ def main(argv=None) -> int:
                    help="what train.amp resolves to on the workers (default: this machine's; with --launcher slurm, "
                         "bf16, as on every GPU since Ampere)")
     args = p.parse_intermixed_args(argv)
+    seeds, target = seed_plan.seeds_of(args.seeds), seed_plan.target_of(args)
     sweep = load(args.name, args.model)
     setting = Setting.of(args, sweep)
     cells = compose_cells(sweep, setting)
@@ -255,43 +283,77 @@ def main(argv=None) -> int:
     found = designs(cells)
     experiment = connection.start(cfg.tracking, cfg.paths.root)
     run = parent(sweep, args.profile, cfg, experiment, create=not args.dry_run)
-    states = estimate.survey(cells, args.seeds, experiment, worker_precision(args, cfg), inapplicable(found))
-    print(survey(sweep, args, cells, experiment, states), flush=True)
     parented = Setting(setting.profile, setting.data, setting.data_root,
                        (*setting.extra, f"tracking.parent={run or '<the sweep run>'}"))
-    # a cell with no trial left to run (each finished, or n/a) is not launched, nor a dense step with no grid left
-    skip = tuple(cell for cell, _ in cells if all(s.status in ("finished", "n/a") for s in states if s.cell == cell))
-    tickets = commands(sweep, parented, args.seeds, args.jobs, args.launcher, skip)
-    cmds = [*dense_first(tickets), *tickets]
-    if not cmds:
-        print("nothing left to run", flush=True)
+    amp, na, names = worker_precision(args, cfg), inapplicable(found), [cell for cell, _ in cells]
+
+    def look(counts: list[int]) -> list[estimate.TrialState]:
+        return estimate.survey(cells, counts, experiment, amp, na)
+
+    def planned(pilot_ran: bool) -> list[seed_plan.CellPlan]:
+        pilots = look([seed_plan.PILOT] * len(cells))
+        return seed_plan.plan_cells(pilots, names, sweep.metrics if sweep.signed else None, target, pilot_ran)
+
+    def announce(states: list[estimate.TrialState], plans: list[seed_plan.CellPlan] | None) -> list[list[str]]:
+        """Print where the sweep stands (and its seed plan); the commands of what is left, dense networks first."""
+        print(survey(sweep, args, cells, experiment, states), flush=True)
+        if plans is not None:
+            print(seed_plan.render(sweep.name, plans, names, states, target), flush=True)
+        tickets = commands(sweep, parented, to_run(names, states), args.jobs, args.launcher)
+        cmds = [*dense_first(tickets), *tickets]
+        if not cmds:
+            print("nothing left to run", flush=True)
+        return cmds
+
+    plans = None if seeds else planned(pilot_ran=False)
+    cmds = announce(look([p.seeds for p in plans] if plans else [seeds] * len(cells)), plans)
     if args.dry_run:
         print("\n".join("+ " + " ".join(cmd[1:]) for cmd in cmds))
         return 0
     runs.reopen(run)
     status, outcome = 0, "KILLED"  # unless every command returns
     try:
-        for cmd in cmds:
-            print("+", " ".join(cmd[1:]), flush=True)
-            status = max(status, subprocess.call(cmd))  # a grid with a failed trial does not stop the next
+        status = launch(cmds)
+        if plans is not None:  # the cells whose pilot just ran now know their need: their extra seeds
+            again = planned(pilot_ran=True)
+            extra = [a.seeds if a.seeds != p.seeds else 0 for a, p in zip(again, plans)]
+            if any(extra):
+                status = max(status, launch(announce(look(extra), again)))
         outcome = "FINISHED" if status == 0 else "FAILED"
     finally:
         runs.close(run, outcome)
     return status
 
 
+def to_run(cells: list[dict[str, str]], states: list[estimate.TrialState]) -> list[list[int]]:
+    """Each cell's seeds that have not finished (nor cannot run on the model): what a sweep launches."""
+    return [[s.seed for s in states if s.cell == cell and s.status not in ("finished", "n/a")] for cell in cells]
+
+
+def launch(cmds: list[list[str]]) -> int:
+    """Run the commands one after another (a grid with a failed trial does not stop the next); the worst status."""
+    status = 0
+    for cmd in cmds:
+        print("+", " ".join(cmd[1:]), flush=True)
+        status = max(status, subprocess.call(cmd))
+    return status
+
+
 def dense_first(tickets: list[list[str]]) -> list[list[str]]:
-    """The multiruns that train the sweep's dense networks (each grid's, once), run before its
-    tickets: a ticket never holds a GPU (or a SLURM job) while it waits on its dense network."""
-    keys, out = (*DENSE_READS, *DENSE_ALSO), []
+    """The multiruns that train the sweep's dense networks (each once: the seeds of every ticket
+    multirun that shares them), run before its tickets: a ticket never holds a GPU (or a SLURM
+    job) while it waits on its dense network."""
+    keys, seeds = (*DENSE_READS, *DENSE_ALSO), {}
     for cmd in tickets:
         head, rest = cmd[:4], cmd[4:]  # python -m lottery -m
         dense = [o for o in rest if re.split(r"[./]", o.split("=", 1)[0].lstrip("+~"))[0] in keys]
-        dense.append("mode=dense")
-        if [*head, *dense] not in out:
-            out.append([*head, *dense])
-    return out
+        shape = tuple(SEEDS if o.startswith("seed=") else o for o in [*head, *dense, "mode=dense"])
+        mine = seeds.setdefault(shape, [])
+        mine += [v for o in dense if o.startswith("seed=") for v in o[5:].split(",") if v not in mine]
+    return [[f"seed={','.join(sorted(seeds[shape], key=int))}" if o == SEEDS else o for o in shape] for shape in seeds]
 
+
+SEEDS = "seed=..."  # where a dense multirun's seeds go: those of every ticket multirun it serves
 
 # Besides identity.DENSE_READS, what a dense network's trial reads, and where and how it runs.
 DENSE_ALSO = ("seed", "profile", "paths", "store", "tracking", "measure", "robustness", "device", "threads", "jobs",

@@ -7,7 +7,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lottery.training.tasks.base import paired_t
+from lottery.training.tasks.base import CONFIDENCE, paired_t
 
 ALPHA = 0.05  # 1 - CONFIDENCE: a difference is significant when its p is below it
 
@@ -40,3 +40,17 @@ def summarize(values: list[float]) -> Stat | None:
     if len(values) < 2:
         return Stat(mean, None, 1)
     return Stat(mean, statistics.stdev(values), len(values), low, high, p)
+
+
+def seeds_needed(sd: float, n0: int, effect: float) -> int:
+    """The smallest n >= n0 (n0 >= 2 pilot seeds) whose 95 % Student-t interval of a mean, at the
+    pilot's sample sd, is no wider than ±effect: the sample size an internal pilot re-estimates from
+    its variance alone (docs/design.md §8.2.1), never from its mean, so the final test keeps its level."""
+    from scipy import stats
+
+    q = 0.5 + CONFIDENCE / 2
+    # t > z at every n, so no n below the normal interval's can do: start there, a few steps short
+    n = max(n0, math.ceil((statistics.NormalDist().inv_cdf(q) * sd / effect) ** 2))
+    while float(stats.t.ppf(q, n - 1)) * sd / math.sqrt(n) > effect:
+        n += 1
+    return n

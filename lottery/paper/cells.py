@@ -5,13 +5,15 @@ A run belongs to a cell only when its ``cell_key`` (its trial identity less the 
 with another data set, profile or any other override never lands in it. Within a cell, the newest
 run of each seed stands and the older ones are counted as replaced. Every run's delta is already
 paired by seed (ticket minus the dense network of the same seed), so a cell is the mean of those
-deltas with its 95 % Student-t interval; a single seed shows McNemar's p instead.
+deltas with its 95 % Student-t interval; a single seed shows McNemar's p instead. A signed cell
+also says the seeds it needs to settle (``lottery.experiment.seed_plan``: from its pilot's sd).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lottery.experiment.seed_plan import Need, Target, need
 from lottery.experiment.sweeps import Sweep
 from lottery.measure.stats import ALPHA, Stat, summarize
 
@@ -32,7 +34,14 @@ class Cell:
     difference: bool = False  # the paired per-seed difference of two of the row's cells, not a trial's
     at_chance: bool = False  # a run's dense network did not learn (tag dense_at_chance): no finding
     replaced: int = 0  # older runs of the same identity and seed, superseded
+    needs: Need | None = None  # the seeds its interval needs to settle (signed cells with a pilot of 2 seeds or more)
+    target: Target = Target()  # what settles it
     runs: list[dict] = field(default_factory=list, repr=False)
+
+
+def seed_of(run: dict) -> str:
+    """A run's seed, as its tag (runs logged before seeds were tagged ran seed 0)."""
+    return run["tags"].get("seed", "0")
 
 
 def matching(cell_key: str | None, runs: list[dict]) -> tuple[list[dict], int]:
@@ -41,7 +50,7 @@ def matching(cell_key: str | None, runs: list[dict]) -> tuple[list[dict], int]:
     if cell_key is None:
         return [], 0
     mine = sorted((r for r in runs if r["tags"].get("cell_key") == cell_key), key=lambda r: r.get("start", 0))
-    by_seed = {r["tags"].get("seed", "0"): r for r in mine}
+    by_seed = {seed_of(r): r for r in mine}
     return list(by_seed.values()), len(mine) - len(by_seed)
 
 
@@ -73,10 +82,11 @@ def _verdict(c: Cell, sweep: Sweep, chosen: list[dict], xi: str) -> None:
 
 
 def build(sweep: Sweep, runs: list[dict], cell_keys: list[str | None], xi: str = "0",
-          na: list[str | None] | None = None) -> list[Cell]:
+          na: list[str | None] | None = None, target: Target = Target()) -> list[Cell]:
     """Cells of the table from run records {"tags", "metrics", "start"} (finished tickets);
-    ``cell_keys`` holds the identity of each of ``sweep.cells()``, in order, and ``na`` why a
-    cell's trial cannot run on the model (``lottery.experiment.sweeps.inapplicable``)."""
+    ``cell_keys`` holds the identity of each of ``sweep.cells()``, in order, ``na`` why a
+    cell's trial cannot run on the model (``lottery.experiment.sweeps.inapplicable``), and
+    ``target`` what settles a cell."""
     cells = []
     for cell, key, why in zip(sweep.cells(), cell_keys, na or [None] * len(cell_keys)):
         chosen, replaced = matching(key, runs)
@@ -85,12 +95,13 @@ def build(sweep: Sweep, runs: list[dict], cell_keys: list[str | None], xi: str =
             column = _column_of(sweep, cell, metric)
             c = Cell(row, column, metric, summarize([r["metrics"].get(metric) for r in chosen]),
                      sweep.paper.get("|".join(row), {}).get(column), replaced=replaced, runs=chosen, na=why,
-                     at_chance=any(r["tags"].get("dense_at_chance") == "true" for r in chosen))
+                     at_chance=any(r["tags"].get("dense_at_chance") == "true" for r in chosen), target=target)
             if sweep.signed and c.ours is not None:
                 _verdict(c, sweep, chosen, xi)
+                c.needs = need({seed_of(r): r["metrics"].get(metric) for r in chosen}, target.effect)
             cells.append(c)
     if sweep.difference:
-        cells += differences(sweep, cells)
+        cells += differences(sweep, cells, target)
     if sweep.marks == "best_second":
         for row in {c.row for c in cells}:
             ranked = sorted((c for c in cells if c.row == row and c.ours), key=lambda c: -c.ours.mean)
@@ -99,9 +110,9 @@ def build(sweep: Sweep, runs: list[dict], cell_keys: list[str | None], xi: str =
     return cells
 
 
-def differences(sweep: Sweep, cells: list[Cell]) -> list[Cell]:
+def differences(sweep: Sweep, cells: list[Cell], target: Target) -> list[Cell]:
     """Per row, the paired difference (same seed: same dense network, same data order) of the
-    ``of`` column's metric minus the ``minus`` column's, with its 95 % interval."""
+    ``of`` column's metric minus the ``minus`` column's, with its 95 % interval and the seeds it needs."""
     d, out = sweep.difference, []
     at = {(c.row, c.column, c.metric): c for c in cells}
     for row in dict.fromkeys(c.row for c in cells):
@@ -109,11 +120,12 @@ def differences(sweep: Sweep, cells: list[Cell]) -> list[Cell]:
             a, b = at.get((row, str(d["of"]), metric)), at.get((row, str(d["minus"]), metric))
             if a is None or b is None:
                 continue
-            mine = {r["tags"].get("seed", "0"): r["metrics"].get(metric) for r in b.runs}
-            pairs = [r["metrics"].get(metric) - mine[s] for r in a.runs if (s := r["tags"].get("seed", "0")) in mine
-                     and r["metrics"].get(metric) is not None and mine[s] is not None]
-            stat = summarize(pairs)
-            c = Cell(row, d["label"], metric, stat, None, difference=True, runs=[], at_chance=a.at_chance or b.at_chance)
+            mine = {seed_of(r): r["metrics"].get(metric) for r in b.runs}
+            pairs = {s: r["metrics"].get(metric) - mine[s] for r in a.runs if (s := seed_of(r)) in mine
+                     and r["metrics"].get(metric) is not None and mine[s] is not None}
+            stat = summarize(list(pairs.values()))
+            c = Cell(row, d["label"], metric, stat, None, difference=True, runs=[],
+                     at_chance=a.at_chance or b.at_chance, needs=need(pairs, target.effect), target=target)
             if stat is not None and stat.n >= 2:
                 c.p_value, c.significant = stat.p_value, stat.significant
             out.append(c)

@@ -6,14 +6,20 @@ lies wholly on the other side, and is *inconclusive* otherwise (n = 1: McNemar's
 sign decide). A claim about *all* its cells is supported when every cell agrees and contradicted
 when one disagrees; a claim about *most* is supported when more than half agree and contradicted
 when it fails even counting every inconclusive cell as agreeing. A claim whose cells are missing
-is *not run*. C6 and C9 are judged on means (costs are measured, not sampled).
+is *not run*. C6 and C9 are judged on means (costs are measured, not sampled). For an
+inconclusive claim the report says whether more seeds could decide it at the smallest effect of
+interest its table was built with (the seeds each of its cells needs, docs/design.md §8.2.1), and
+at what training time.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Callable
 
+from lottery.experiment.estimate import duration
+from lottery.experiment.seed_plan import need
 from lottery.measure.stats import ALPHA, summarize
 
 AGREE, DISAGREE, INCONCLUSIVE = "agree", "disagree", "inconclusive"
@@ -37,14 +43,18 @@ def on_means(values: list[float]) -> str:
     return AGREE if all(b > a for a, b in zip(values, values[1:])) else DISAGREE
 
 
-def paired(a: dict, b: dict, key: str) -> dict | None:
-    """The cell of per-seed differences a - b of ``key`` (same seeds: same dense network)."""
+def paired(a: dict, b: dict, key: str, effect: float | None) -> dict | None:
+    """The cell of per-seed differences a - b of ``key`` (same seeds: same dense network), with the
+    seeds it needs at ``effect`` (its table's, None where the metric is no pp delta) and the two
+    cells it draws on (``parts``: what more seeds would run)."""
     common = sorted(set(a["seeds"]) & set(b["seeds"]))
-    values = [a["seeds"][s][key] - b["seeds"][s][key] for s in common
-              if a["seeds"][s].get(key) is not None and b["seeds"][s].get(key) is not None]
-    stat = summarize(values)
+    values = {s: a["seeds"][s][key] - b["seeds"][s][key] for s in common
+              if a["seeds"][s].get(key) is not None and b["seeds"][s].get(key) is not None}
+    stat = summarize(list(values.values()))
+    needs = need(values, effect) if effect else None
     return None if stat is None else {"mean": stat.mean, "n": stat.n, "ci_low": stat.ci_low, "ci_high": stat.ci_high,
-                                      "at_chance": bool(a.get("at_chance") or b.get("at_chance"))}
+                                      "at_chance": bool(a.get("at_chance") or b.get("at_chance")),
+                                      "needs": needs and needs.seeds, "parts": [a, b]}
 
 
 def verdict(quantifier: str, sides: list[str], expected: int) -> str:
@@ -72,32 +82,38 @@ def _cells(tables: dict, name: str, measured: bool = True, **where) -> list[dict
     return out
 
 
-def _signed(name: str, claimed: int, **where) -> Callable[[dict], tuple[list[str], int]]:
+# What a claim's judge returns: the sides of its measured cells, how many cells it expects, and
+# the cells whose seeds could decide it (those of pp deltas; none for one judged on means or CKA).
+Judged = tuple[list[str], int, list[dict]]
+
+
+def _signed(name: str, claimed: int, **where) -> Callable[[dict], Judged]:
     """Every cell of the table (filtered) on the claimed side of 0."""
 
     def judge(tables):
         if name not in tables:
-            return [], 0
-        return [side(c, claimed) for c in _cells(tables, name, **where)], len(_cells(tables, name, False, **where))
+            return [], 0, []
+        cells = _cells(tables, name, **where)
+        return [side(c, claimed) for c in cells], len(_cells(tables, name, False, **where)), cells
 
     return judge
 
 
 def _layers_beat_filters(tables):
-    sides = []
+    diffs = []
     for crit in ("snip", "grasp"):
         layer = _cells(tables, "table3", structure={"layer"}, column={crit})
         filt = _cells(tables, "table3", structure={"filter"}, column={crit})
-        diff = paired(layer[0], filt[0], "delta_pp") if layer and filt else None
+        diff = paired(layer[0], filt[0], "delta_pp", tables["table3"].get("effect")) if layer and filt else None
         if diff is not None:
-            sides.append(side(diff, +1))
-    return sides, 2 if "table3" in tables else 0
+            diffs.append(diff)
+    return [side(d, +1) for d in diffs], 2 if "table3" in tables else 0, diffs
 
 
 def _costs_rise(tables):
     t = tables.get("table4")
     if t is None:
-        return [], 0
+        return [], 0, []
     sides, total = [], 0
     for model in ("resnet32", "resnet56"):
         for metric in ("flops_reduction_pct", "memory_reduction_pct", "co2_reduction_pct", "speedup"):
@@ -106,22 +122,24 @@ def _costs_rise(tables):
                            key=lambda c: float(c["row"][1]))
             if cells and all(c["n"] for c in cells):
                 sides.append(on_means([c["mean"] for c in cells]))
-    return sides, total
+    return sides, total, []
 
 
 def _beats(name: str, better: str, worse: str, metric: str, densities: tuple[str, ...],
-           **where) -> Callable[[dict], tuple[list[str], int]]:
+           **where) -> Callable[[dict], Judged]:
     """At each density, the ``better`` column's metric above the ``worse`` column's (paired per seed)."""
 
     def judge(tables):
-        sides = []
+        if name not in tables:
+            return [], 0, []
+        pp, diffs = metric.endswith("_pp"), []
         for p in densities:
             a = _cells(tables, name, density={p}, column={better}, **where)
             b = _cells(tables, name, density={p}, column={worse}, **where)
-            diff = paired(a[0], b[0], metric) if a and b else None
+            diff = paired(a[0], b[0], metric, tables[name].get("effect") if pp else None) if a and b else None
             if diff is not None:
-                sides.append(side(diff, +1))
-        return sides, len(densities) if name in tables else 0
+                diffs.append(diff)
+        return [side(d, +1) for d in diffs], len(densities), diffs if pp else []
 
     return judge
 
@@ -130,11 +148,11 @@ def _l1_rises_by_stage(tables):
     blocks = next((s["blocks"] for c in _cells(tables, "figure3") for s in c["seeds"].values() if s.get("blocks")),
                   None)
     if blocks is None:
-        return [], 0
+        return [], 0, []
     stages = sorted(set(blocks["stage"]))
     means = [sum(v for v, s in zip(blocks["scores"], blocks["stage"]) if s == st) / blocks["stage"].count(st)
              for st in stages]
-    return [on_means([a, b]) for a, b in zip(means, means[1:])], 2
+    return [on_means([a, b]) for a, b in zip(means, means[1:])], 2, []
 
 
 BEYOND, LANGUAGE_MODELS = "Beyond the paper", "Beyond the paper: language models"
@@ -146,7 +164,7 @@ class Claim:
     text: str
     table: str
     quantifier: str  # all | most
-    judge: Callable[[dict], tuple[list[str], int]]  # tables -> (sides of the measured cells, cells expected)
+    judge: Callable[[dict], Judged]  # tables -> (sides of the measured cells, cells expected, cells seeds decide)
     section: str = "The paper's claims"  # the report's section that judges it
 
 
@@ -182,12 +200,85 @@ CLAIMS = (
 
 
 def judge(tables: dict) -> list[dict]:
-    """Every claim's verdict and counts, from the tables' cells (``tables[name]`` = cells.json)."""
+    """Every claim's verdict and counts, from the tables' cells (``tables[name]`` = cells.json),
+    and for an inconclusive one whether more seeds could decide it."""
     out = []
     for c in CLAIMS:
-        sides, expected = c.judge(tables)
-        out.append({"id": c.id, "claim": c.text, "table": c.table, "section": c.section,
-                    "verdict": verdict(c.quantifier, sides, expected),
+        sides, expected, judged = c.judge(tables)
+        found = verdict(c.quantifier, sides, expected)
+        out.append({"id": c.id, "claim": c.text, "table": c.table, "section": c.section, "verdict": found,
                     "agree": sides.count(AGREE), "disagree": sides.count(DISAGREE),
-                    "inconclusive": sides.count(INCONCLUSIVE), "cells": expected})
+                    "inconclusive": sides.count(INCONCLUSIVE), "cells": expected,
+                    "more_seeds": more_seeds(judged, tables[c.table]) if found == "inconclusive" else None})
     return out
+
+
+def more_seeds(judged: list[dict], table: dict) -> str:
+    """Whether more seeds could decide an inconclusive claim at its table's smallest effect of
+    interest: its cells' largest need, within the cap or not, and the training time of the trials
+    that bring each cell to its need (capped)."""
+    if not judged:
+        return "seeds do not decide it: its cells are no pp deltas, so no smallest effect of interest applies"
+    if "effect" not in table:
+        return "unknown: its table predates the seeds a cell needs; build it again"
+    effect, cap = table["effect"], table["max_seeds"]
+    unknown = sum(j["needs"] is None for j in judged)
+    if unknown:
+        return (f"unknown until each cell has a pilot of 2 seeds or more ({unknown} of its {len(judged)} cells lack "
+                f"one; --seeds auto runs it)")
+    largest = max(j["needs"] for j in judged)
+    if all(j["n"] >= j["needs"] for j in judged):
+        return (f"no, not at ±{effect:g} pp: each cell has the seeds it needs (at most {largest}), so what is left "
+                "is a difference below the smallest effect of interest")
+    trials, seconds = cost(judged, table, cap)
+    time = f"~{duration(seconds)} of training" if seconds is not None else \
+        "training time unknown: a seed of its cells logged no train_seconds or dense_train_seconds"
+    if largest <= cap:
+        return (f"yes, if its deltas are at least ±{effect:g} pp: up to {largest} seeds per cell (the largest need "
+                f"among its cells) narrow every interval to that; {trials} more trial(s), {time}")
+    return (f"not within {cap} seeds: its cells would need up to {largest}; the cap's {trials} more trial(s) "
+            f"({time}) leave some interval wider than ±{effect:g} pp")
+
+
+def cost(judged: list[dict], table: dict, cap: int) -> tuple[int, float | None]:
+    """The trials that bring each table cell a claim draws on to its need (capped), and their
+    training time at the mean its finished seeds took: each ticket's, and each new seed's dense
+    network once (a dense network another cell of the table trained for that seed is not counted);
+    None when a seed logged no training time."""
+    wanted: dict[int, tuple[dict, int]] = {}
+    for j in judged:
+        for part in j.get("parts") or _parts(j, table):
+            wanted[id(part)] = (part, max(min(j["needs"], cap), wanted.get(id(part), (part, 0))[1]))
+    trained = {(_lineage(c), s) for c in table["cells"] for s in c["seeds"]}
+    trials, seconds = 0, 0.0
+    for cell, n in wanted.values():
+        new = [str(s) for s in range(n) if str(s) not in cell["seeds"]]
+        ticket = [v.get("train_seconds") for v in cell["seeds"].values()]
+        dense = [v.get("dense_train_seconds") for v in cell["seeds"].values()]
+        trials += len(new)
+        if not new or seconds is None:
+            continue
+        if not ticket or None in ticket + dense:
+            seconds = None
+            continue
+        fresh = {(_lineage(cell), s) for s in new} - trained
+        seconds += statistics.fmean(ticket) * len(new) + statistics.fmean(dense) * len(fresh)
+        trained |= fresh
+    return trials, seconds
+
+
+def _parts(cell: dict, table: dict) -> list[dict]:
+    """The cells whose trials a table cell draws on: itself, or for a paired difference column's
+    cell the two columns of its row."""
+    if not cell.get("difference"):
+        return [cell]
+    of, minus = str(table["difference"]["of"]), str(table["difference"]["minus"])
+    return [c for c in table["cells"] if c["row"] == cell["row"] and c["metric"] == cell["metric"]
+            and c["column"] in (of, minus)]
+
+
+def _lineage(cell: dict) -> tuple[str, str | None]:
+    """What names the dense networks a cell's tickets prune, but for their seed: the dense key of
+    its first seed (cells of one model, data and recipe share it)."""
+    first = min(cell["seeds"], key=int)
+    return first, cell["seeds"][first].get("dense_key")

@@ -1,5 +1,6 @@
-"""A table's cells as markdown, csv and LaTeX: ours (mean ± std, 95 % interval, n, sig / n.s.)
-beside the paper's value, with a footer that states the budget and how many cells are significant."""
+"""A table's cells as markdown, csv and LaTeX: ours (mean ± std, 95 % interval, n, sig / n.s., the
+seeds it needs) beside the paper's value, with a footer that states the budget and how many cells
+are significant."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import csv
 import io
 import json
 
+from lottery.experiment.seed_plan import PILOT, Target, needs_text
 from lottery.experiment.sweeps import Sweep
 from lottery.measure.stats import ALPHA, summarize
-from lottery.paper.cells import Cell, budget
+from lottery.paper.cells import Cell, budget, seed_of
 
 MISSING = "missing"
 NA = "n/a"
@@ -53,6 +55,8 @@ def ours_text(sweep: Sweep, c: Cell | None) -> str:
         detail.append(f"{test} p={c.p_value:.3g}")
     if c.significant is not None:
         detail.append("sig" if c.significant else "n.s.")
+    if c.needs is not None:
+        detail.append(needs_text(c.needs.seeds, c.target.max_seeds))
     if c.at_chance:
         detail.append("dense at chance")
     return f"{text} ({', '.join(detail)})"
@@ -130,6 +134,12 @@ def footer(sweep: Sweep, cells: list[Cell]) -> list[str]:
     if chance:
         text += (f"; {len(chance)} cell(s) rest on a dense network that ended at chance accuracy (marked dense at "
                  "chance): it did not learn, so they are no findings")
+    needs = [c for c in [*cells, *diffs] if c.needs is not None]
+    if needs:
+        t = needs[0].target
+        text += (f"; needs N: the seeds a cell's 95 % interval needs to be no wider than ±{t.effect:g} pp (the "
+                 f"smallest effect of interest), from the sd of its pilot (seeds 0-{PILOT - 1}) alone, at most "
+                 f"{t.max_seeds} (docs/design.md §8.2.1)")
     lines = [text + ".", *dense_reference(cells), f"Budget: {budget(cells)}."]
     if sweep.model:
         lines.append(f"Ours are {sweep.model}'s; the paper's values are its own network's (CIFAR ResNet).")
@@ -155,7 +165,7 @@ def markdown(sweep: Sweep, cells: list[Cell]) -> str:
 
 
 CSV_COLUMNS = ["column", "metric", "mean", "std", "n", "ci_low", "ci_high", "p_value", "winning", "significant",
-               "paper", "sign_agrees", "mark", "replaced"]
+               "paper", "sign_agrees", "mark", "replaced", "needs"]
 
 
 def _blank(v, fmt="{:.4f}") -> str:
@@ -174,7 +184,7 @@ def csv_text(sweep: Sweep, cells: list[Cell]) -> str:
             f"{s.mean:.4f}", _blank(s.std), s.n, _blank(s.ci_low), _blank(s.ci_high)]
         w.writerow([sweep.name, *c.row, c.column, c.metric, *stat, _blank(c.p_value, "{:.4g}"), _blank(c.winning),
                     _blank(c.significant), "" if c.paper is None else c.paper, _blank(c.sign_agrees), c.mark,
-                    c.replaced])
+                    c.replaced, "" if c.needs is None else c.needs.seeds])
     return buf.getvalue()
 
 
@@ -215,16 +225,19 @@ def json_text(sweep: Sweep, cells: list[Cell]) -> str:
     out = []
     for c in cells:
         s = c.ours
-        seeds = {r["tags"].get("seed", "0"): {**{k: r["metrics"].get(k) for k in (*SEED_KEYS, c.metric)},
-                                              "dense_key": r["tags"].get("dense_key"), "blocks": r.get("blocks")}
+        seeds = {seed_of(r): {**{k: r["metrics"].get(k) for k in (*SEED_KEYS, c.metric)},
+                              "dense_key": r["tags"].get("dense_key"), "blocks": r.get("blocks")}
                  for r in c.runs}
         out.append({"row": list(c.row), "column": c.column, "metric": c.metric, "paper": c.paper,
                     "mean": s and s.mean, "std": s and s.std, "n": s.n if s else 0, "ci_low": s and s.ci_low,
                     "ci_high": s and s.ci_high, "p_value": c.p_value, "winning": c.winning,
                     "significant": c.significant, "sign_agrees": c.sign_agrees, "replaced": c.replaced,
-                    "na": c.na, "at_chance": c.at_chance, "seeds": seeds})
+                    "na": c.na, "at_chance": c.at_chance, "difference": c.difference,
+                    "needs": c.needs and c.needs.seeds, "seeds": seeds})
+    target = cells[0].target if cells else Target()
     return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "signed": sweep.signed,
-                       "budget": budget(cells), "cells": out}, indent=1, default=float)
+                       "budget": budget(cells), "difference": sweep.difference, "effect": target.effect,
+                       "max_seeds": target.max_seeds, "cells": out}, indent=1, default=float)
 
 
 FORMATS = {"md": (markdown, "md"), "csv": (csv_text, "csv"), "latex": (latex, "tex"), "json": (json_text, "json")}

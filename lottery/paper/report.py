@@ -119,11 +119,17 @@ def budget_of(profile: str) -> tuple[str, str]:
 
 
 def claims_md(claims: list[dict], budget: str = "paper") -> str:
+    """The claims' verdicts, then for each inconclusive one whether more seeds could decide it."""
     lines = ["| claim | verdict | agree / disagree / inconclusive (of cells) | rests on |", "|---|---|---|---|"]
     for c in claims:
         counts = f"{c['agree']} / {c['disagree']} / {c['inconclusive']} (of {c['cells']})" if c["cells"] else "—"
         verdict = f"**{c['verdict']}**" + (" (wiring check)" if budget == "wiring" and c["verdict"] != "not run" else "")
         lines.append(f"| {c['id']}: {c['claim']} | {verdict} | {counts} | {c['table']} |")
+    undecided = [c for c in claims if c["more_seeds"]]
+    if undecided:
+        lines += ["", "Could more seeds decide the inconclusive claims? (each cell's need: the seeds its 95 % interval "
+                      "needs to be no wider than the smallest effect of interest; docs/design.md §8.2.1)", "",
+                  *(f"- {c['id']}: {c['more_seeds']}" for c in undecided)]
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """``python -m lottery table NAME [--profile P] [--data D] [--data-root DIR] [overrides]
-[--format md|csv|latex] [--out DIR] [--xi X|std]``: build a paper table from MLflow.
+[--format md|csv|latex] [--out DIR] [--xi X|std] [--effect PP] [--max-seeds N]``: build a paper table from MLflow.
 
 It takes the same arguments as the sweep that ran the table (``lottery.experiment.sweeps``), so it knows the
 exact identity of every cell's trials; it writes md, csv and tex (plus plots) to DIR, prints the
@@ -17,6 +17,7 @@ from pathlib import Path
 from lottery.cli import entry
 from lottery.config import TrackingConfig, TrialConfig
 from lottery.errors import LotteryError
+from lottery.experiment import seed_plan
 from lottery.experiment.sweeps import (
     Setting,
     Sweep,
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--root", default=".lottery", help="paths.root of the runs: the embedded MLflow store, tables")
     p.add_argument("--xi", default="0", help="Eq. 1 margin in pp, or 'std' (std of dense accuracy over seeds)")
     p.add_argument("--tracking-uri", default=None)
+    seed_plan.add_arguments(p)
     args = p.parse_intermixed_args(argv)
     import mlflow
 
@@ -96,12 +98,13 @@ def main(argv=None) -> int:
             float(args.xi)
         except ValueError:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
+    target = seed_plan.target_of(args)
     sweep = load(args.name, args.model)
     composed = compose_cells(sweep, Setting.of(args, sweep))
     found = designs(composed)
     mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     finished = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
-    cells = build(sweep, finished, keys_of(found), args.xi, inapplicable(found))
+    cells = build(sweep, finished, keys_of(found), args.xi, inapplicable(found), target)
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
     run_id = publish(sweep, files, args.profile, composed[0][1], args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))

@@ -9,10 +9,10 @@ from lottery.paper import claims, report, tables
 from tests.helpers import cell_keys
 
 
-def cell(row, column, mean, ci=None, n=3, p=None, seeds=None, metric="delta_pp"):
+def cell(row, column, mean, ci=None, n=3, p=None, seeds=None, metric="delta_pp", needs=None):
     lo, hi = ci if ci else (None, None)
     return {"row": list(row), "column": column, "metric": metric, "mean": mean, "n": n, "ci_low": lo,
-            "ci_high": hi, "p_value": p, "seeds": seeds or {}}
+            "ci_high": hi, "p_value": p, "seeds": seeds or {}, "needs": needs}
 
 
 def table2(grasp, snip=None):
@@ -80,6 +80,62 @@ def test_paired_claims_and_claims_on_means():
     assert verdict_of({"figure3": fig}, "C9")["verdict"] == "contradicted"  # stage 3 (0.2) below stage 2 (0.35)
 
 
+def timed(*seeds, ticket=10.0, dense=20.0):
+    """Per-seed values of a cell whose seeds took ``ticket`` and ``dense`` seconds to train (one dense lineage)."""
+    return {str(s): {"delta_pp": 0.1, "train_seconds": ticket, "dense_train_seconds": dense, "dense_key": f"d{s}"}
+            for s in seeds}
+
+
+def settled(needs_p3, n=3, seeds=None, snip=None):
+    """Table 2 on which C3 is inconclusive at p = 3 (the other GraSP cells agree), with the seeds each cell needs."""
+    grasp = {p: cell([p], "grasp", 0.5, (0.2, 0.8), seeds=timed(0, 1, 2), needs=3) for p in "12345"}
+    grasp["3"] = cell(["3"], "grasp", 0.1, (-0.3, 0.5), n=n, seeds=seeds or timed(*range(n)), needs=needs_p3)
+    return {"table2": {**table2(grasp, snip), "table": "table2", "effect": 1.0, "max_seeds": 10}}
+
+
+def test_an_inconclusive_claim_says_whether_more_seeds_could_decide_it_and_at_what_cost():
+    yes = verdict_of(settled(7), "C3")
+    assert yes["verdict"] == "inconclusive"
+    # 4 tickets (seeds 3-6) of 10 s and their 4 dense networks of 20 s
+    assert yes["more_seeds"] == ("yes, if its deltas are at least ±1 pp: up to 7 seeds per cell (the largest need "
+                                 "among its cells) narrow every interval to that; 4 more trial(s), ~2 min of training")
+    trained = {"3": cell(["3"], "snip", -0.1, (-0.5, 0.3), n=7, seeds=timed(*range(7)), needs=3)}
+    assert verdict_of(settled(7, snip=trained), "C3")["more_seeds"].endswith(
+        "4 more trial(s), ~40 s of training")  # another cell of the table trained seeds 3-6's dense networks
+    capped = verdict_of(settled(14), "C3")["more_seeds"]
+    assert capped == ("not within 10 seeds: its cells would need up to 14; the cap's 7 more trial(s) (~4 min of "
+                      "training) leave some interval wider than ±1 pp")
+    assert verdict_of(settled(3), "C3")["more_seeds"].startswith(
+        "no, not at ±1 pp: each cell has the seeds it needs (at most 3)")
+    assert verdict_of(settled(None, n=1), "C3")["more_seeds"] == (
+        "unknown until each cell has a pilot of 2 seeds or more (1 of its 5 cells lack one; --seeds auto runs it)")
+    untimed = timed(0, 1, 2)
+    untimed["1"]["train_seconds"] = None
+    assert verdict_of(settled(7, seeds=untimed), "C3")["more_seeds"].endswith(
+        "4 more trial(s), training time unknown: a seed of its cells logged no train_seconds or dense_train_seconds")
+    old = settled(7)
+    del old["table2"]["effect"]
+    assert verdict_of(old, "C3")["more_seeds"] == "unknown: its table predates the seeds a cell needs; build it again"
+    assert verdict_of(settled(7), "C4")["more_seeds"] is None  # not run: nothing to say
+
+
+def test_a_paired_claim_needs_its_differences_seeds_in_both_cells_and_cka_has_no_effect_in_pp():
+    seeds = lambda *d: {str(i): {"delta_pp": v, "cka": v} for i, v in enumerate(d)}  # noqa: E731
+    t3 = {"rows": ["structure"], "table": "table3", "effect": 0.1, "max_seeds": 10, "cells": [
+        cell(["layer"], "snip", 0.4, seeds=seeds(0.3, 0.4, 0.5)),
+        cell(["filter"], "snip", -0.6, seeds=seeds(-0.7, -0.6, -0.5)),
+        cell(["layer"], "grasp", 0.4, seeds=seeds(0.3, 0.4, 0.5)),
+        cell(["filter"], "grasp", 0.4, seeds=seeds(0.5, 0.2, 0.5))]}
+    c5 = verdict_of({"table3": t3}, "C5")  # GraSP's differences -0.2, 0.2, 0: sd 0.2 pp, at 0.1 pp 18 seeds
+    assert c5["verdict"] == "inconclusive" and c5["more_seeds"].startswith(
+        "not within 10 seeds: its cells would need up to 18; the cap's 14 more trial(s)")  # 7 seeds x both cells
+    t2 = {"rows": ["density"], "table": "table2", "effect": 1.0, "max_seeds": 10, "cells": [
+        cell([p], crit, 0.0, seeds=seeds(0.1, 0.2, 0.3) if crit == "grasp" else seeds(0.3, 0.1, 0.2))
+        for p in "12345" for crit in ("snip", "grasp")]}
+    c8 = verdict_of({"table2": t2}, "C8")
+    assert c8["verdict"] == "inconclusive" and c8["more_seeds"].startswith("seeds do not decide it: its cells are no")
+
+
 class Page(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -122,6 +178,8 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     assert ("| C4: SNIP tickets at initialization lose from p = 3 on | **inconclusive** (wiring check) | "
             "0 / 0 / 3 (of 3) |") in md
     assert "C1: " in md and "**not run**" in md
+    assert "Could more seeds decide the inconclusive claims?" in md
+    assert "- C4: no, not at ±1 pp: each cell has the seeds it needs (at most 3)" in md  # sd 0.15 pp: 3 seeds do
     assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
     assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
     runs = mlflow.search_runs(experiment_names=["report"], output_format="list")

@@ -9,6 +9,7 @@ import pytest
 
 from lottery.experiment import sweeps
 from lottery.experiment.design import validate
+from lottery.experiment.seed_plan import Target
 from lottery.paper import render, tables
 from lottery.paper.cells import build
 from tests.helpers import cell_keys
@@ -132,10 +133,14 @@ def test_three_formats_render_the_same_cells():
     sweep = sweeps.load("table2")
     cells = build(sweep, KNOWN, keys_of(sweep))
     md = render.markdown(sweep, cells)
-    assert "| (+) +0.30 ± 0.20 [-0.20, +0.80] (n=3, n.s.) | (+) +0.40 ✓ |" in md
+    assert "| (+) +0.30 ± 0.20 [-0.20, +0.80] (n=3, n.s., needs 3) | (+) +0.40 ✓ |" in md
     assert "(-) -0.40 (n=1, McNemar p=0.03, sig) | (+) +0.08 ✗" in md
     assert "| 3 | missing | (-) -0.50 | missing | (+) +0.34 |" in md
     assert "1 of 4 significant" in md
+    assert "| (-) -0.40 ± 0.85 [-8.02, +7.22] (n=2, n.s., needs 6) |" in md  # sd 0.85 pp
+    capped = render.markdown(sweep, build(sweep, KNOWN, keys_of(sweep), target=Target(1.0, 5)))
+    assert "(n=2, n.s., needs 5, capped: would need 6)" in capped and "needs 3)" in capped
+    assert "needs N: the seeds a cell's 95 % interval needs to be no wider than ±1 pp" in md
     assert "Budget: profile smoke; epochs 4; training images 512; test images 200; amp bf16; device cpu; 3 seed(s)." in md
     rows = list(csv.DictReader(io.StringIO(render.csv_text(sweep, cells))))
     assert list(rows[0])[2:13] == ["column", "metric", "mean", "std", "n", "ci_low", "ci_high", "p_value", "winning",
@@ -143,10 +148,16 @@ def test_three_formats_render_the_same_cells():
     g1 = next(r for r in rows if r["density"] == "1" and r["column"] == "grasp")
     assert (g1["mean"], g1["std"], g1["n"], g1["winning"], g1["significant"], g1["sign_agrees"]) == (
         "0.3000", "0.2000", "3", "1", "0", "1")
-    assert (g1["ci_low"], g1["ci_high"]) == ("-0.1968", "0.7968")
+    assert (g1["ci_low"], g1["ci_high"]) == ("-0.1968", "0.7968") and g1["needs"] == "3"
+    assert next(r for r in rows if r["density"] == "2" and r["column"] == "grasp")["needs"] == "6"
+    assert next(r for r in rows if r["density"] == "1" and r["column"] == "snip")["needs"] == ""  # one seed: no sd
     assert next(r for r in rows if r["density"] == "4" and r["column"] == "snip")["mean"] == "missing"
     tex = render.latex(sweep, cells)
-    assert r"(+) +0.30 $\pm$ 0.20 [-0.20, +0.80] (n=3, n.s.) & (+) +0.40 \checkmark" in tex
+    assert r"(+) +0.30 $\pm$ 0.20 [-0.20, +0.80] (n=3, n.s., needs 3) & (+) +0.40 \checkmark" in tex
+    table = json.loads(render.json_text(sweep, cells))
+    assert (table["effect"], table["max_seeds"]) == (1.0, 10)
+    needs = [c["needs"] for c in table["cells"] if c["row"] in (["1"], ["2"])]
+    assert needs == [None, None, 3, 6]  # SNIP's (one seed each), then GraSP's
     assert r"\begin{tabular}{lrrrr}" in tex
 
 
@@ -184,8 +195,8 @@ def test_builder_cli_reads_mlflow_and_attaches_the_table_to_the_sweep_run(tmp_pa
     assert tables.main(["table3", "--profile", "smoke", "--out", str(tmp_path / "out"),
                         "--tracking-uri", tracking_uri]) == 0
     out = capsys.readouterr().out
-    assert ("| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 [-1.67, +0.87] (n=2, n.s.) | "
-            "(-) -0.11 ✓ |") in out
+    assert ("| Filters (structured LTH) | missing | (-) -0.79 | (-) -0.40 ± 0.14 [-1.67, +0.87] (n=2, n.s., "
+            "needs 3) | (-) -0.11 ✓ |") in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.tex"]
     args = ["table3", "--profile", "smoke", "--out", str(tmp_path / "out"), "--tracking-uri", tracking_uri]
     assert tables.main(args) == 0  # rebuilt: attached again to the same sweep run, no new run
@@ -216,7 +227,8 @@ def test_a_paper_grid_runs_on_another_model_and_its_cells_are_that_models_alone(
     why = sweeps.inapplicable(sweeps.designs(composed))  # resnet18 can lose 4 blocks: p = 5 is not applicable
     skipped = tuple(c for (c, _), w in zip(composed, why) if w)
     assert [c["density"] for c in skipped] == ["5", "5"] and "density=5 is above resnet18's maximum of 4" in why[4]
-    assert "density=1,2,3,4" in sweeps.commands(other, sweeps.Setting("smoke"), 1, skip=skipped)[0]
+    lists = [[] if c in skipped else [0] for c in other.cells()]
+    assert "density=1,2,3,4" in sweeps.commands(other, sweeps.Setting("smoke"), lists)[0]
     na = {(c.row, c.column): c for c in build(other, [], mine, na=why)}
     md = render.markdown(other, list(na.values()))
     assert na[(("5",), "grasp")].na and "| 5 | n/a |" in md and "2 cell(s) n/a on this model (density=5" in md
