@@ -105,9 +105,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(200, "training epochs n of the dense network (a ticket trains n - i)")
-    warmup_epochs: float = opt(0.0, "linear warm-up of the learning rate, step by step from lr / steps, before the "
-                                    "schedule: a whole number is epochs, a float in (0, 1) a fraction of the schedule "
-                                    "(0: none, the paper's recipe)")
+    warmup_epochs: float = opt(0.0, "linear warm-up over this many epochs, step by step from lr / steps (0: none)")
+    warmup_fraction: float = opt(0.0, "a warm-up over this share of the schedule, in [0, 1), after warmup_epochs")
     clip_norm: Optional[float] = opt(None, "clip the gradients' global L2 norm to this before each step (None: off, "
                                            "the paper's recipe)")
     batch_size: int = opt(128, "training batch size")
@@ -377,12 +376,13 @@ def schema_fields(cls=TrialConfig, prefix: str = "") -> Iterator[tuple[str, data
 
 
 def kind_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
-    """Every field a kind declares beyond its group's schema, as (dotted path, kind, field)."""
-    base = {p for p, _ in schema_fields()}
+    """Every field a kind declares beyond its group's schema or with a default of its own, as
+    (dotted path, kind, field)."""
+    base = dict(schema_fields())
     for registry in Registry.every:
         for name, settings in registry.settings.items():
             for path, f in schema_fields(settings, f"{registry.group}."):
-                if path not in base:
+                if path not in base or f.default != base[path].default:
                     yield path, name, f
 
 

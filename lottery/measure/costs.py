@@ -31,7 +31,7 @@ from lottery.errors import first_cause, one_line
 from lottery.training.capture import capture, graphs_on
 from lottery.training.compiling import compiled
 from lottery.training.devices import autocast, synchronize
-from lottery.training.optimizers import make_optimizer
+from lottery.training.optimizers import clip_gradients, make_optimizer
 from lottery.training.recipe import Recipe
 from lottery.training.tasks.base import unit_cross_entropy
 
@@ -72,11 +72,13 @@ def counted(model: nn.Module) -> FlopCounterMode:
     return counter
 
 
-def _step(model, opt, x, y, device, amp):
-    with autocast(device, amp):
+def _step(model, opt, x, y, device, t: TrainConfig):
+    """The recipe's step: its precision, and its gradient clipping where it clips."""
+    with autocast(device, t.amp):
         loss = unit_cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    clip_gradients(model.parameters(), t)
     opt.step()
 
 
@@ -98,14 +100,14 @@ def training_memory(model: nn.Module, r: Recipe, device) -> tuple[int, str]:
     x, y = _batch(m, t.batch_size, device, t.channels_last)
     if graphs_on(device, t):
         try:
-            return _graph_step_memory(m, opt, x, y, device, t.amp), "cuda_graph_pool_plus_own_state"
+            return _graph_step_memory(m, opt, x, y, device, t), "cuda_graph_pool_plus_own_state"
         except RuntimeError as e:  # the capture failed here as in training: the eager step it fell back to
             log.warning("costs: capturing the step failed on this host (%s); measuring the eager step",
                         one_line(first_cause(e)))
             m = copy.deepcopy(model).train()
             opt = make_optimizer(m, r, device)
     if device.type == "cuda":
-        return _cuda_step_memory(m, opt, x, y, device, t.amp), "cuda_step_peak_plus_own_state"
+        return _cuda_step_memory(m, opt, x, y, device, t), "cuda_step_peak_plus_own_state"
     saved: dict[int, int] = {}
     params = {p.data_ptr() for p in m.parameters()}
 
@@ -130,20 +132,20 @@ def _own_bytes(model: nn.Module, opt) -> int:
                          if torch.is_tensor(v))
 
 
-def _cuda_step_memory(m, opt, x, y, device, amp) -> int:
+def _cuda_step_memory(m, opt, x, y, device, t: TrainConfig) -> int:
     """The network's own state plus the allocator's peak during one training step above what was
     allocated just before it: resident data and other networks on the device never count."""
-    _step(m, opt, x, y, device, amp)  # optimizer state exists from here on
+    _step(m, opt, x, y, device, t)  # optimizer state exists from here on
     opt.zero_grad(set_to_none=True)
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    _step(m, opt, x, y, device, amp)
+    _step(m, opt, x, y, device, t)
     synchronize(device)
     return _own_bytes(m, opt) + int(torch.cuda.max_memory_allocated(device)) - before
 
 
-def _graph_step_memory(m, opt, x, y, device, amp) -> int:
+def _graph_step_memory(m, opt, x, y, device, t: TrainConfig) -> int:
     """The network's own state plus the private memory pool of its step captured as a CUDA graph
     (every intermediate and gradient of the step lives there for the graph's life), the optimizer
     state made by an eager step first. Read from the pool's own segments (``_pool_bytes``), not as
@@ -151,9 +153,9 @@ def _graph_step_memory(m, opt, x, y, device, amp) -> int:
     for every new (handle, stream) pair, the warm-up's side stream among them, kept for the
     process's life: about half a CIFAR ResNet's step, and the same for a ticket and its dense
     network, so it would halve their memory reduction."""
-    _step(m, opt, x, y, device, amp)
+    _step(m, opt, x, y, device, t)
     opt.zero_grad(set_to_none=True)
-    graph = capture(lambda: _step(m, opt, x, y, device, amp), m, opt, device)
+    graph = capture(lambda: _step(m, opt, x, y, device, t), m, opt, device)
     graph.replay()
     synchronize(device)
     return _own_bytes(m, opt) + _pool_bytes(graph.pool(), m)
@@ -184,12 +186,12 @@ def _stepper(model: nn.Module, r: Recipe, device, strict: bool = False):
     t, m = r.train, copy.deepcopy(model).train()
     opt = make_optimizer(m, r, device)
     x, y = _batch(m, t.batch_size, device, t.channels_last)
-    eager = step = functools.partial(_step, m, opt, x, y, device, t.amp)
+    eager = step = functools.partial(_step, m, opt, x, y, device, t)
     if not (t.compile or graphs_on(device, t)):
         return eager
     try:
         if t.compile:
-            step = functools.partial(_step, compiled(m, t, device), opt, x, y, device, t.amp)
+            step = functools.partial(_step, compiled(m, t, device), opt, x, y, device, t)
         fast = capture(step, m, opt, device).replay if graphs_on(device, t) else step
         fast()  # a compile fails, if at all, at its first step
         return fast

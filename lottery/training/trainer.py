@@ -37,9 +37,9 @@ from lottery.training.checkpoints import Kept, Trained, cpu_state, cpu_tree, res
 from lottery.training.compiling import compiled, graphs_compiled
 from lottery.training.data import Dataset
 from lottery.training.devices import autocast, synchronize
-from lottery.training.optimizers import OPTIMIZERS, current_lr, load_optimizer, make_optimizer, set_lr
+from lottery.training.optimizers import OPTIMIZERS, clip_gradients, current_lr, load_optimizer, make_optimizer, set_lr
 from lottery.training.recipe import Recipe
-from lottery.training.schedules import SCHEDULES, in_warmup, lr_at
+from lottery.training.schedules import SCHEDULES, in_warmup, lr_at, warmup_epochs
 
 log = logging.getLogger("lottery")
 
@@ -67,8 +67,10 @@ def check_recipe(r: Recipe) -> None:
     if t.save_every_s < 0:
         raise bad_value("train.save_every_s", t.save_every_s, "must be >= 0")
     if not 0 <= t.warmup_epochs <= t.epochs:
-        raise bad_value("train.warmup_epochs", t.warmup_epochs, f"must lie in [0, {t.epochs}]: epochs, or a fraction "
-                                                                "of the schedule in (0, 1)")
+        raise bad_value("train.warmup_epochs", t.warmup_epochs, f"must lie in [0, {t.epochs}] (the epochs)")
+    if not 0 <= t.warmup_fraction < 1 or warmup_epochs(t) > t.epochs:
+        raise bad_value("train.warmup_fraction", t.warmup_fraction, "must lie in [0, 1), and with train.warmup_epochs "
+                                                                    "within the schedule")
     if t.clip_norm is not None and t.clip_norm <= 0:
         raise bad_value("train.clip_norm", t.clip_norm, "must be > 0, or null (no clipping)")
     OPTIMIZERS[r.optim.name].check(r.optim)
@@ -157,8 +159,7 @@ class Step:
             loss = task.loss(out, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.t.clip_norm is not None:  # on the device, no host sync: a captured or compiled step keeps it
-            torch.nn.utils.clip_grad_norm_(self.params, self.t.clip_norm, foreach=True)
+        clip_gradients(self.params, self.t)
         self.opt.step()
         self.loss_sum += loss.detach() * len(y)
         self.correct += task.hits(out, y)

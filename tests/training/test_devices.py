@@ -188,7 +188,7 @@ def test_the_cuda_step_memory_counts_the_step_above_what_was_resident(monkeypatc
     """Faked allocator statistics: whatever sits on the device before the step (data, ballast,
     other networks) cancels out; the network's own state is counted exactly."""
     model = build(resnet_plan(8))
-    t = recipe()
+    t = recipe(amp="off")
     opt = make_optimizer(model, t)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
 
@@ -196,7 +196,7 @@ def test_the_cuda_step_memory_counts_the_step_above_what_was_resident(monkeypatc
         monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
         monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: resident + 1000)
         monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: resident + 5000)
-        return costs._cuda_step_memory(model, opt, x, y, CPU, "off")
+        return costs._cuda_step_memory(model, opt, x, y, CPU, t.train)
 
     alone, beside = measured(0), measured(1 << 30)  # 1 GiB of resident ballast
     own = costs._own_bytes(model, opt)  # weights and, after a step, momentum

@@ -16,22 +16,31 @@ from lottery.training.schedules import lr_at
 from tests.helpers import compose_cfg, train_config
 
 
-def recipe_of(*overrides) -> tuple[str, str, float, bool]:
+def recipe_of(*overrides) -> tuple:
     cfg = compose_cfg(*overrides)
-    return cfg.optim.name, cfg.schedule.name, cfg.train.warmup_epochs, cfg.train.clip_norm
+    t = cfg.train
+    return cfg.optim.name, cfg.schedule.name, t.warmup_epochs, t.warmup_fraction, t.clip_norm
 
 
 def test_each_family_composes_its_fields_recipe_and_an_override_wins():
-    assert recipe_of("model=resnet32") == ("sgd", "step", 0.0, None)
-    assert recipe_of("model=mobilenet_v2") == ("sgd", "step", 0.0, None)
-    assert recipe_of("model=hf_causal_lm", "data=synthetic_text") == ("adamw", "cosine", 0.1, 1.0)
-    for model in ("deit_tiny", "vit_tiny", "convnext_tiny"):
-        assert recipe_of(f"model={model}") == ("adamw", "cosine", 0.05, None), model
+    assert recipe_of("model=resnet32") == ("sgd", "step", 0.0, 0.0, None)
+    assert recipe_of("model=mobilenet_v2") == ("sgd", "step", 0.0, 0.0, None)
+    assert recipe_of("model=hf_causal_lm", "data=synthetic_text") == ("adamw", "cosine", 0.0, 0.1, 1.0)
+    for model, warmup in (("deit_tiny", 0.0167), ("vit_tiny", 0.0167), ("convnext_tiny", 0.0667)):
+        assert recipe_of(f"model={model}") == ("adamw", "cosine", 0.0, warmup, None), model
     lm = compose_cfg("model=hf_causal_lm", "data=synthetic_text")
     assert list(lm.optim.betas) == [0.9, 0.95] and lm.optim.weight_decay == 0.1 and lm.optim.lr == 3e-3
+    assert lm.schedule.floor == 0.1
     deit = compose_cfg("model=deit_tiny", "train.batch_size=128")
     assert Recipe.of(deit).peak_lr == pytest.approx(5e-4 * 128 / 512) and deit.optim.weight_decay == 0.05
-    assert recipe_of("model=hf_causal_lm", "data=synthetic_text", "optim=sgd", "schedule=step")[:2] == ("sgd", "step")
+    convnext = compose_cfg("model=convnext_tiny", "train.batch_size=128")
+    assert Recipe.of(convnext).peak_lr == pytest.approx(Recipe.of(deit).peak_lr)  # 4e-3 per 4096 is DeiT's rate
+    # the recipe is the optimizer file's: another optimizer takes none of its warm-up, clipping or rate
+    assert recipe_of("model=hf_causal_lm", "data=synthetic_text", "optim=sgd", "schedule=step") == (
+        "sgd", "step", 0.0, 0.0, None)
+    assert recipe_of("model=vit_tiny", "optim=sgd", "schedule=step") == recipe_of("model=resnet32")
+    assert compose_cfg("profile=smoke", "model=mobilenet_v2").optim.lr == 0.05  # the smoke budget's SGD rate
+    assert compose_cfg("profile=smoke", "model=mobilenet_v2", "optim=adamw").optim.lr == 1e-3  # not AdamW's
     # a profile changes the budget, not the recipe: the step schedule keeps its shape
     assert [list(compose_cfg(f"profile={p}").schedule.milestones) for p in ("paper", "quick", "smoke")] == [
         [100, 150], [4, 6], [2, 3]]
@@ -84,7 +93,9 @@ def test_the_cosine_schedule_at_known_steps():
     floored = train_config(optim="adamw", schedule="cosine", lr=1e-3, epochs=10, floor=0.1)
     assert lr_at(floored, 5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5)) and lr_at(floored, 10) == pytest.approx(1e-4)
     # warm-up over a fifth of the schedule (2 epochs of 4 steps), the decay from where it ends
-    warm = train_config(optim="adamw", schedule="cosine", lr=1e-3, epochs=10, warmup_epochs=0.2)
+    warm = train_config(optim="adamw", schedule="cosine", lr=1e-3, epochs=10, warmup_fraction=0.2)
+    assert lr_at(warm, 0, 1, 4) == lr_at(train_config(optim="adamw", schedule="cosine", lr=1e-3, epochs=10,
+                                                      warmup_epochs=2), 0, 1, 4)
     assert [lr_at(warm, 0, k, 4) for k in range(4)] == pytest.approx([1.25e-4, 2.5e-4, 3.75e-4, 5e-4])
     assert [lr_at(warm, e) for e in (2, 6, 10)] == pytest.approx([1e-3, 5e-4, 0.0])
 

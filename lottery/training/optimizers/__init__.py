@@ -5,7 +5,7 @@ May import the schema (``lottery.config``) and ``lottery.training.recipe``.
 """
 
 from lottery.config import import_kinds
-from lottery.training.optimizers.base import (OPTIMIZERS, carried_state, current_lr, load_optimizer,  # noqa: F401
-                                              make_optimizer, set_lr)
+from lottery.training.optimizers.base import (OPTIMIZERS, carried_state, clip_gradients, current_lr,  # noqa: F401
+                                              load_optimizer, make_optimizer, set_lr)
 
 import_kinds(__name__, __path__)

@@ -35,8 +35,9 @@ class AdamW(Optimizer):
     def groups(self, model: nn.Module, o: AdamWSettings) -> list[dict]:
         return split_by_decay(model, o)
 
-    def build(self, groups: list[dict], o: AdamWSettings, lr, fused: bool | None) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+    def build(self, groups: list[dict], o: AdamWSettings, lr, fused: bool | None,
+              capturable: bool) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas), eps=o.eps, fused=fused, capturable=capturable)
 
     def check(self, o: AdamWSettings) -> None:
         super().check(o)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 import torch
 from torch import nn
 
-from lottery.config import OptimConfig, Registry, bad_value
+from lottery.config import OptimConfig, Registry, TrainConfig, bad_value
 
 if TYPE_CHECKING:  # a recipe holds its kinds' settings: imported where it is built, not here
     from lottery.training.recipe import Recipe
@@ -38,8 +38,11 @@ class Optimizer(ABC):
         """The parameters as torch param groups, each with the weight decay it takes."""
 
     @abstractmethod
-    def build(self, groups: list[dict], o: OptimConfig, lr, fused: bool | None) -> torch.optim.Optimizer:
-        """The torch optimizer over ``groups`` at learning rate ``lr`` (a float, or a device tensor)."""
+    def build(self, groups: list[dict], o: OptimConfig, lr, fused: bool | None,
+              capturable: bool) -> torch.optim.Optimizer:
+        """The torch optimizer over ``groups`` at learning rate ``lr`` (a float, or a device tensor
+        a captured step reads); ``fused``: on CUDA, or for a captured step; ``capturable``: the
+        step is captured as a CUDA graph (torch's Adam family refuses a capture without it)."""
 
     def check(self, o: OptimConfig) -> None:
         """The settings against their rules, before any work (a kind with more extends this)."""
@@ -92,7 +95,14 @@ def make_optimizer(model: nn.Module, r: Recipe, device: torch.device | None = No
     cuda = device is not None and device.type == "cuda"
     lr = torch.tensor(r.peak_lr, device=device) if graph else r.peak_lr
     kind = OPTIMIZERS[r.optim.name]
-    return kind.build(kind.groups(model, r.optim), r.optim, lr, (cuda or graph) or None)
+    return kind.build(kind.groups(model, r.optim), r.optim, lr, (cuda or graph) or None, graph and cuda)
+
+
+def clip_gradients(params, t: TrainConfig) -> None:
+    """Clip the gradients' global L2 norm to ``train.clip_norm`` where the recipe clips: on the
+    device, with no host sync (a captured or compiled step keeps it)."""
+    if t.clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, t.clip_norm, foreach=True)
 
 
 # What ``Optimizer.load_state_dict`` would overwrite with the saved values, but says how this
@@ -116,6 +126,11 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
             mine["lr"].fill_(value)
         else:
             group["lr"] = value
+        if group.get("fused") or group.get("capturable"):  # the saved run's flags cast its step count
+            for p in group["params"]:  # to the CPU; a fused or captured step reads it on the device
+                state_of = opt.state.get(p, {})
+                if torch.is_tensor(state_of.get("step")):
+                    state_of["step"] = state_of["step"].to(p.device, torch.float32)
 
 
 def param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:

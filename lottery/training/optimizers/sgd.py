@@ -26,7 +26,8 @@ class Sgd(Optimizer):
     def groups(self, model: nn.Module, o: SgdSettings) -> list[dict]:
         return [{"params": list(model.parameters()), "weight_decay": o.weight_decay}]
 
-    def build(self, groups: list[dict], o: SgdSettings, lr, fused: bool | None) -> torch.optim.Optimizer:
+    def build(self, groups: list[dict], o: SgdSettings, lr, fused: bool | None,
+              capturable: bool) -> torch.optim.Optimizer:  # SGD's fused step captures as it is
         return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
 
     def check(self, o: SgdSettings) -> None:

@@ -38,14 +38,10 @@ class Schedule(ABC):
 SCHEDULES: Registry[Schedule] = Registry("schedule", "schedule", ScheduleConfig)
 
 
-def epochs_of(point: float, epochs: int) -> float:
-    """A span given in epochs (a whole number), or as a fraction in (0, 1) of a schedule of ``epochs``."""
-    return point * epochs if 0 < point < 1 else float(point)
-
-
 def warmup_epochs(t: TrainConfig) -> float:
-    """The warm-up's length in epochs (``train.warmup_epochs``: epochs, or a fraction of the schedule)."""
-    return epochs_of(t.warmup_epochs, t.epochs)
+    """The warm-up's length in epochs: ``train.warmup_epochs``, plus ``train.warmup_fraction`` of
+    the schedule (a recipe's warm-up, the same share of any budget)."""
+    return t.warmup_epochs + t.warmup_fraction * t.epochs
 
 
 def warmup(epoch: int, step: int, steps: int, t: TrainConfig) -> float:
