@@ -226,7 +226,8 @@ def json_text(sweep: Sweep, cells: list[Cell]) -> str:
     for c in cells:
         s = c.ours
         seeds = {seed_of(r): {**{k: r["metrics"].get(k) for k in (*SEED_KEYS, c.metric)},
-                              "dense_key": r["tags"].get("dense_key"), "blocks": r.get("blocks")}
+                              "dense_key": r["tags"].get("dense_key"), "blocks": r.get("blocks"),
+                              "recipe": r["tags"].get("recipe")}
                  for r in c.runs}
         out.append({"row": list(c.row), "column": c.column, "metric": c.metric, "paper": c.paper,
                     "mean": s and s.mean, "std": s and s.std, "n": s.n if s else 0, "ci_low": s and s.ci_low,

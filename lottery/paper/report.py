@@ -80,12 +80,16 @@ def trials(table: dict) -> dict[str, int]:
 
 
 def environment(tables: dict) -> dict[str, str]:
-    """Versions, commit, date, and the training time and CO2 of every run the tables include."""
+    """Versions, commit, date, the recipe each table's runs trained with, and the training time and
+    CO2 of every run the tables include."""
     seconds = co2 = 0.0
     dense: dict[str, tuple[float, float]] = {}
-    for t in tables.values():
+    recipes: dict[str, set[str]] = {}  # recipe -> the tables trained with it
+    for name, t in tables.items():
         for c in t["cells"]:
             for s in c["seeds"].values():
+                recipes.setdefault(s.get("recipe") or "unrecorded (a run from before recipes were tagged)",
+                                   set()).add(name)
                 seconds += s.get("train_seconds") or 0.0
                 co2 += s.get("co2_kg") or 0.0
                 dense[s.get("dense_key")] = (s.get("dense_train_seconds") or 0.0, s.get("dense_co2_kg") or 0.0)
@@ -95,6 +99,7 @@ def environment(tables: dict) -> dict[str, str]:
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
             "lottery": importlib.metadata.version("lottery"), "commit": (provenance.commit() or "unknown")[:12],
             "installed from": installed.read_text().strip() if installed.exists() else "unknown (not `make install`)",
+            **{f"recipe of {', '.join(sorted(names))}": recipe for recipe, names in sorted(recipes.items())},
             "training time of every run included": f"{seconds / 3600:.2f} h (dense networks counted once: {len(dense)})",
             "CO2 of every run included": f"{co2:.4f} kg (codecarbon; see each run's power_source)"}
 

@@ -157,7 +157,8 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     for c, key in zip(sweep.cells(), cell_keys(sweep, sweeps.Setting("smoke"))):
         for seed, d in enumerate((0.4, 0.6, 0.5) if c["criterion"] == "grasp" else (-0.1, 0.2, 0.0)):
             with mlflow.start_run(experiment_id=exp):
-                mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})
+                mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed),
+                                 "recipe": "sgd (lr 0.1) + step (milestones [2, 3])"})
                 mlflow.log_metrics({"delta_pp": d, "cka": 0.9 if c["criterion"] == "grasp" else 0.8 + d,
                                     "train_seconds": 10.0, "dense_train_seconds": 20.0})
     args = ["--profile", "smoke", "--root", str(tmp_path), "--tracking-uri", tracking_uri]
@@ -181,6 +182,7 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
     assert "Could more seeds decide the inconclusive claims?" in md
     assert "- C4: no, not at ±1 pp: each cell has the seeds it needs (at most 3)" in md  # sd 0.15 pp: 3 seeds do
     assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
+    assert "recipe of table2: sgd (lr 0.1) + step (milestones [2, 3])" in md  # which recipe trained the runs
     assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
     runs = mlflow.search_runs(experiment_names=["report"], output_format="list")
     assert len(runs) == 1

@@ -76,6 +76,22 @@ def test_a_reloaded_optimizer_keeps_its_own_lr_tensor_and_flags_with_the_saved_v
     assert eager.param_groups[0]["lr"] == pytest.approx(0.0125) and isinstance(eager.param_groups[0]["lr"], float)
 
 
+def test_a_reloaded_adamw_step_count_lands_on_the_device_a_fused_step_reads_it_on():
+    """An AdamW state saved by an unfused run (its step counts on the host) loaded into the fused
+    optimizer of a GPU network (a rewound ticket, a resume on CUDA): torch casts the step counts by
+    the saved run's flags and leaves them on the host, where the fused kernel refuses them."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # the saved state comes from the host
+    model = on_fake_cuda(mode, build(resnet_plan(8)))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    opt.param_groups[0]["fused"] = True  # (torch checks a fused optimizer's device when built: a fake one cannot be)
+    saved = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(()), "exp_avg_sq": torch.zeros(())}},
+             "param_groups": [{**opt.state_dict()["param_groups"][0], "fused": None}]}
+    with mode:
+        load_optimizer(opt, saved)
+    step = opt.state[opt.param_groups[0]["params"][0]]["step"]
+    assert step.device == FAKE_CUDA and step.dtype == torch.float32
+
+
 def test_a_reloaded_lr_stays_on_the_training_device():
     """A state saved on the host (``cpu_tree``) loaded into an optimizer of a ``cuda:1`` network:
     its learning rate is still the ``cuda:1`` tensor (torch's own load puts the CPU one there)."""
