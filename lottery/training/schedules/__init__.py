@@ -6,6 +6,6 @@ May import the schema (``lottery.config``) and ``lottery.training.recipe``.
 """
 
 from lottery.config import import_kinds
-from lottery.training.schedules.base import SCHEDULES, in_warmup, lr_at, warmup, warmup_epochs  # noqa: F401
+from lottery.training.schedules.base import SCHEDULES, in_warmup, lr_at, warmup_epochs  # noqa: F401
 
 import_kinds(__name__, __path__)
