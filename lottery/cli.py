@@ -12,6 +12,7 @@ This module imports only ``lottery.errors`` (and Hydra): every layer's entry poi
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -74,6 +75,13 @@ def check_composes(conf: Path, config_name: str, args: list[str]):
         sys.exit(fail(LotteryError(composition_line(e))))
     finally:
         GlobalHydra.instance().clear()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands, whose bad argument is one line (not the usage page) and exit 2."""
+
+    def error(self, message: str):
+        sys.exit(fail(LotteryError(f"{self.prog}: {message} (see {self.prog} --help)")))
 
 
 def entry(main):

@@ -22,7 +22,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.config import CONF, TrialConfig, choice, register
 from lottery.errors import LotteryError, unknown
 from lottery.experiment import estimate, seed_plan
@@ -262,7 +262,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 @entry
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lottery sweep", description="Run a paper table's sweep.")
+    p = ArgumentParser(prog="python -m lottery sweep", description="Run a paper table's sweep.")
     add_sweep_arguments(p)
     p.add_argument("--seeds", default="1", help=f"seeds per cell (default 1), or auto: a {seed_plan.PILOT}-seed pilot, "
                                                 "then the seeds each cell needs (--effect, --max-seeds)")

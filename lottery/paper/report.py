@@ -9,7 +9,6 @@ judges the paper's claims C1-C9 from their cells. Writes ``ROOT/report/PROFILE/i
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import html
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.config import CONF, TrackingConfig
 from lottery.errors import LotteryError
 from lottery.experiment.sweeps import available, default_data, load
@@ -219,7 +218,7 @@ def publish(profile: str, model: str | None, files: list[Path], root: str) -> st
 
 @entry
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lottery report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lottery report", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="quick")
     p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store; report goes below it")
     p.add_argument("--tracking-uri", default=None)

@@ -9,12 +9,11 @@ previous version). A cell without runs shows as missing, never as 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.config import TrackingConfig, TrialConfig
 from lottery.errors import LotteryError
 from lottery.experiment import seed_plan
@@ -82,7 +81,7 @@ def write(sweep: Sweep, cells, out: Path) -> list[Path]:
 
 @entry
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lottery table", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m lottery table", description=__doc__.split("\n\n")[0])
     add_sweep_arguments(p)
     p.add_argument("--format", choices=sorted(FORMATS), default="md", help="what to print")
     p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default ROOT/tables/PROFILE)")

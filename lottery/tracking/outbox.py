@@ -10,7 +10,6 @@ are logged once, into that run, never as a second one. Weights are read back wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.config import TrackingConfig
 from lottery.files import save_atomic, write_json
 from lottery.tracking.connection import mlflow_client, start
@@ -89,7 +88,7 @@ def sync_all(folder: Path, config_key: str | None = None) -> list[dict]:
 @entry
 def main(argv=None) -> int:
     """``python -m lottery sync``: log the results waiting in the outbox into their runs."""
-    p = argparse.ArgumentParser(prog="python -m lottery sync", description=main.__doc__)
+    p = ArgumentParser(prog="python -m lottery sync", description=main.__doc__)
     p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store and the store")
     p.add_argument("--store", default=None, help="store.root (default ROOT/store): the outbox is STORE/outbox")
     p.add_argument("--tracking-uri", default=None)

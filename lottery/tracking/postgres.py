@@ -10,7 +10,6 @@ user and database (both ``lottery``). PostgreSQL refuses to run as root: as root
 
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
 import secrets
@@ -19,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.errors import LotteryError
 
 USER = DATABASE = "lottery"
@@ -127,7 +126,7 @@ class Local:
 @entry
 def main(argv=None) -> int:
     """``python -m lottery postgres``: start (or ``--stop``) a local PostgreSQL for ``make server``."""
-    p = argparse.ArgumentParser(prog="python -m lottery postgres", description=main.__doc__)
+    p = ArgumentParser(prog="python -m lottery postgres", description=main.__doc__)
     p.add_argument("--dir", default=".lottery/postgres", help="its folder (data, log, and the URI with its password)")
     p.add_argument("--port", type=int, default=5432)
     p.add_argument("--stop", action="store_true", help="stop it (its data stay)")

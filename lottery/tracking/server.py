@@ -11,13 +11,12 @@ at the first logged run).
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
 from pathlib import Path
 
-from lottery.cli import entry
+from lottery.cli import ArgumentParser, entry
 from lottery.errors import LotteryError
 from lottery.files import check_writable
 
@@ -117,7 +116,7 @@ def allowed_hosts(host: str, port: int, extra: list[str]) -> list[str]:
 @entry
 def main(argv=None) -> int:
     """``python -m lottery server``: check the backend and the port, then serve MLflow."""
-    p = argparse.ArgumentParser(prog="python -m lottery server", description=main.__doc__)
+    p = ArgumentParser(prog="python -m lottery server", description=main.__doc__)
     p.add_argument("--root", default=".lottery", help="paths.root: the default SQLite backend and the artifacts")
     p.add_argument("--backend-uri", default=None,
                    help="where runs are kept (default: sqlite:///ROOT/server/mlflow.db); postgresql://USER:PW@HOST/DB")

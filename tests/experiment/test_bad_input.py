@@ -17,7 +17,7 @@ def one_line(run, capsys) -> str:
     status = run()
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and err and err[-1].startswith("lottery: error: "), err
-    assert not any("Traceback" in line or "HYDRA_FULL_ERROR" in line for line in err), err
+    assert not any("Traceback" in line or "HYDRA_FULL_ERROR" in line or line.startswith("usage:") for line in err), err
     return err[-1]
 
 
@@ -47,6 +47,19 @@ def test_a_config_that_does_not_compose_is_one_line_before_hydra_starts(monkeypa
 def test_the_sweep_and_table_commands_name_the_profiles_they_know(command, capsys):
     line = one_line(lambda: command(["table2", "--profile", "nosuch"]), capsys)
     assert "Could not find 'profile/nosuch'; Available options in 'profile': paper, quick, smoke" in line
+
+
+@pytest.mark.parametrize("command,args,says", [
+    (sweeps.main, ["table2", "--jobs", "abc"], "python -m lottery sweep: argument --jobs: invalid int value: 'abc'"),
+    (tables.main, ["table2", "--bogus"], "python -m lottery table: unrecognized arguments: --bogus (see"),
+])
+def test_a_bad_command_argument_is_one_line_not_the_usage_page(command, args, says, capsys):
+    def run():
+        with pytest.raises(SystemExit) as e:
+            command(args)
+        return e.value.code
+
+    assert says in one_line(run, capsys)
 
 
 @pytest.mark.parametrize("overrides,says", [
