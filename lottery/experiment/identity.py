@@ -24,17 +24,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lottery.cli import RENAMED
 from lottery.config import TrialConfig
 from lottery.files import content_key
 from lottery.networks import FAMILIES
 
 DENSE_READS = ("model", "data", "train", "optim", "schedule")  # the config groups a dense run's training reads
 FORMAT1 = json.loads(Path(__file__).with_name("identity_format1.json").read_text())
-# Keys of format 1 that have moved to the group of the kind that reads them, by their format-1
-# path: the identity names them as format 1 did (optim.lr is train.lr there, for every optimizer).
-MOVED = {"optim.lr": "train.lr", "optim.momentum": "train.momentum", "optim.nesterov": "train.nesterov",
-         "optim.weight_decay": "train.weight_decay", "schedule.milestones": "train.milestones",
-         "schedule.gamma": "train.gamma"}
+# Keys of format 1 that have moved to the group of the kind that reads them, by their new path:
+# the identity names them as format 1 did (optim.lr is train.lr there, for every optimizer).
+MOVED = {new: old for old, new in RENAMED.items()}
 
 
 @dataclass(frozen=True)

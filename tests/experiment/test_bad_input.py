@@ -35,6 +35,8 @@ def cli(monkeypatch, *args):
     (["model=resnet33"], "Could not find 'model/resnet33'; Available options in 'model': convnext_tiny"),
     (["profile=foo"], "Available options in 'profile': paper, quick, smoke"),
     (["train.lrr=1"], "Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'"),
+    (["train.lr=0.1"], "Key 'lr' not in 'TrainConfig'; train.lr is now optim.lr (the optim= and schedule="),
+    (["train.milestones=[2,3]"], "train.milestones is now schedule.milestones"),
     (["model=resnet18", "model.stem=bogus"], "Invalid value 'bogus', expected one of [default, cifar]"),
     (["-m", "density=1,abc"], "Error merging override density=abc"),  # a bad value of a sweep
     (["paths.root=/proc/lottery-root"], "paths.root=/proc/lottery-root cannot be written"),
