@@ -89,8 +89,8 @@ $(TABLES) $(BEYOND): install
 
 tables: $(TABLES)  ## every table, Figure 3 and the plots
 
-report: install  ## one page (HTML + md) of every paper claim with our verdict, every table and plot (PROFILE=...)
-	$(PY) -m lottery report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL))
+report: install  ## one page (HTML + md) of every paper claim with our verdict, every table and plot (PROFILE=... DATA=...)
+	$(PY) -m lottery report --profile $(PROFILE) --root $(ROOT) $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data $(DATA))
 
 search: install  ## Optuna search of the accuracy-vs-FLOPs front (TRIALS=N; resumes when re-run)
 	$(PY) -m lottery search profile=$(PROFILE) data=$(DATA_OR_DEFAULT) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \

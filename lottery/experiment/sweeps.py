@@ -214,6 +214,15 @@ def compose_cells(sweep: Sweep, setting: Setting) -> list[tuple[dict, TrialConfi
     return out
 
 
+def data_name(setting: Setting) -> str:
+    """The name of the data config the setting's trials run on: its own, or the config's default
+    (a table and the report tell data sets apart by it)."""
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=setting.overrides()).data.name
+
+
 def designs(cells: list[tuple[dict, TrialConfig]]) -> list[Design | str]:
     """Each composed cell's design, or why its trial cannot run (its one-line validation error:
     e.g. a density above what another model can lose). The data, which every cell shares, are

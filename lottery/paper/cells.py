@@ -142,7 +142,7 @@ def budget(cells: list[Cell]) -> str:
     runs = [r for c in cells for r in c.runs]
     if not runs:
         return "no runs"
-    whole = (("profile", lambda r: r["tags"].get("profile")),
+    whole = (("profile", lambda r: r["tags"].get("profile")), ("data", lambda r: r.get("params", {}).get("data.name")),
              ("epochs", lambda r: r.get("params", {}).get("train.epochs")),
              ("training images", lambda r: _int(r["metrics"].get("train_images"))),
              ("test images", lambda r: _int(r["metrics"].get("test_images"))),

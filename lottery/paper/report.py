@@ -25,7 +25,7 @@ import yaml
 from lottery.cli import ArgumentParser, entry
 from lottery.config import CONF, TrackingConfig
 from lottery.errors import LotteryError
-from lottery.experiment.sweeps import available, default_data, load
+from lottery.experiment.sweeps import Setting, available, data_name, default_data, load
 from lottery.paper.claims import judge
 from lottery.tracking import connection, provenance, runs
 
@@ -34,14 +34,16 @@ PAPER_EPOCHS = 200
 INSTALLED = "lottery-install.txt"  # written into the venv by `make install`: the constraints it used
 
 
-def fetch_tables(profile: str, model: str | None = None) -> dict[str, dict]:
-    """The newest table of each paper table for the profile and model (attached to its sweep's
-    run; ``model``: the MODEL the sweeps ran on, None for their own): its cells, markdown, plot,
-    status."""
+def fetch_tables(profile: str, model: str | None = None, data: str | None = None) -> dict[str, dict]:
+    """The newest table of each paper table for the profile, model and data (attached to its
+    sweep's run; ``model``: the MODEL the sweeps ran on, None for their own; ``data``: the data
+    config, None for each sweep's own): its cells, markdown, plot, status. A table of another data
+    set is never taken for the paper's."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    out = {}
+    out: dict[str, dict] = {}
+    names: dict[str | None, str] = {}  # a data config (None: the config's default) -> the data set it names
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.role = 'sweep' and tags.profile = '{profile}' and "
                                             f"tags.model = '{model or 'default'}'")
@@ -49,6 +51,11 @@ def fetch_tables(profile: str, model: str | None = None) -> dict[str, dict]:
         name = run.data.tags.get("table")
         if name in out or name not in available():
             continue
+        wanted = data or default_data(profile, load(name))
+        if wanted not in names:
+            names[wanted] = data_name(Setting(profile, wanted))
+        if run.data.tags.get("dataset") != names[wanted]:
+            continue  # another data set's table, or one built before tables named their data set
         files = {p.path: p for p in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         if f"{name}.json" not in files:
             continue  # a table built before cells.json existed
@@ -107,14 +114,19 @@ def environment(tables: dict) -> dict[str, str]:
 # Rendering
 
 
-def budget_of(profile: str) -> tuple[str, str]:
+def budget_of(profile: str, data: str | None = None) -> tuple[str, str]:
     """What a profile's budget can judge: ``paper``, ``reduced`` (fewer epochs or images than the
-    paper's recipe) or ``wiring`` (synthetic data), and the banner that says so."""
+    paper's recipe) or ``wiring`` (synthetic data), and the banner that says so; ``data``: a data
+    config other than the profile's own, which the banner names first."""
     train = yaml.safe_load((CONF / "profile" / f"{profile}.yaml").read_text()).get("train", {})
-    if default_data(profile) == "synthetic":
+    if (data or default_data(profile)) == "synthetic":
         return "wiring", (f"**Wiring check, not findings.** The {profile} profile trains on synthetic data for "
                           f"{train.get('epochs')} epochs: each verdict says the pipeline computes one, not whether the "
                           "paper's claim holds. Run `make tables PROFILE=quick` (CPU) or the paper profile (GPU).")
+    if data:
+        return "reduced", (f"**On `data={data}`.** The tables ran on this data set, at the {profile} profile's budget "
+                           "for it (each table's budget line says it): unless it holds CIFAR-10, the verdicts answer "
+                           "the paper's question on other data, not the paper's recipe at its scale.")
     if train.get("epochs", PAPER_EPOCHS) < PAPER_EPOCHS:
         return "reduced", (f"**Reduced budget.** The {profile} profile trains {train.get('epochs')} epochs (the paper: "
                            f"{PAPER_EPOCHS}) on a subset of the images: the verdicts judge this budget, not the paper's "
@@ -137,9 +149,10 @@ def claims_md(claims: list[dict], budget: str = "paper") -> str:
     return "\n".join(lines)
 
 
-def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None) -> str:
-    on = f", {model}" if model else ""
-    budget, banner = budget_of(profile)
+def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: str | None = None,
+             data: str | None = None) -> str:
+    on = "".join(f", {x}" for x in (model, data) if x)
+    budget, banner = budget_of(profile, data)
     sections = list(dict.fromkeys(c["section"] for c in claims))  # the paper's claims first, then beyond it
     parts = [f"# lottery: the reproduction at a glance ({profile} profile{on})", "", *([banner, ""] if banner else [])]
     for k, section in enumerate(sections):
@@ -149,7 +162,8 @@ def markdown(profile: str, claims: list[dict], tables: dict, env: dict, model: s
         t = tables.get(name)
         if t is None:
             sweep = load(name)
-            run = f"make {name} PROFILE={profile}" + (f" MODEL={model}" if model and "model" not in sweep.keys else "")
+            run = (f"make {name} PROFILE={profile}" + (f" DATA={data}" if data else "")
+                   + (f" MODEL={model}" if model and "model" not in sweep.keys else ""))
             parts += [f"### {sweep.title}", "", f"not run: `{run}`", ""]
             continue
         counts = ", ".join(f"{v} {k}" for k, v in trials(t).items())
@@ -207,11 +221,12 @@ def page(md: str, tables: dict) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def publish(profile: str, model: str | None, files: list[Path], root: str) -> str:
-    """The profile's (and model's) one ``role=report`` run, its artifacts replaced on every rebuild."""
+def publish(profile: str, model: str | None, data: str | None, files: list[Path], root: str) -> str:
+    """The profile's (and model's, data's) one ``role=report`` run, its artifacts replaced on every rebuild."""
     experiment = connection.start(TrackingConfig(experiment=EXPERIMENT), root)
-    name = f"report-{profile}" + (f"-{model}" if model else "")
-    run_id = runs.find_or_create(experiment, name, {"role": "report", "profile": profile, "model": model or "default"})
+    name = "-".join(["report", profile, *(x for x in (model, data) if x)])
+    tags = {"role": "report", "profile": profile, "model": model or "default", **({"data": data} if data else {})}
+    run_id = runs.find_or_create(experiment, name, tags)
     runs.attach(run_id, files, {})
     return run_id
 
@@ -224,6 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--model", default=None,
                    help="the MODEL the sweeps ran on (make table2 MODEL=...); default: their own")
+    p.add_argument("--data", default=None,
+                   help="the data config the sweeps ran on (make table2 DATA=...); default: their own")
     args = p.parse_args(argv)
     import mlflow
 
@@ -235,18 +252,22 @@ def main(argv=None) -> int:
             if r.data.tags.get("table")})
         raise LotteryError(f"unknown profile '{args.profile}': profiles with tables in this store: "
                            f"{', '.join(built) or 'none yet'} (profiles: {', '.join(profiles)})")
-    tables = fetch_tables(args.profile, args.model)
+    data = args.data  # a data config that does not exist: one line (it does not compose), before any work
+    if data and data_name(Setting(args.profile, data)) == data_name(Setting(args.profile, default_data(args.profile))):
+        data = None  # the profile's own data, named: each sweep's own
+    tables = fetch_tables(args.profile, args.model, data)
     claims = judge(tables)
-    md = markdown(args.profile, claims, tables, environment(tables), args.model)
+    md = markdown(args.profile, claims, tables, environment(tables), args.model, data)
     if not tables:
+        on = f" DATA={data}" if data else ""
+        offline = "" if data else " (add `DATA=imagefolder DATA_ROOT=DIR` offline)"
         md = md.replace("\n\n", f"\n\nNo table of the {args.profile} profile in MLflow yet: run "
-                                f"`make tables PROFILE={args.profile}` (add `DATA=imagefolder DATA_ROOT=DIR` offline), "
-                                "then `make report` again.\n\n", 1)
-    out = Path(args.root) / "report" / (args.profile + (f"-{args.model}" if args.model else ""))
+                                f"`make tables PROFILE={args.profile}{on}`{offline}, then `make report{on}` again.\n\n", 1)
+    out = Path(args.root) / "report" / "-".join(x for x in (args.profile, args.model, data) if x)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(md)
     (out / "index.html").write_text(page(md, tables))
-    run_id = publish(args.profile, args.model, [out / "index.html", out / "report.md"], args.root)
-    print(claims_md(claims, budget_of(args.profile)[0]))
+    run_id = publish(args.profile, args.model, data, [out / "index.html", out / "report.md"], args.root)
+    print(claims_md(claims, budget_of(args.profile, data)[0]))
     print(f"written: {out / 'index.html'}, {out / 'report.md'} (MLflow run {run_id})")
     return 0

@@ -22,6 +22,7 @@ from lottery.experiment.sweeps import (
     Sweep,
     add_sweep_arguments,
     compose_cells,
+    default_data,
     designs,
     inapplicable,
     keys_of,
@@ -60,9 +61,9 @@ def publish(sweep: Sweep, files: list[Path], profile: str, cfg: TrialConfig, tra
     experiment = connection.start(TrackingConfig(uri=tracking_uri, experiment=sweep.experiment), root)
     run_id = parent(sweep, profile, cfg, experiment)
     measured = sum(c.ours is not None for c in cells)
-    runs.attach(run_id, files, {"table": sweep.name, "budget": budget(cells), "cells_measured": measured,
-                                    "cells_missing": len(cells) - measured,
-                                    "table_built": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    runs.attach(run_id, files, {"table": sweep.name, "dataset": cfg.data.name, "budget": budget(cells),
+                                "cells_measured": measured, "cells_missing": len(cells) - measured,
+                                "table_built": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return run_id
 
 
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m lottery table", description=__doc__.split("\n\n")[0])
     add_sweep_arguments(p)
     p.add_argument("--format", choices=sorted(FORMATS), default="md", help="what to print")
-    p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default ROOT/tables/PROFILE)")
+    p.add_argument("--out", default=None, help="folder for md/csv/tex/png (default ROOT/tables/PROFILE, "
+                                               "ROOT/tables/PROFILE-DATA on another data set than the sweep's own)")
     p.add_argument("--root", default=".lottery", help="paths.root of the runs: the embedded MLflow store, tables")
     p.add_argument("--xi", default="0", help="Eq. 1 margin in pp, or 'std' (std of dense accuracy over seeds)")
     p.add_argument("--tracking-uri", default=None)
@@ -99,12 +101,15 @@ def main(argv=None) -> int:
             raise LotteryError(f"--xi={args.xi}: give a number of pp or 'std'") from None
     target = seed_plan.target_of(args)
     sweep = load(args.name, args.model)
-    composed = compose_cells(sweep, Setting.of(args, sweep))
+    setting = Setting.of(args, sweep)
+    composed = compose_cells(sweep, setting)
     found = designs(composed)
     mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     finished = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, finished, keys_of(found), args.xi, inapplicable(found), target)
-    files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / args.profile))
+    own = setting.data == default_data(args.profile, sweep)  # another data set's tables: a folder of their own
+    folder = args.profile if own else f"{args.profile}-{composed[0][1].data.name}"
+    files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / folder))
     run_id = publish(sweep, files, args.profile, composed[0][1], args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))
     print(f"written: {', '.join(str(f) for f in files)} (MLflow run {run_id})")

@@ -224,3 +224,40 @@ def test_an_unknown_profile_is_one_line_naming_the_profiles_with_tables(tmp_path
     assert err == ("lottery: error: unknown profile 'nosuch': profiles with tables in this store: smoke "
                    "(profiles: paper, quick, smoke)")
     assert not (tmp_path / "report").exists()  # no empty report written
+
+
+def test_a_table_of_another_data_set_is_its_own_never_the_papers(tmp_path, capsys, new_store):
+    """Table 2 on digits beside Table 2 on the profile's own data: each table lands in its own
+    folder and names its data set in its budget line; the report takes the profile's own unless
+    told ``--data``, and then says which data set its verdicts answer on."""
+    uri = new_store(tmp_path / "own.db")
+    mlflow.set_tracking_uri(uri)
+    sweep = sweeps.load("table2")
+    exp = mlflow.create_experiment("table2", artifact_location=(tmp_path / "art").as_uri())
+    for data, delta in (("synthetic", 0.5), ("digits", -0.7)):
+        for key in cell_keys(sweep, sweeps.Setting("smoke", data)):
+            for seed in range(3):
+                with mlflow.start_run(experiment_id=exp):
+                    mlflow.set_tags({"role": "ticket", "profile": "smoke", "cell_key": key, "seed": str(seed)})
+                    mlflow.log_param("data.name", data)
+                    mlflow.log_metrics({"delta_pp": delta + 0.1 * seed})
+    args = ["--profile", "smoke", "--root", str(tmp_path), "--tracking-uri", uri]
+    assert tables.main(["table2", *args]) == 0
+    assert tables.main(["table2", *args, "--data", "digits"]) == 0  # built last: the newest table of the two
+    own, digits = (tmp_path / "tables" / f / "table2.md" for f in ("smoke", "smoke-digits"))
+    assert "+0.60" in own.read_text() and "Budget: profile smoke; data synthetic;" in own.read_text()
+    assert "-0.60" in digits.read_text() and "Budget: profile smoke; data digits;" in digits.read_text()
+    assert report.main(args) == 0
+    md = (tmp_path / "report" / "smoke" / "report.md").read_text()
+    assert "data synthetic" in md and "data digits" not in md and "**Wiring check" in md
+    assert report.main([*args, "--data", "digits"]) == 0
+    md = (tmp_path / "report" / "smoke-digits" / "report.md").read_text()
+    assert "data digits" in md and "data synthetic" not in md
+    assert md.startswith("# lottery: the reproduction at a glance (smoke profile, digits)")
+    assert "**On `data=digits`.** The tables ran on this data set, at the smoke profile's budget" in md
+    assert "not run: `make table4 PROFILE=smoke DATA=digits`" in md
+    assert report.main([*args, "--data", "synthetic"]) == 0  # the profile's own data, named: the same report
+    assert len(mlflow.search_runs(experiment_names=["report"], output_format="list")) == 2
+    capsys.readouterr()
+    assert report.main([*args, "--data", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("lottery: error: In 'config': Could not find 'data/nosuch'")

@@ -54,7 +54,7 @@ def run(criterion, density, seed, delta, dense=90.0, cka=0.9, start=0, mcnemar=N
         metrics["mcnemar_p"] = mcnemar
     return {"tags": {"cell_key": key(criterion, density), "seed": str(seed), "profile": "smoke", "amp": "bf16",
                      "device": "cpu"},
-            "metrics": {**metrics, "train_images": 512, "test_images": 200}, "params": {"train.epochs": "4"},
+            "metrics": {**metrics, "train_images": 512, "test_images": 200}, "params": {"train.epochs": "4", "data.name": "synthetic"},
             "start": start}
 
 
@@ -141,7 +141,8 @@ def test_three_formats_render_the_same_cells():
     capped = render.markdown(sweep, build(sweep, KNOWN, keys_of(sweep), target=Target(1.0, 5)))
     assert "(n=2, n.s., needs 5, capped: would need 6)" in capped and "needs 3)" in capped
     assert "needs N: the seeds a cell's 95 % interval needs to be no wider than ±1 pp" in md
-    assert "Budget: profile smoke; epochs 4; training images 512; test images 200; amp bf16; device cpu; 3 seed(s)." in md
+    assert ("Budget: profile smoke; data synthetic; epochs 4; training images 512; test images 200; amp bf16; device cpu; "
+            "3 seed(s).") in md
     rows = list(csv.DictReader(io.StringIO(render.csv_text(sweep, cells))))
     assert list(rows[0])[2:13] == ["column", "metric", "mean", "std", "n", "ci_low", "ci_high", "p_value", "winning",
                                    "significant", "paper"]
