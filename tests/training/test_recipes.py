@@ -45,7 +45,7 @@ def test_each_family_composes_its_fields_recipe_and_an_override_wins():
     assert [list(compose_cfg(f"profile={p}").schedule.milestones) for p in ("paper", "quick", "smoke")] == [
         [100, 150], [4, 6], [2, 3]]
     digits = compose_cfg("profile=quick", "data=digits")  # the whole splits, to the dense network's plateau
-    assert (digits.data.train_size, digits.train.epochs, list(digits.schedule.milestones)) == (None, 16, [8, 12])
+    assert (digits.data.train_size, digits.train.epochs, list(digits.schedule.milestones)) == (None, 30, [15, 22])
 
 
 def names_of(*overrides):
