@@ -243,7 +243,9 @@ def test_a_table_of_another_data_set_is_its_own_never_the_papers(tmp_path, capsy
                     mlflow.log_metrics({"delta_pp": delta + 0.1 * seed})
     args = ["--profile", "smoke", "--root", str(tmp_path), "--tracking-uri", uri]
     assert tables.main(["table2", *args]) == 0
+    assert tables.main(["table2", *args, "--data", "synthetic"]) == 0  # the profile's own data, named: its folder
     assert tables.main(["table2", *args, "--data", "digits"]) == 0  # built last: the newest table of the two
+    assert sorted(f.name for f in (tmp_path / "tables").iterdir()) == ["smoke", "smoke-digits"]
     own, digits = (tmp_path / "tables" / f / "table2.md" for f in ("smoke", "smoke-digits"))
     assert "+0.60" in own.read_text() and "Budget: profile smoke; data synthetic;" in own.read_text()
     assert "-0.60" in digits.read_text() and "Budget: profile smoke; data digits;" in digits.read_text()
