@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 from lottery.experiment.seed_plan import PILOT, Target, needs_text
 from lottery.experiment.sweeps import Sweep
@@ -79,12 +80,15 @@ def _marked(c: Cell | None, text: str, best: str, second: str) -> str:
     return text
 
 
-DENSE_NUMBERS = {"dense_accuracy": ("accuracy", "{:.2f} %"), "dense_perplexity": ("perplexity", "{:.3f}")}
+# name, format, and the range the metric can take: a t-interval of few seeds near a bound can pass it
+DENSE_NUMBERS = {"dense_accuracy": ("accuracy", "{:.2f} %", (0.0, 100.0)),
+                 "dense_perplexity": ("perplexity", "{:.3f}", (1.0, math.inf))}
 
 
 def dense_reference(cells: list[Cell]) -> list[str]:
     """The dense networks the cells compare against, per model, one per seed: their accuracy (and
-    a language model's perplexity) as mean and 95 % interval over seeds."""
+    a language model's perplexity) as mean and 95 % interval over seeds, cut to the values the
+    metric can take."""
     models: dict[str, dict[str, dict]] = {}  # model -> dense_key -> its metrics
     for c in cells:
         for r in c.runs:
@@ -92,10 +96,11 @@ def dense_reference(cells: list[Cell]) -> list[str]:
     lines = []
     for model, dense in models.items():
         parts = []
-        for key, (name, form) in DENSE_NUMBERS.items():
+        for key, (name, form, (low, high)) in DENSE_NUMBERS.items():
             s = summarize([m.get(key) for m in dense.values()])
             if s is not None:
-                ci = f" [{form.format(s.ci_low)}, {form.format(s.ci_high)}]" if s.ci_low is not None else ""
+                ci = (f" [{form.format(max(s.ci_low, low))}, {form.format(min(s.ci_high, high))}]"
+                      if s.ci_low is not None else "")
                 parts.append(f"{name} {form.format(s.mean)}{ci}")
         if parts:
             lines.append(f"Dense {model} (n = {len(dense)} network(s), mean [95 % interval]): {', '.join(parts)}.")

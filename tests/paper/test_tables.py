@@ -99,6 +99,15 @@ def test_interval_and_p_value_match_student_t_computed_by_hand():
     assert cells[(("2",), "snip")].significant is False
 
 
+def test_the_dense_networks_interval_stays_within_what_an_accuracy_can_be():
+    runs = [run("grasp", 1, s, 0.1, dense=d) for s, d in enumerate((99.7, 99.9, 98.0))]
+    for r in runs:
+        r["tags"].update(model="resnet32", dense_key=f"d{r['tags']['seed']}")
+    # mean 99.2, sd 1.04: t(0.975, 2) * sd / sqrt(3) = 2.59 pp either side, so the raw interval ends at 101.79 %
+    [line] = render.dense_reference(list(cells_of(runs).values()))
+    assert line == "Dense resnet32 (n = 3 network(s), mean [95 % interval]): accuracy 99.20 % [96.61 %, 100.00 %]."
+
+
 def test_mcnemar_exact_test_matches_the_binomial_computed_by_hand():
     import torch
 
