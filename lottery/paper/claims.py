@@ -230,14 +230,22 @@ def more_seeds(judged: list[dict], table: dict) -> str:
     if all(j["n"] >= j["needs"] for j in judged):
         return (f"no, not at ±{effect:g} pp: each cell has the seeds it needs (at most {largest}), so what is left "
                 "is a difference below the smallest effect of interest")
-    trials, seconds = cost(judged, table, cap)
-    time = f"~{duration(seconds)} of training" if seconds is not None else \
-        "training time unknown: a seed of its cells logged no train_seconds or dense_train_seconds"
+    trials, time = priced(judged, table, min(largest, cap))
     if largest <= cap:
         return (f"yes, if its deltas are at least ±{effect:g} pp: up to {largest} seeds per cell (the largest need "
                 f"among its cells) narrow every interval to that; {trials} more trial(s), {time}")
-    return (f"not within {cap} seeds: its cells would need up to {largest}; the cap's {trials} more trial(s) "
-            f"({time}) leave some interval wider than ±{effect:g} pp")
+    beyond, beyond_time = priced(judged, table, largest)
+    within = (f"the cap's {trials} more trial(s) ({time}) leave some interval wider than ±{effect:g} pp" if trials
+              else "its cells have all the cap allows")
+    return (f"not within {cap} seeds: its cells would need up to {largest}; {within}; --max-seeds {largest} would "
+            f"narrow every interval to ±{effect:g} pp with {beyond} more trial(s), {beyond_time}")
+
+
+def priced(judged: list[dict], table: dict, cap: int) -> tuple[int, str]:
+    """``cost`` in words: the trials, and their training time or why it is unknown."""
+    trials, seconds = cost(judged, table, cap)
+    return trials, (f"~{duration(seconds)} of training" if seconds is not None else
+                    "training time unknown: a seed of its cells logged no train_seconds or dense_train_seconds")
 
 
 def cost(judged: list[dict], table: dict, cap: int) -> tuple[int, float | None]:

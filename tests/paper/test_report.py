@@ -103,8 +103,13 @@ def test_an_inconclusive_claim_says_whether_more_seeds_could_decide_it_and_at_wh
     assert verdict_of(settled(7, snip=trained), "C3")["more_seeds"].endswith(
         "4 more trial(s), ~40 s of training")  # another cell of the table trained seeds 3-6's dense networks
     capped = verdict_of(settled(14), "C3")["more_seeds"]
+    # seeds 3-9 within the cap (7 x 30 s), seeds 3-13 beyond it (11 x 30 s)
     assert capped == ("not within 10 seeds: its cells would need up to 14; the cap's 7 more trial(s) (~4 min of "
-                      "training) leave some interval wider than ±1 pp")
+                      "training) leave some interval wider than ±1 pp; --max-seeds 14 would narrow every interval to "
+                      "±1 pp with 11 more trial(s), ~6 min of training")
+    spent = verdict_of(settled(14, n=10), "C3")["more_seeds"]
+    assert spent == ("not within 10 seeds: its cells would need up to 14; its cells have all the cap allows; "
+                     "--max-seeds 14 would narrow every interval to ±1 pp with 4 more trial(s), ~2 min of training")
     assert verdict_of(settled(3), "C3")["more_seeds"].startswith(
         "no, not at ±1 pp: each cell has the seeds it needs (at most 3)")
     assert verdict_of(settled(None, n=1), "C3")["more_seeds"] == (
