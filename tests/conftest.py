@@ -36,6 +36,22 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def tracking_uri_left_as_found():
+    """Each test leaves MLflow's tracking URI as it found it: ``mlflow.set_tracking_uri`` also
+    exports ``$MLFLOW_TRACKING_URI`` (for subprocesses), which would point a later test's trial,
+    whose ``tracking.uri`` is unset, at an earlier test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(before)  # MLflow's own URI; it touches the variable only when that changes
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def blank_store(tmp_path_factory) -> Path:
     """An empty MLflow SQLite store, created once: creating one runs MLflow's schema migrations

@@ -95,7 +95,7 @@ def log_pilot(tiny, root):
 
 def test_seeds_auto_plans_the_pilot_first_then_each_cells_need_from_the_pilots_sd(tiny, tmp_path, capfd, new_store,
                                                                                     monkeypatch):
-    # the store below paths.root, also where an earlier test's mlflow.set_tracking_uri left $MLFLOW_TRACKING_URI
+    # the store below paths.root, a copy of the blank one (no schema migrations)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path / "root" / "mlflow.db"))
     monkeypatch.setattr(estimate, "timed_speed", faked_speed)
     assert sweeps.main([*tiny, "--seeds", "auto", "--dry-run"]) == 0
