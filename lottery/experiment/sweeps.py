@@ -83,8 +83,9 @@ def available() -> list[str]:
     return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
 
 
-def model_configs() -> list[str]:
-    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+def configs(group: str) -> list[str]:
+    """The options of a config group (``conf/GROUP/*.yaml``)."""
+    return sorted(f.stem for f in (CONF / group).glob("*.yaml"))
 
 
 def own_model_sweeps() -> list[str]:
@@ -108,8 +109,8 @@ def load(name: str, model: str | None = None) -> Sweep:
         raise LotteryError(f"sweeps/{name}.yaml: unknown keys {sorted(set(raw) - fields)}, missing keys "
                            f"{sorted(required - {'name'} - set(raw))}; a sweep file has {sorted(fields)}")
     if model is not None:
-        if model not in model_configs():
-            raise unknown("model", model, model_configs())
+        if model not in configs("model"):
+            raise unknown("model", model, configs("model"))
         if any("model" in g for g in raw["grids"]):
             models = sorted({str(m) for g in raw["grids"] for m in g.get("model", [])})
             raise LotteryError(f"{name} sweeps its own models ({', '.join(models)}); MODEL applies to the sweeps "
@@ -261,11 +262,13 @@ def parent(sweep: Sweep, profile: str, cfg: TrialConfig, experiment: str, create
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """What names a sweep's trials, the same for running them and for building their table."""
     p.add_argument("name", help=f"one of: {', '.join(available())}")
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--data", default=None, help="data config (cifar10, imagefolder, synthetic); "
-                                                "default: synthetic for smoke, else cifar10")
+    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(configs('profile'))} (default quick)")
+    p.add_argument("--data", default=None,
+                   help=f"a data config, one of: {', '.join(configs('data'))}; default: the sweep's own (its file's "
+                        "data:), else synthetic for smoke and cifar10 for the others")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--model", default=None, help="a model config (conf/model) to run the sweep on instead of its own")
+    p.add_argument("--model", default=None,
+                   help=f"a model config to run the sweep on instead of its own, one of: {', '.join(configs('model'))}")
     p.add_argument("extra", nargs="*", help="further Hydra overrides for every trial")
 
 

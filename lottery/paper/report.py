@@ -25,7 +25,7 @@ import yaml
 from lottery.cli import ArgumentParser, entry
 from lottery.config import CONF, TrackingConfig
 from lottery.errors import LotteryError
-from lottery.experiment.sweeps import Setting, available, data_name, default_data, load
+from lottery.experiment.sweeps import Setting, available, configs, data_name, default_data, load
 from lottery.paper.claims import judge
 from lottery.tracking import connection, provenance, runs
 
@@ -234,18 +234,20 @@ def publish(profile: str, model: str | None, data: str | None, files: list[Path]
 @entry
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m lottery report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="quick")
+    p.add_argument("--profile", default="quick", help=f"one of: {', '.join(configs('profile'))} (default quick)")
     p.add_argument("--root", default=".lottery", help="paths.root: the embedded MLflow store; report goes below it")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--model", default=None,
-                   help="the MODEL the sweeps ran on (make table2 MODEL=...); default: their own")
+                   help=f"the model config the sweeps ran on (make table2 MODEL=...), one of: "
+                        f"{', '.join(configs('model'))}; default: their own")
     p.add_argument("--data", default=None,
-                   help="the data config the sweeps ran on (make table2 DATA=...); default: their own")
+                   help=f"the data config the sweeps ran on (make table2 DATA=...), one of: "
+                        f"{', '.join(configs('data'))}; default: their own")
     args = p.parse_args(argv)
     import mlflow
 
     mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
-    profiles = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
+    profiles = configs("profile")
     if args.profile not in profiles:
         built = sorted({r.data.tags.get("profile") for r in mlflow.search_runs(
             search_all_experiments=True, output_format="list", filter_string="tags.role = 'sweep'")

@@ -5,10 +5,11 @@ import sys
 import pytest
 
 from lottery import __main__ as entry_point
+from lottery.config import CONF
 from lottery.errors import LotteryError
 from lottery.experiment import sweeps
 from lottery.experiment.design import validate
-from lottery.paper import tables
+from lottery.paper import report, tables
 from tests.helpers import compose_cfg, refusal
 
 
@@ -49,6 +50,15 @@ def test_a_config_that_does_not_compose_is_one_line_before_hydra_starts(monkeypa
 def test_the_sweep_and_table_commands_name_the_profiles_they_know(command, capsys):
     line = one_line(lambda: command(["table2", "--profile", "nosuch"]), capsys)
     assert "Could not find 'profile/nosuch'; Available options in 'profile': paper, quick, smoke" in line
+
+
+@pytest.mark.parametrize("command", [sweeps.main, tables.main, report.main])
+def test_the_commands_help_lists_every_data_config_there_is(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        command(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps at spaces
+    names = sorted(f.stem for f in (CONF / "data").glob("*.yaml"))
+    assert e.value.code == 0 and "digits" in names and f"one of: {', '.join(names)}" in out
 
 
 @pytest.mark.parametrize("command,args,says", [
