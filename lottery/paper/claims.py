@@ -8,8 +8,8 @@ when one disagrees; a claim about *most* is supported when more than half agree 
 when it fails even counting every inconclusive cell as agreeing. A claim whose cells are missing
 is *not run*. C6 and C9 are judged on means (costs are measured, not sampled). For an
 inconclusive claim the report says whether more seeds could decide it at the smallest effect of
-interest its table was built with (the seeds each of its cells needs, docs/design.md §8.2.1), and
-at what training time.
+interest its table was built with (the seeds each of its cells needs, docs/design.md §8.2.1), at
+what training time, and what its intervals settle already (where they exclude the paper's value).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ CLAIMS = (
 
 def judge(tables: dict) -> list[dict]:
     """Every claim's verdict and counts, from the tables' cells (``tables[name]`` = cells.json),
-    and for an inconclusive one whether more seeds could decide it."""
+    and for an inconclusive one whether more seeds could decide it and what its intervals rule out."""
     out = []
     for c in CLAIMS:
         sides, expected, judged = c.judge(tables)
@@ -209,8 +209,38 @@ def judge(tables: dict) -> list[dict]:
         out.append({"id": c.id, "claim": c.text, "table": c.table, "section": c.section, "verdict": found,
                     "agree": sides.count(AGREE), "disagree": sides.count(DISAGREE),
                     "inconclusive": sides.count(INCONCLUSIVE), "cells": expected,
-                    "more_seeds": more_seeds(judged, tables[c.table]) if found == "inconclusive" else None})
+                    "more_seeds": more_seeds(judged, tables[c.table]) if found == "inconclusive" else None,
+                    "ruled_out": ruled_out(judged, tables[c.table]) if found == "inconclusive" else None})
     return out
+
+
+def ruled_out(judged: list[dict], table: dict) -> str | None:
+    """What an inconclusive claim's intervals do settle: the range its cells' 95 % intervals lie in,
+    and the cells whose own interval excludes the paper's value (None without intervals). Cells of
+    a dense network that did not learn are no findings, and are left out like those of one seed."""
+    cells = [j for j in judged if j.get("ci_low") is not None and not j.get("at_chance")]
+    if not cells:
+        return None
+    which = ("every cell's 95 % interval lies" if len(cells) == len(judged) else
+             f"the 95 % intervals of {len(cells)} of its {len(judged)} cells (the others: one seed, or a dense network "
+             "that did not learn) lie")
+    text = f"{which} within [{min(j['ci_low'] for j in cells):+.2f}, {max(j['ci_high'] for j in cells):+.2f}] pp"
+    paper = [j for j in cells if j.get("paper") is not None]
+    outside = [j for j in paper if not j["ci_low"] <= j["paper"] <= j["ci_high"]]
+    if paper:
+        text += f"; the paper's value lies outside the cell's own interval in {len(outside)} of {len(paper)} cells"
+        text += "".join(f"{'; ' if k else ': '}{_label(j, table)}: {j['paper']:+.2f} "
+                        f"{'above' if j['paper'] > j['ci_high'] else 'below'} [{j['ci_low']:+.2f}, {j['ci_high']:+.2f}]"
+                        for k, j in enumerate(outside))
+    return text
+
+
+def _label(cell: dict, table: dict) -> str:
+    """A table cell by its column and row values (``criterion=grasp density=2``); a column of
+    metrics, or of a table built before its json named its columns, by the column alone."""
+    columns = table.get("columns")
+    column = f"{columns}={cell['column']}" if columns and columns != "metrics" else cell["column"]
+    return " ".join([column, *(f"{k}={v}" for k, v in zip(table["rows"], cell["row"]))])
 
 
 def more_seeds(judged: list[dict], table: dict) -> str:
@@ -228,9 +258,14 @@ def more_seeds(judged: list[dict], table: dict) -> str:
                 f"one; --seeds auto runs it)")
     largest = max(j["needs"] for j in judged)
     if all(j["n"] >= j["needs"] for j in judged):
-        return (f"no, not at ±{effect:g} pp: each cell has the seeds it needs (at most {largest}), so what is left "
-                "is a difference below the smallest effect of interest")
-    trials, time = priced(judged, table, min(largest, cap))
+        wide = sum(j["ci_low"] is not None and (j["ci_high"] - j["ci_low"]) / 2 > effect for j in judged)
+        had = f"no, not at ±{effect:g} pp: each cell has the seeds its pilot asked for (at most {largest})"
+        if not wide:
+            return f"{had}, and more would only resolve a difference smaller than that"
+        return (f"{had}; {wide} of its {len(judged)} intervals came out wider than ±{effect:g} pp, their sd above the "
+                "pilot's, and seeds added for that would be a second look at the data, which costs the test its "
+                "level (docs/design.md §8.2.1)")
+    trials, time = priced(judged, table, cap)
     if largest <= cap:
         return (f"yes, if its deltas are at least ±{effect:g} pp: up to {largest} seeds per cell (the largest need "
                 f"among its cells) narrow every interval to that; {trials} more trial(s), {time}")

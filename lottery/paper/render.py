@@ -241,7 +241,8 @@ def json_text(sweep: Sweep, cells: list[Cell]) -> str:
                     "na": c.na, "at_chance": c.at_chance, "difference": c.difference,
                     "needs": c.needs and c.needs.seeds, "seeds": seeds})
     target = cells[0].target if cells else Target()
-    return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "signed": sweep.signed,
+    return json.dumps({"table": sweep.name, "title": sweep.title, "rows": sweep.rows, "columns": sweep.columns,
+                       "signed": sweep.signed,
                        "budget": budget(cells), "difference": sweep.difference, "effect": target.effect,
                        "max_seeds": target.max_seeds, "cells": out}, indent=1, default=float)
 

@@ -135,7 +135,8 @@ def budget_of(profile: str, data: str | None = None) -> tuple[str, str]:
 
 
 def claims_md(claims: list[dict], budget: str = "paper") -> str:
-    """The claims' verdicts, then for each inconclusive one whether more seeds could decide it."""
+    """The claims' verdicts, then for each inconclusive one whether more seeds could decide it, and
+    what its intervals settle already."""
     lines = ["| claim | verdict | agree / disagree / inconclusive (of cells) | rests on |", "|---|---|---|---|"]
     for c in claims:
         counts = f"{c['agree']} / {c['disagree']} / {c['inconclusive']} (of {c['cells']})" if c["cells"] else "—"
@@ -145,7 +146,8 @@ def claims_md(claims: list[dict], budget: str = "paper") -> str:
     if undecided:
         lines += ["", "Could more seeds decide the inconclusive claims? (each cell's need: the seeds its 95 % interval "
                       "needs to be no wider than the smallest effect of interest; docs/design.md §8.2.1)", "",
-                  *(f"- {c['id']}: {c['more_seeds']}" for c in undecided)]
+                  *(f"- {c['id']}: {c['more_seeds']}" + (f". What its intervals settle: {c['ruled_out']}"
+                                                          if c["ruled_out"] else "") for c in undecided)]
     return "\n".join(lines)
 
 

@@ -93,6 +93,29 @@ def settled(needs_p3, n=3, seeds=None, snip=None):
     return {"table2": {**table2(grasp, snip), "table": "table2", "effect": 1.0, "max_seeds": 10}}
 
 
+def test_an_inconclusive_claim_says_what_its_intervals_settle_and_where_they_exclude_the_papers_value():
+    t = settled(3)
+    for c in t["table2"]["cells"]:
+        c["paper"] = {"snip": None, "grasp": {"1": 0.40, "2": 0.72, "3": 0.34, "4": 0.41, "5": 0.12}[c["row"][0]]}[
+            c["column"]]
+    # grasp: [0.2, 0.8] at p = 1, 2, 4, 5 and [-0.3, 0.5] at p = 3; only p = 5's +0.12 lies outside its interval
+    assert verdict_of(t, "C3")["ruled_out"] == (
+        "every cell's 95 % interval lies within [-0.30, +0.80] pp; the paper's value lies outside the cell's own "
+        "interval in 1 of 5 cells: grasp density=5: +0.12 below [+0.20, +0.80]")
+    t["table2"]["columns"] = "criterion"  # a table that names its columns names them in the label
+    t["table2"]["cells"][5].update(ci_low=-1.5, ci_high=0.3)
+    assert verdict_of(t, "C3")["ruled_out"].endswith(
+        "in 2 of 5 cells: criterion=grasp density=3: +0.34 above [-1.50, +0.30]; criterion=grasp density=5: +0.12 "
+        "below [+0.20, +0.80]")
+    t["table2"]["cells"][9]["at_chance"] = True  # p = 5's dense network did not learn: no finding
+    assert verdict_of(t, "C3")["ruled_out"] == (
+        "the 95 % intervals of 4 of its 5 cells (the others: one seed, or a dense network that did not learn) lie "
+        "within [-1.50, +0.80] pp; the paper's value lies outside the cell's own interval in 1 of 4 cells: "
+        "criterion=grasp density=3: +0.34 above [-1.50, +0.30]")
+    assert verdict_of({"table2": table2({p: cell([p], "grasp", 0.5, (0.2, 0.8)) for p in "12345"})},
+                      "C3")["ruled_out"] is None  # supported: nothing left to settle
+
+
 def test_an_inconclusive_claim_says_whether_more_seeds_could_decide_it_and_at_what_cost():
     yes = verdict_of(settled(7), "C3")
     assert yes["verdict"] == "inconclusive"
@@ -110,8 +133,15 @@ def test_an_inconclusive_claim_says_whether_more_seeds_could_decide_it_and_at_wh
     spent = verdict_of(settled(14, n=10), "C3")["more_seeds"]
     assert spent == ("not within 10 seeds: its cells would need up to 14; its cells have all the cap allows; "
                      "--max-seeds 14 would narrow every interval to ±1 pp with 4 more trial(s), ~2 min of training")
-    assert verdict_of(settled(3), "C3")["more_seeds"].startswith(
-        "no, not at ±1 pp: each cell has the seeds it needs (at most 3)")
+    assert verdict_of(settled(3), "C3")["more_seeds"] == (
+        "no, not at ±1 pp: each cell has the seeds its pilot asked for (at most 3), and more would only resolve a "
+        "difference smaller than that")
+    wide = settled(3)
+    wide["table2"]["cells"][5].update(ci_low=-1.5, ci_high=1.7)  # grasp p = 3: its sd came out above the pilot's
+    assert verdict_of(wide, "C3")["more_seeds"] == (
+        "no, not at ±1 pp: each cell has the seeds its pilot asked for (at most 3); 1 of its 5 intervals came out "
+        "wider than ±1 pp, their sd above the pilot's, and seeds added for that would be a second look at the data, "
+        "which costs the test its level (docs/design.md §8.2.1)")
     assert verdict_of(settled(None, n=1), "C3")["more_seeds"] == (
         "unknown until each cell has a pilot of 2 seeds or more (1 of its 5 cells lack one; --seeds auto runs it)")
     untimed = timed(0, 1, 2)
@@ -185,7 +215,7 @@ def test_report_from_mlflow_inlines_every_plot_and_shows_every_table(tmp_path, c
             "0 / 0 / 3 (of 3) |") in md
     assert "C1: " in md and "**not run**" in md
     assert "Could more seeds decide the inconclusive claims?" in md
-    assert "- C4: no, not at ±1 pp: each cell has the seeds it needs (at most 3)" in md  # sd 0.15 pp: 3 seeds do
+    assert "- C4: no, not at ±1 pp: each cell has the seeds its pilot asked for (at most 3)" in md  # sd 0.15 pp: 3 seeds do
     assert "training time of every run included: 0.09 h" in md  # 30 tickets x 10 s + one dense network's 20 s
     assert "recipe of table2: sgd (lr 0.1) + step (milestones [2, 3])" in md  # which recipe trained the runs
     assert report.main(args) == 0  # rebuilt: the report run is replaced, not added
