@@ -224,6 +224,12 @@ def data_name(setting: Setting) -> str:
         return compose(config_name="config", overrides=setting.overrides()).data.name
 
 
+def is_own_data(name: str, profile: str, sweep: Sweep | None = None) -> bool:
+    """Whether the data set ``name`` is the one the profile runs on unless told (the sweep's own):
+    a table and the report keep any other data set's results apart by this test."""
+    return name == data_name(Setting(profile, default_data(profile, sweep)))
+
+
 def designs(cells: list[tuple[dict, TrialConfig]]) -> list[Design | str]:
     """Each composed cell's design, or why its trial cannot run (its one-line validation error:
     e.g. a density above what another model can lose). The data, which every cell shares, are

@@ -25,7 +25,7 @@ import yaml
 from lottery.cli import ArgumentParser, entry
 from lottery.config import CONF, TrackingConfig
 from lottery.errors import LotteryError
-from lottery.experiment.sweeps import Setting, available, configs, data_name, default_data, load
+from lottery.experiment.sweeps import Setting, available, configs, data_name, default_data, is_own_data, load
 from lottery.paper.claims import judge
 from lottery.tracking import connection, provenance, runs
 
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         raise LotteryError(f"unknown profile '{args.profile}': profiles with tables in this store: "
                            f"{', '.join(built) or 'none yet'} (profiles: {', '.join(profiles)})")
     data = args.data  # a data config that does not exist: one line (it does not compose), before any work
-    if data and data_name(Setting(args.profile, data)) == data_name(Setting(args.profile, default_data(args.profile))):
+    if data and is_own_data(data_name(Setting(args.profile, data)), args.profile):
         data = None  # the profile's own data, named: each sweep's own
     tables = fetch_tables(args.profile, args.model, data)
     claims = judge(tables)

@@ -22,10 +22,9 @@ from lottery.experiment.sweeps import (
     Sweep,
     add_sweep_arguments,
     compose_cells,
-    data_name,
-    default_data,
     designs,
     inapplicable,
+    is_own_data,
     keys_of,
     load,
     parent,
@@ -108,10 +107,9 @@ def main(argv=None) -> int:
     mlflow.set_tracking_uri(connection.tracking_uri(TrackingConfig(uri=args.tracking_uri), args.root))
     finished = fetch_runs(sweep, with_blocks=sweep.kind == "figure3")
     cells = build(sweep, finished, keys_of(found), args.xi, inapplicable(found), target)
-    # another data set's tables get a folder of their own, told apart by name as the report tells them
+    # another data set's tables get a folder of their own
     dataset = composed[0][1].data.name
-    own = dataset == data_name(Setting(args.profile, default_data(args.profile, sweep)))
-    folder = args.profile if own else f"{args.profile}-{dataset}"
+    folder = args.profile if is_own_data(dataset, args.profile, sweep) else f"{args.profile}-{dataset}"
     files = write(sweep, cells, Path(args.out or Path(args.root) / "tables" / folder))
     run_id = publish(sweep, files, args.profile, composed[0][1], args.tracking_uri, args.root, cells)
     print(FORMATS[args.format][0](sweep, cells))
